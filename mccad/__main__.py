@@ -1,0 +1,5 @@
+import sys
+
+from mccad.cli import main
+
+sys.exit(main())

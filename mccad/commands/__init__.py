@@ -1,0 +1,1 @@
+"""One module per ``mccad`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,122 @@
+"""The one configuration object.
+
+Sources, highest priority first: keyword arguments, environment variables ``MCCAD_*`` (nested fields with ``__``,
+lists as JSON), the TOML file named by ``MCCAD_CONFIG`` (or ``./mccad.toml`` when present), then defaults.
+Defaults give the embedded mode: SQLite ledger, a local broker that needs no server, everything under ``data_dir``.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def default_model_dir() -> Path:
+    """The model bundle shipped inside the ``models`` package."""
+    import models
+
+    return Path(models.__file__).resolve().parent / "weights" / "default"
+
+
+class Destination(BaseModel):
+    """A DICOM node that receives our results (usually the PACS that sent the study)."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MCCAD_", env_nested_delimiter="__", extra="ignore")
+
+    # where state lives
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".local" / "share" / "mccad")
+    ledger_url: str | None = None  # default sqlite:///<data_dir>/ledger.sqlite3
+    broker_url: str | None = None  # default: embedded (kombu SQLAlchemy transport on SQLite in data_dir)
+    visibility_timeout_s: int = 4 * 3600
+
+    # the SCP
+    ae_title: str = Field(default="MCCAD", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    allowed_calling_aes: list[str] = []  # empty: accept any calling AE
+    accept_non_mg: bool = False
+    max_associations: int = Field(default=8, ge=1)
+    max_instance_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # when set, peers must present a certificate signed by it
+
+    # study assembly and processing
+    study_idle_s: float = Field(default=10.0, ge=0.0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=5.0, ge=0.0)
+    destinations: list[Destination] = []
+    send_retries: int = Field(default=3, ge=0)
+
+    # models and images
+    model_dir: Path = Field(default_factory=default_model_dir)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_pixels: int = Field(default=80_000_000, ge=1)
+    threads: int | None = None
+
+    # health and metrics
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9108, ge=0, le=65535)
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("MCCAD_CONFIG") or ("mccad.toml" if Path("mccad.toml").is_file() else None)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            if not Path(toml_path).is_file():
+                raise FileNotFoundError(f"MCCAD_CONFIG names {toml_path}, which does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # derived locations (not settable: one data_dir keeps a deployment's state together)
+    @cached_property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @cached_property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @cached_property
+    def effective_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+    @cached_property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

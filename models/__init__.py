@@ -1,0 +1,5 @@
+"""Pure computation: standardisation, detector, classifiers, fusion, explanations, pipeline and weight registry.
+
+This package imports none of mccad's other packages (see DESIGN.md): it receives pixels and metadata, and
+returns typed results.
+"""
