@@ -1,0 +1,295 @@
+"""The analysis of one study, from decoded mammograms to a ``StudyResult``.
+
+Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5) -> image verdict from boxes (2.6) ->
+SPPNet whole-image baseline -> pathotype and ER heads on malignant patches -> breast fusion of CC + MLO (2.7) ->
+exam verdict -> explanation heatmaps. Everything returned is in the source images' own pixel coordinates.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import fusion
+from models.classifier import ClassifierConfig, SPPNet, classify
+from models.detector import CLASS_NAMES, DetectorConfig, detect
+from models.explain import detector_cam
+from models.preprocess import StandardiseConfig, StandardisedImage, standardise
+from models.registry import ModelManifest, load_classifier, load_detector, load_manifest
+from models.results import (
+    NOT_FOR_CLINICAL_USE,
+    BoxXYXY,
+    BreastResult,
+    ExamResult,
+    ImageResult,
+    LesionResult,
+    ModelInfo,
+    StudyResult,
+)
+from models.types import MammogramImage
+
+log = logging.getLogger(__name__)
+
+#: Sub-folders of a model bundle and the role each plays. ``detector`` is required, the others optional.
+BUNDLE_ROLES = ("detector", "sppnet", "pathotype_incl", "pathotype_excl", "er")
+PATCH_HEAD_FIELDS = {
+    "pathotype_incl": "invasive_incl_microinvasion_probability",
+    "pathotype_excl": "invasive_excl_microinvasion_probability",
+    "er": "er_positive_probability",
+}
+MLO_LIKE_VIEWS = {"MLO", "ML", "LM", "LMO", "SIO"}
+CC_LIKE_VIEWS = {"CC", "XCCL"}
+
+
+class BundleError(RuntimeError):
+    """A model bundle folder that cannot serve the pipeline (missing detector, unreadable manifest)."""
+
+
+@dataclass
+class Analysis:
+    """What the pipeline hands to the writers: the typed result plus per-image heatmaps (original pixel grid)."""
+
+    result: StudyResult
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class _Head:
+    model: torch.nn.Module
+    config: ClassifierConfig
+    manifest: ModelManifest
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BundleError("device 'cuda' was asked for but no CUDA GPU is visible to this process")
+    return torch.device(device)
+
+
+def _standardise_config(manifest: ModelManifest) -> StandardiseConfig:
+    spec = dict(manifest.input_spec.get("standardise", {}))
+    return StandardiseConfig(**spec)
+
+
+def _model_info(role: str, manifest: ModelManifest) -> ModelInfo:
+    return ModelInfo(role=role, name=manifest.name, version=manifest.version, sha256=manifest.sha256,
+                     synthetic_only=manifest.synthetic_only)
+
+
+class Pipeline:
+    """Holds the loaded models of one bundle; ``analyze`` is safe to call repeatedly (no state between studies)."""
+
+    def __init__(self, detector: torch.nn.Module, detector_config: DetectorConfig, detector_manifest: ModelManifest,
+                 *, sppnet: _Head | None = None, patch_heads: dict[str, _Head] | None = None,
+                 device: torch.device | str = "cpu", explain: bool = True) -> None:
+        self.device = torch.device(device)
+        self.detector = detector.to(self.device).eval()
+        self.detector_config = detector_config
+        self.detector_manifest = detector_manifest
+        self.standardise_config = _standardise_config(detector_manifest)
+        self.sppnet = sppnet
+        self.patch_heads = dict(patch_heads or {})
+        self.explain = explain
+        for head in [sppnet, *self.patch_heads.values()]:
+            if head is not None:
+                head.model.to(self.device).eval()
+
+    # construction --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_model_dir(cls, model_dir: Path | str, device: str = "auto", *, explain: bool = True) -> "Pipeline":
+        """Load a bundle folder: ``detector/`` is required; ``sppnet/``, ``pathotype_incl/``, ``pathotype_excl/``
+        and ``er/`` are used when present. Every folder is hash-checked by the registry."""
+        root = Path(model_dir)
+        if not (root / "detector" / "manifest.json").is_file():
+            raise BundleError(f"{root} is not a model bundle: it has no detector/manifest.json "
+                              "(set MCCAD_MODEL_DIR to a folder made by `mccad export` or shipped in models/weights)")
+        dev = resolve_device(device)
+        detector, det_cfg, det_manifest = load_detector(root / "detector", device=str(dev))
+        heads: dict[str, _Head] = {}
+        for role in BUNDLE_ROLES[1:]:
+            if (root / role / "manifest.json").is_file():
+                model, cfg, manifest = load_classifier(root / role, device=str(dev))
+                heads[role] = _Head(model, cfg, manifest)
+        return cls(detector, det_cfg, det_manifest, sppnet=heads.pop("sppnet", None), patch_heads=heads,
+                   device=dev, explain=explain)
+
+    def model_infos(self) -> list[ModelInfo]:
+        infos = [_model_info("detector", self.detector_manifest)]
+        if self.sppnet:
+            infos.append(_model_info("sppnet", self.sppnet.manifest))
+        infos += [_model_info(role, head.manifest) for role, head in sorted(self.patch_heads.items())]
+        return infos
+
+    # analysis --------------------------------------------------------------------------------------------------
+    def analyze(self, images: Sequence[MammogramImage]) -> Analysis:
+        if not images:
+            raise ValueError("a study needs at least one image")
+        timings: dict[str, float] = defaultdict(float)
+        started = time.perf_counter()
+
+        t = time.perf_counter()
+        prepared = [standardise(img.pixels, img.meta.laterality, self.standardise_config) for img in images]
+        tensors = [torch.from_numpy(np.ascontiguousarray(p.pixels))[None].to(self.device) for p in prepared]
+        timings["standardise"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        detections = detect(self.detector, tensors, self.detector_config)
+        timings["detect"] += time.perf_counter() - t
+
+        sppnet_probs: list[float | None] = [None] * len(images)
+        if self.sppnet is not None:
+            t = time.perf_counter()
+            probs = classify(self.sppnet.model, tensors, self.sppnet.config)
+            sppnet_probs = [float(p[1]) for p in probs]
+            timings["sppnet"] += time.perf_counter() - t
+
+        image_results: list[ImageResult] = []
+        heatmaps: dict[str, np.ndarray] = {}
+        lesion_counter = 0
+        for img, prep, tensor, det, spp in zip(images, prepared, tensors, detections, sppnet_probs):
+            boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det.boxes) else np.zeros((0, 4))
+            boxes = _clip_boxes(boxes, img.meta.rows, img.meta.columns)
+            t = time.perf_counter()
+            patch_probs = self._patch_probabilities(prep, det)
+            timings["patch_heads"] += time.perf_counter() - t
+            lesions: list[LesionResult] = []
+            for k, (box, label_id, score) in enumerate(zip(boxes, det.labels, det.scores)):
+                lesion_counter += 1
+                label = CLASS_NAMES[int(label_id)]
+                # two-class reading of the box score, as the paper's image rule does: P(malignant) = 1 - P(benign)
+                malignant_score = float(score) if label == "malignant" else 1.0 - float(score)
+                lesions.append(LesionResult(
+                    lesion_id=lesion_counter, box=BoxXYXY(x0=float(box[0]), y0=float(box[1]), x1=float(box[2]),
+                                                           y1=float(box[3])),
+                    label=label, probability=_unit(score), malignancy_probability=_unit(malignant_score),
+                    **{PATCH_HEAD_FIELDS[role]: probs[k] for role, probs in patch_probs.items()
+                       if label == "malignant"}))
+            verdict = fusion.image_verdict([int(v) for v in det.labels], [float(s) for s in det.scores],
+                                           image_id=img.meta.sop_instance_uid)
+            heatmap_name = None
+            if self.explain:
+                t = time.perf_counter()
+                with torch.enable_grad():
+                    cam = detector_cam(self.detector, tensor, target_label=2)
+                heatmaps[img.meta.sop_instance_uid] = prep.cmap.heatmap_to_original(cam).astype(np.float32)
+                heatmap_name = f"heatmap-{_safe_name(img.meta.sop_instance_uid)}.png"
+                timings["explain"] += time.perf_counter() - t
+            image_results.append(ImageResult(
+                sop_instance_uid=img.meta.sop_instance_uid, sop_class_uid=img.meta.sop_class_uid,
+                series_instance_uid=img.meta.series_instance_uid, study_instance_uid=img.meta.study_instance_uid,
+                frame_of_reference_uid=img.meta.frame_of_reference_uid, laterality=img.meta.laterality,
+                view=img.meta.view, rows=img.meta.rows, columns=img.meta.columns, lesions=lesions,
+                label=verdict.label, malignancy_probability=_unit(verdict.malignancy_probability),
+                probability=_unit(verdict.probability),
+                sppnet_malignancy_probability=None if spp is None else _unit(spp), heatmap=heatmap_name))
+
+        breasts = breast_results(image_results)
+        exam = fusion.exam_verdict([_as_verdict(b) for b in breasts])
+        infos = self.model_infos()
+        warnings = [NOT_FOR_CLINICAL_USE] if any(m.synthetic_only for m in infos) else []
+        timings["total"] = time.perf_counter() - started
+        result = StudyResult(
+            study_instance_uid=images[0].meta.study_instance_uid, exam_key=images[0].meta.exam_key,
+            images=image_results, breasts=breasts,
+            exam=ExamResult(label=exam.label, malignancy_probability=_unit(exam.malignancy_probability),
+                            probability=_unit(exam.probability)),
+            models=infos, timings_s={k: round(v, 4) for k, v in timings.items()}, warnings=warnings)
+        return Analysis(result=result, heatmaps=heatmaps)
+
+    def _patch_probabilities(self, prep: StandardisedImage, det) -> dict[str, list[float | None]]:
+        """Run every patch head on every detection (cheap) and keep values for malignant ones only, later."""
+        if not self.patch_heads or len(det.boxes) == 0:
+            return {}
+        out: dict[str, list[float | None]] = {}
+        for role, head in self.patch_heads.items():
+            patches = [crop_patch(prep.pixels, box, head.config.patch_size) for box in det.boxes]
+            probs = classify(head.model, [torch.from_numpy(p)[None] for p in patches], head.config,
+                             size=head.config.patch_size)
+            out[role] = [_unit(float(p[1])) for p in probs]
+        return out
+
+
+def crop_patch(pixels: np.ndarray, box: np.ndarray, size: int, margin: float = 0.25) -> np.ndarray:
+    """A square patch centred on ``box`` (model-input pixels), enlarged by ``margin`` on each side, resized to
+    ``size``. Square so that linear-branching clusters keep their shape; zero-padded at image borders."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    side = max(side, 8.0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    n = int(round(side))
+    out = np.zeros((n, n), dtype=np.float32)
+    h, w = pixels.shape
+    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = pixels[sy0:sy1, sx0:sx1]
+    resized = F.interpolate(torch.from_numpy(out)[None, None], size=(size, size), mode="bilinear",
+                            align_corners=False)
+    return resized[0, 0].numpy()
+
+
+def breast_results(images: Sequence[ImageResult]) -> list[BreastResult]:
+    """Group images by laterality and fuse CC with MLO by the paper's rule (section 2.7).
+
+    When a breast has several images of one view (repeats), the one with the higher malignancy probability stands
+    for that view: a repeat exists because something needed a second look. Images without laterality form their own
+    "breast" of unknown side, fused the same way, so nothing is silently dropped.
+    """
+    by_side: dict[str | None, list[ImageResult]] = defaultdict(list)
+    for img in images:
+        by_side[img.laterality].append(img)
+    results: list[BreastResult] = []
+    for side in sorted(by_side, key=lambda s: (s is None, s or "")):
+        group = by_side[side]
+        cc = _strongest([i for i in group if (i.view or "").upper() in CC_LIKE_VIEWS])
+        mlo = _strongest([i for i in group if (i.view or "").upper() in MLO_LIKE_VIEWS])
+        if cc is None and mlo is None:  # views unknown: fuse the two strongest as if CC and MLO
+            ranked = sorted(group, key=lambda i: i.malignancy_probability, reverse=True)
+            cc, mlo = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+        verdict = fusion.breast_verdict(_image_verdict(cc), _image_verdict(mlo))
+        results.append(BreastResult(laterality=side, label=verdict.label,
+                                    malignancy_probability=_unit(verdict.malignancy_probability),
+                                    probability=_unit(verdict.probability), decided_by=verdict.image_id or None,
+                                    image_uids=[i.sop_instance_uid for i in group]))
+    return results
+
+
+def _strongest(images: list[ImageResult]) -> ImageResult | None:
+    return max(images, key=lambda i: i.malignancy_probability) if images else None
+
+
+def _image_verdict(img: ImageResult | None) -> fusion.ImageVerdict | None:
+    if img is None:
+        return None
+    return fusion.ImageVerdict(label=img.label, malignancy_probability=img.malignancy_probability,
+                               probability=img.probability, image_id=img.sop_instance_uid)
+
+
+def _as_verdict(b: BreastResult) -> fusion.ImageVerdict:
+    return fusion.ImageVerdict(label=b.label, malignancy_probability=b.malignancy_probability,
+                               probability=b.probability, image_id=b.decided_by or "")
+
+
+def _clip_boxes(boxes: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    if out.size:
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, cols)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, rows)
+    return out
+
+
+def _unit(value: float) -> float:
+    return float(min(1.0, max(0.0, value)))
+
+
+def _safe_name(uid: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in uid)[:80]

@@ -1,0 +1,90 @@
+"""The pipeline: images in, a StudyResult in original pixel coordinates out, fused by breast and exam."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.pipeline import Pipeline, breast_results, crop_patch
+from models.results import NOT_FOR_CLINICAL_USE, ImageResult
+from models.types import ImageMeta, MammogramImage
+
+
+def _image(uid: str, laterality: str, view: str, rows: int = 300, cols: int = 200) -> MammogramImage:
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    # a half-ellipse breast against the chest wall; right breasts have the wall on the right, as displayed
+    wall_x = xx if laterality == "L" else (cols - 1 - xx)
+    breast = ((wall_x / (0.7 * cols)) ** 2 + ((yy - rows / 2) / (0.45 * rows)) ** 2) < 1
+    pixels = np.where(breast, 0.55, 0.0).astype(np.float32)
+    pixels[breast] += (np.random.default_rng(len(uid)).random(breast.sum()) * 0.1).astype(np.float32)
+    meta = ImageMeta(sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2", study_instance_uid="1.2.3",
+                     series_instance_uid="1.2.3.4", exam_key="1.2.3", laterality=laterality, view=view,
+                     rows=rows, columns=cols)
+    return MammogramImage(pixels=pixels, meta=meta)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_dir) -> Pipeline:
+    return Pipeline.from_model_dir(tiny_model_dir, device="cpu")
+
+
+def test_study_result_covers_every_image_breast_and_model(pipeline: Pipeline) -> None:
+    images = [_image("1.2.3.4.1", "L", "CC"), _image("1.2.3.4.2", "L", "MLO"), _image("1.2.3.4.3", "R", "CC", 320)]
+    analysis = pipeline.analyze(images)
+    result = analysis.result
+    assert [i.sop_instance_uid for i in result.images] == [m.meta.sop_instance_uid for m in images]
+    assert [b.laterality for b in result.breasts] == ["L", "R"]
+    assert result.breasts[0].image_uids == ["1.2.3.4.1", "1.2.3.4.2"]
+    assert {m.role for m in result.models} == {"detector", "sppnet", "pathotype_incl", "pathotype_excl", "er"}
+    assert result.warnings == [NOT_FOR_CLINICAL_USE]  # the tiny bundle is marked synthetic-only
+    for img, src in zip(result.images, images):
+        heat = analysis.heatmaps[img.sop_instance_uid]
+        assert heat.shape == src.pixels.shape and heat.dtype == np.float32
+        assert 0.0 <= heat.min() and heat.max() <= 1.0
+        assert img.sppnet_malignancy_probability is not None
+        for lesion in img.lesions:  # boxes are in the source grid, never outside it
+            assert 0 <= lesion.box.x0 <= lesion.box.x1 <= src.meta.columns
+            assert 0 <= lesion.box.y0 <= lesion.box.y1 <= src.meta.rows
+            if lesion.label == "malignant":
+                assert lesion.er_positive_probability is not None
+            else:
+                assert lesion.er_positive_probability is None
+    assert result.exam.malignancy_probability == max(b.malignancy_probability for b in result.breasts)
+    assert result.timings_s["total"] > 0
+
+
+def test_boxes_of_a_right_breast_come_back_unflipped(pipeline: Pipeline) -> None:
+    """The detector sees every breast chest-wall-left; a right breast's boxes must be mirrored back."""
+    left = _image("1.9.1", "L", "CC")
+    right = MammogramImage(pixels=np.ascontiguousarray(left.pixels[:, ::-1]),
+                           meta=left.meta.model_copy(update={"sop_instance_uid": "1.9.2", "laterality": "R"}))
+    res = pipeline.analyze([left, right]).result
+    lb = sorted((l.box.x0, l.box.y0, l.box.x1, l.box.y1) for l in res.images[0].lesions)
+    rb = sorted((200 - l.box.x1, l.box.y0, 200 - l.box.x0, l.box.y1) for l in res.images[1].lesions)
+    assert len(lb) == len(rb)
+    np.testing.assert_allclose(np.array(lb).reshape(-1, 4), np.array(rb).reshape(-1, 4), atol=1e-3)
+
+
+def _ir(uid: str, side: str | None, view: str | None, label: str, p: float) -> ImageResult:
+    return ImageResult(sop_instance_uid=uid, sop_class_uid="1.2", series_instance_uid="1.3", study_instance_uid="1.4",
+                       laterality=side, view=view, rows=10, columns=10, label=label, malignancy_probability=p,
+                       probability=p if label == "malignant" else 1 - p)
+
+
+def test_breast_fusion_uses_the_stronger_repeat_of_a_view() -> None:
+    imgs = [_ir("a", "L", "CC", "benign", 0.1), _ir("b", "L", "CC", "malignant", 0.8), _ir("c", "L", "MLO", "benign", 0.2)]
+    (breast,) = breast_results(imgs)
+    # CC (repeat b, malignant 0.8) disagrees with MLO (benign): malignant because 0.8 > 0.5, decided by b
+    assert breast.label == "malignant" and breast.decided_by == "b" and breast.malignancy_probability == 0.8
+
+
+def test_images_without_laterality_are_not_dropped() -> None:
+    breasts = breast_results([_ir("a", None, None, "benign", 0.2), _ir("b", "R", "MLO", "benign", 0.1)])
+    assert [b.laterality for b in breasts] == ["R", None]
+    assert breasts[1].image_uids == ["a"]
+
+
+def test_patch_is_square_centred_and_zero_padded_at_borders() -> None:
+    pixels = np.ones((50, 40), dtype=np.float32)
+    patch = crop_patch(pixels, np.array([0.0, 0.0, 10.0, 10.0]), size=16, margin=0.5)
+    assert patch.shape == (16, 16)
+    assert patch[0, 0] == 0.0 and patch[-1, -1] == pytest.approx(1.0)
