@@ -40,5 +40,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pynetdicom", "PIL", "matplotlib"):
+    for noisy in ("pynetdicom", "pydicom", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,87 @@
+"""The spool: received instances on disk, one folder per study, before anything else happens to them.
+
+DESIGN.md "Nothing received is lost": the Storage SCP acknowledges a C-STORE (PS3.4 B.2.3, status 0x0000) only after
+the instance is here, written through :func:`dicom_io.durable.write_durably` (temporary name, fsync, rename, fsync
+the directory). Paths are built only from UIDs that passed :func:`dicom_io.uids.require_uid` (PS3.5 section 9.1:
+digits and dots), so hostile values such as ``../`` never reach the file system. A repeated instance replaces the
+earlier file under the same name, which makes duplicate sends harmless.
+
+Layout: ``<root>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``. Temporary files start with ``.tmp-`` and are ignored.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from dicom_io.durable import fsync_dir, write_durably
+from dicom_io.uids import is_valid_uid, require_uid
+
+SUFFIX = ".dcm"
+
+
+class Spool:
+    """Study folders under ``root``; every method that writes is durable and idempotent."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / require_uid(study_uid, "Study Instance UID")
+
+    def path_for(self, study_uid: str, sop_uid: str) -> Path:
+        """Where an instance lives; raises :class:`dicom_io.uids.InvalidUID` for anything that is not a UID."""
+        return self.study_dir(study_uid) / (require_uid(sop_uid, "SOP Instance UID") + SUFFIX)
+
+    def store(self, study_uid: str, sop_uid: str, data: bytes | Callable[[BinaryIO], None]) -> Path:
+        """Write an instance (bytes, or a function writing to the open file) durably; a duplicate overwrites."""
+        return write_durably(self.path_for(study_uid, sop_uid), data)
+
+    def store_file(self, study_uid: str, sop_uid: str, src: Path, *, move: bool = False) -> Path:
+        """Put the file ``src`` (for example a chunked C-STORE receive) into the spool durably.
+
+        With ``move`` the file is renamed into place when it is on the same file system (no second copy of a large
+        mammogram), after an fsync of its data; otherwise, or across file systems, it is copied and ``src`` stays.
+        """
+        target = self.path_for(study_uid, sop_uid)
+        src = Path(src)
+        if move:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(src, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(src, target)
+                fsync_dir(target.parent)
+                return target
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+
+        def copy(handle: BinaryIO) -> None:
+            with open(src, "rb") as source:
+                shutil.copyfileobj(source, handle, 1024 * 1024)
+
+        return write_durably(target, copy)
+
+    def instances(self, study_uid: str) -> list[Path]:
+        """The instances of a study, sorted by name; an unknown study has none."""
+        folder = self.study_dir(study_uid)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and p.suffix == SUFFIX and is_valid_uid(p.name[: -len(SUFFIX)]))
+
+    def studies(self) -> list[str]:
+        """Study UIDs that have a folder here (folders with other names are not ours and are skipped)."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_uid(p.name))
+
+    def remove_study(self, study_uid: str) -> None:
+        """Delete a study's folder (after its results are safely delivered); removing it twice is harmless."""
+        folder = self.study_dir(study_uid)
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            fsync_dir(self.root)
