@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -40,5 +41,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # highdicom's person-name check quotes the name it doubts: never let a patient name reach a log
+    warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
+    logging.captureWarnings(True)
     for noisy in ("pynetdicom", "pydicom", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

