@@ -23,6 +23,7 @@ from models.detector import CLASS_NAMES, DetectorConfig, detect
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
 from models.registry import ModelManifest, load_classifier, load_detector, load_manifest
+from models.tiling import detect_tiled
 from models.results import (
     NOT_FOR_CLINICAL_USE,
     BoxXYXY,
@@ -60,6 +61,15 @@ class Analysis:
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TilingSpec:
+    """Tiled detection at native resolution (issue 8): models trained on crops ship ``input_spec["tiling"]``."""
+
+    tile: int = 800
+    overlap: int = 128
+    batch: int = 4
+
+
 @dataclass
 class _Head:
     model: torch.nn.Module
@@ -90,7 +100,8 @@ class Pipeline:
 
     def __init__(self, detector: torch.nn.Module, detector_config: DetectorConfig, detector_manifest: ModelManifest,
                  *, sppnet: _Head | None = None, patch_heads: dict[str, _Head] | None = None,
-                 device: torch.device | str = "cpu", explain: bool = True) -> None:
+                 device: torch.device | str = "cpu", explain: bool = True,
+                 tiling: TilingSpec | None = None) -> None:
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
         self.detector_config = detector_config
@@ -99,6 +110,8 @@ class Pipeline:
         self.sppnet = sppnet
         self.patch_heads = dict(patch_heads or {})
         self.explain = explain
+        spec = detector_manifest.input_spec.get("tiling")
+        self.tiling = tiling if tiling is not None else (TilingSpec(**spec) if spec else None)
         for head in [sppnet, *self.patch_heads.values()]:
             if head is not None:
                 head.model.to(self.device).eval()
@@ -142,7 +155,11 @@ class Pipeline:
         timings["standardise"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        detections = detect(self.detector, tensors, self.detector_config)
+        if self.tiling is None:  # the paper's whole-image mode
+            detections = detect(self.detector, tensors, self.detector_config)
+        else:
+            detections = [detect_tiled(self.detector, t, self.detector_config, tile=self.tiling.tile,
+                                       overlap=self.tiling.overlap, batch=self.tiling.batch) for t in tensors]
         timings["detect"] += time.perf_counter() - t
 
         sppnet_probs: list[float | None] = [None] * len(images)

@@ -1,0 +1,73 @@
+"""``mccad simulate``: write a simulated training set (BI-RADS calcification clusters inserted into real and phantom
+mammograms) as PNG images plus the paper's CSV; prints the CSV path. See :mod:`training.simulate`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _spacings(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"pixel spacings must be numbers (mm), comma separated, got {text!r}") from exc
+    if not values or any(not 0.025 <= v <= 0.5 for v in values):
+        raise argparse.ArgumentTypeError(f"pixel spacings must lie in 0.025-0.5 mm, got {text!r}")
+    return values
+
+
+def _cluster_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split("-")) if "-" in text else (int(text), int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a count or a range such as 0-3, got {text!r}") from exc
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"expected 0 <= low <= high, got {text!r}")
+    return lo, hi
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="write simulated calcification clusters in real/phantom mammograms "
+                                        "(PNG + paper CSV) for training")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--images", type=_positive, default=16, help="number of images to write (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
+    p.add_argument("--sources", default="real,phantom",
+                   help="backgrounds, comma separated: real (the mammograms package), phantom (default both)")
+    p.add_argument("--crop", type=_positive, default=None,
+                   help="write CROP x CROP windows around clusters at native resolution instead of whole images")
+    p.add_argument("--spacing", type=_spacings, default=[0.1],
+                   help="pixel spacing(s) in mm to render at, comma separated, drawn per image (default 0.1)")
+    p.add_argument("--clusters", type=_cluster_range, default=(0, 3),
+                   help="clusters per image, a count or a range such as 0-3 (default 0-3)")
+    p.add_argument("--malignant-fraction", type=float, default=0.5,
+                   help="share of clusters with suspicious morphology (default 0.5)")
+    p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="processes making images in parallel; the files do not depend on it (default 1)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from mccad.cli import UserError
+    from training.simulate import SimulationError, make_simulated_dataset
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+    if not 0.0 <= args.malignant_fraction <= 1.0:
+        raise UserError(f"--malignant-fraction must lie in [0, 1], got {args.malignant_fraction}")
+    try:
+        csv_path = make_simulated_dataset(args.out, args.images, args.seed, sources=sources, crop=args.crop,
+                                          spacing_mm=args.spacing, clusters_per_image=args.clusters,
+                                          malignant_fraction=args.malignant_fraction, bit_depth=args.bits,
+                                          workers=args.workers)
+    except SimulationError as exc:
+        raise UserError(str(exc)) from exc
+    print(csv_path, flush=True)
+    return 0

@@ -1,0 +1,181 @@
+"""Tiled inference: the detector on overlapping tiles at native resolution, boxes merged back into one image.
+
+Why: whole-image mode (the paper's, ``models.detector``) scales a standardised mammogram of about 2000 x 4500 px
+to 1333 px high, so a 0.2 mm calcification at 0.05 mm pixels (4 px) becomes about 1 px and may vanish. A detector
+trained on crops at native resolution (issue 8, item 2) sees it at full size when run tile by tile.
+
+How:
+
+1. :func:`tile_grid`: tiles of ``tile`` x ``tile`` px (clipped to the image when it is smaller) whose starts step by
+   ``tile - overlap``; the last tile along an axis is moved back to end on the image edge, so every tile has the
+   same shape, no tile leaves the image, and neighbours overlap by at least ``overlap`` px.
+2. :func:`detect_tiled`: ``models.detector.detect`` on batches of tiles with torchvision's internal resize set to
+   the tile's own size (scale 1: native resolution), boxes shifted back to image pixels.
+3. :func:`merge_tile_detections`: a lesion larger than the overlap, or lying across a seam, comes out as pieces, one
+   per tile, each clipped at its tile's edge. Two boxes of the same class from different tiles are joined into
+   their union (best score) when at least one of them touches an inner edge of its tile (an edge that is not the
+   image border) and the two intersect, with their extents across the seam overlapping by at least
+   ``JOIN_ALONG_SEAM`` of the shorter one. Then class-aware NMS at ``nms_thresh`` removes the duplicates that both
+   tiles of an overlap saw whole, the released code's cross-class suppression runs as in ``detect``
+   (``models.fusion.suppress_cross_class``), and the ``detections_per_img`` best boxes are kept.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from models.detector import Detections, DetectorConfig, detect
+from models.fusion import suppress_cross_class
+
+Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), image pixels
+
+#: a box edge this close (px) to an inner tile edge counts as cut by that seam
+SEAM_TOUCH_PX = 2.0
+#: pieces of one lesion across a seam must overlap along the seam by this share of the shorter extent
+JOIN_ALONG_SEAM = 0.5
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles ``(y0, x0, y1, x1)`` covering a ``height`` x ``width`` image, row by row (see the module docstring)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height} x {width}")
+    if tile < 1:
+        raise ValueError(f"tile must be a positive number of pixels, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must lie in [0, tile), got overlap {overlap} for tile {tile}")
+    stride = tile - overlap
+    th, tw = min(tile, height), min(tile, width)
+    return [(y, x, y + th, x + tw) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
+
+
+def _empty() -> Detections:
+    return Detections(boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64), scores=np.zeros(0, np.float32))
+
+
+def _cut_sides(box: np.ndarray, tile: Tile, height: int, width: int) -> tuple[bool, bool]:
+    """Whether ``box`` (image pixels) is cut by an inner vertical seam (left/right tile edge) and by an inner
+    horizontal seam (top/bottom edge) of ``tile``."""
+    y0, x0, y1, x1 = tile
+    vertical = (x0 > 0 and box[0] <= x0 + SEAM_TOUCH_PX) or (x1 < width and box[2] >= x1 - SEAM_TOUCH_PX)
+    horizontal = (y0 > 0 and box[1] <= y0 + SEAM_TOUCH_PX) or (y1 < height and box[3] >= y1 - SEAM_TOUCH_PX)
+    return vertical, horizontal
+
+
+def _overlap_share(a0: float, a1: float, b0: float, b1: float) -> float:
+    inter = min(a1, b1) - max(a0, b0)
+    shorter = min(a1 - a0, b1 - b0)
+    return inter / shorter if shorter > 0 else 0.0
+
+
+def _join_pieces(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, origin: np.ndarray,
+                 cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union-find over pieces of one lesion split by seams; each group becomes its union box and best score."""
+    n = len(boxes)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if origin[i] == origin[j] or labels[i] != labels[j]:
+                continue
+            a, b = boxes[i], boxes[j]
+            if min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]):
+                continue  # they do not intersect
+            vertical = cuts[i, 0] or cuts[j, 0]
+            horizontal = cuts[i, 1] or cuts[j, 1]
+            joined = (vertical and _overlap_share(a[1], a[3], b[1], b[3]) >= JOIN_ALONG_SEAM) or (
+                horizontal and _overlap_share(a[0], a[2], b[0], b[2]) >= JOIN_ALONG_SEAM)
+            if joined:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    out_boxes, out_labels, out_scores = [], [], []
+    for members in groups.values():
+        g = boxes[members]
+        out_boxes.append([g[:, 0].min(), g[:, 1].min(), g[:, 2].max(), g[:, 3].max()])
+        out_labels.append(labels[members[0]])
+        out_scores.append(scores[members].max())
+    return (np.asarray(out_boxes, np.float32).reshape(-1, 4), np.asarray(out_labels, np.int64),
+            np.asarray(out_scores, np.float32))
+
+
+def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_shape: tuple[int, int],
+                          config: DetectorConfig) -> Detections:
+    """One image's detections from its tiles' (tile-local boxes): shift, join seam pieces, class-aware NMS at
+    ``config.nms_thresh``, cross-class suppression when the config asks for it, keep the best
+    ``config.detections_per_img``. Pure: no model involved."""
+    height, width = image_shape
+    boxes, labels, scores, origin, cuts = [], [], [], [], []
+    for k, (tile, det) in enumerate(per_tile):
+        if len(det) == 0:
+            continue
+        y0, x0, _, _ = tile
+        shifted = np.asarray(det.boxes, np.float32).reshape(-1, 4) + np.array([x0, y0, x0, y0], np.float32)
+        boxes.append(shifted)
+        labels.append(np.asarray(det.labels, np.int64))
+        scores.append(np.asarray(det.scores, np.float32))
+        origin.append(np.full(len(det), k))
+        cuts.append(np.array([_cut_sides(b, tile, height, width) for b in shifted], dtype=bool).reshape(-1, 2))
+    if not boxes:
+        return _empty()
+    b, l, s = _join_pieces(np.concatenate(boxes), np.concatenate(labels), np.concatenate(scores),
+                           np.concatenate(origin), np.concatenate(cuts))
+    keep = batched_nms(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(l), config.nms_thresh).numpy()
+    b, l, s = b[keep], l[keep], s[keep]
+    if config.cross_class_suppression and len(b):
+        kept = suppress_cross_class(b, l, s, iou=config.cross_class_iou)
+        b, l, s = b[kept], l[kept], s[kept]
+    order = np.argsort(-s, kind="stable")[: config.detections_per_img]
+    return Detections(boxes=b[order].reshape(-1, 4), labels=l[order], scores=s[order])
+
+
+def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = 800,
+                 overlap: int = 128, batch: int = 4) -> Detections:
+    """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
+    resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor shaped (1, H, W) or (3, H, W), got {tuple(image.shape)}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    height, width = int(image.shape[1]), int(image.shape[2])
+    tiles = tile_grid(height, width, tile, overlap)
+    th, tw = tiles[0][2] - tiles[0][0], tiles[0][3] - tiles[0][1]
+    transform = model.transform
+    saved = (transform.min_size, transform.max_size)
+    saved_config = getattr(model, "mccad_config", None)  # ``detect`` records the config it ran with: keep the caller's
+    # torchvision scales by min(min_size / short side, max_size / long side): the tile's own sides give scale 1
+    transform.min_size, transform.max_size = (min(th, tw),), max(th, tw)
+    per_tile: list[tuple[Tile, Detections]] = []
+    try:
+        for start in range(0, len(tiles), batch):
+            chunk = tiles[start:start + batch]
+            crops = [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk]
+            # per tile: no cross-class suppression yet (it runs once on the merged boxes, as in whole-image mode)
+            per_tile += list(zip(chunk, detect(model, crops, _tile_config(config))))
+    finally:
+        transform.min_size, transform.max_size = saved
+        if saved_config is not None:
+            model.mccad_config = saved_config
+    return merge_tile_detections(per_tile, (height, width), config)
+
+
+def _tile_config(config: DetectorConfig) -> DetectorConfig:
+    return replace(config, cross_class_suppression=False)

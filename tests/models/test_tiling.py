@@ -1,0 +1,143 @@
+"""Tiled inference: the grid covers the image with the asked overlap, seam pieces are joined, duplicates removed, and
+a real (tiny, random) FPNNet runs tile by tile at native resolution."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.detector import Detections, DetectorConfig, build_detector
+from models.tiling import detect_tiled, merge_tile_detections, tile_grid
+
+
+def _dets(boxes, labels, scores) -> Detections:
+    return Detections(boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
+                      scores=np.asarray(scores, np.float32))
+
+
+@pytest.mark.parametrize("height,width,tile,overlap", [
+    (300, 500, 128, 32), (1000, 700, 256, 64), (512, 512, 256, 0), (97, 1301, 200, 50), (100, 90, 800, 128),
+    (801, 800, 800, 128),
+])
+def test_grid_covers_every_pixel_with_the_requested_overlap(height, width, tile, overlap):
+    tiles = tile_grid(height, width, tile, overlap)
+    cover = np.zeros((height, width), np.int32)
+    for y0, x0, y1, x1 in tiles:
+        assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width  # clipped to the image
+        assert (y1 - y0, x1 - x0) == (min(tile, height), min(tile, width))  # one shape for every tile
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    for axis, size in ((0, height), (1, width)):
+        starts = sorted({t[axis] for t in tiles})
+        ends = sorted({t[axis + 2] for t in tiles})
+        assert starts[0] == 0 and ends[-1] == size
+        for end, next_start in zip(ends, starts[1:]):
+            assert end - next_start >= overlap  # neighbours share at least ``overlap`` pixels
+        if size > tile:
+            assert len(starts) == -(-(size - overlap) // (tile - overlap))  # no more tiles than needed
+
+
+def test_grid_refuses_impossible_settings():
+    with pytest.raises(ValueError, match="overlap"):
+        tile_grid(100, 100, 64, 64)
+    with pytest.raises(ValueError, match="tile"):
+        tile_grid(100, 100, 0, 0)
+    with pytest.raises(ValueError, match="size"):
+        tile_grid(0, 100, 64, 8)
+
+
+CONFIG = DetectorConfig(score_thresh=0.0, nms_thresh=0.3)
+# two tiles side by side: columns [0, 256) and [192, 448) of a 256 x 448 image, 64 px of overlap
+LEFT, RIGHT = (0, 0, 256, 256), (0, 192, 256, 448)
+
+
+def test_lesion_cut_by_both_tiles_is_joined_into_one_box():
+    # a lesion spanning x 150-350: the left tile sees 150-256 (cut at its right edge), the right tile 192-350
+    # (cut at its left edge), both in tile-local pixels
+    merged = merge_tile_detections([(LEFT, _dets([[150, 100, 256, 140]], [2], [0.6])),
+                                    (RIGHT, _dets([[0, 98, 158, 141]], [2], [0.8]))], (256, 448), CONFIG)
+    assert len(merged) == 1
+    np.testing.assert_allclose(merged.boxes[0], [150, 98, 350, 141])
+    assert merged.labels[0] == 2 and merged.scores[0] == pytest.approx(0.8)
+
+
+def test_piece_cut_at_a_seam_joins_the_whole_lesion_seen_by_the_neighbour():
+    # lesion x 230-300 lies in the overlap's reach: the left tile cuts it at 256, the right tile sees it whole
+    merged = merge_tile_detections([(LEFT, _dets([[230, 50, 256, 80]], [1], [0.9])),
+                                    (RIGHT, _dets([[38, 52, 108, 81]], [1], [0.5]))], (256, 448), CONFIG)
+    assert len(merged) == 1
+    np.testing.assert_allclose(merged.boxes[0], [230, 50, 300, 81])
+    assert merged.scores[0] == pytest.approx(0.9)
+
+
+def test_pieces_of_different_lesions_or_classes_stay_apart():
+    merged = merge_tile_detections([
+        (LEFT, _dets([[200, 10, 256, 40], [200, 150, 256, 190]], [2, 2], [0.7, 0.6])),
+        # the first right piece lies beside the first left one but at other rows (a different lesion);
+        # the second has the other class
+        (RIGHT, _dets([[20, 38, 80, 70], [10, 150, 70, 190]], [2, 1], [0.5, 0.4])),
+    ], (256, 448), DetectorConfig(score_thresh=0.0, nms_thresh=0.3, cross_class_suppression=False))
+    assert len(merged) == 4
+
+
+def test_duplicates_of_a_lesion_seen_whole_by_two_tiles_are_suppressed():
+    # lesion x 200-240 lies inside the overlap, away from both tiles' inner edges: NMS keeps the better box
+    merged = merge_tile_detections([(LEFT, _dets([[200, 60, 240, 90]], [2], [0.55])),
+                                    (RIGHT, _dets([[9, 61, 49, 91]], [2], [0.75]))], (256, 448), CONFIG)
+    assert len(merged) == 1
+    np.testing.assert_allclose(merged.boxes[0], [201, 61, 241, 91])
+
+
+def test_a_box_on_the_image_border_is_not_a_seam_piece():
+    # tiles stacked vertically: rows [0, 256) and [192, 448) of a 448 x 256 image; both boxes touch the image's
+    # left border, which cuts nothing, and neither reaches an inner tile edge: two lesions, not one
+    top, bottom = (0, 0, 256, 256), (192, 0, 448, 256)
+    merged = merge_tile_detections([(top, _dets([[0, 200, 40, 250]], [2], [0.5])),
+                                    (bottom, _dets([[0, 10, 60, 40]], [2], [0.5]))], (448, 256),
+                                   DetectorConfig(score_thresh=0.0, nms_thresh=0.5))
+    assert len(merged) == 2
+    # the same pair with the upper box reaching the seam at row 256 is one lesion cut in two
+    joined = merge_tile_detections([(top, _dets([[0, 200, 40, 256]], [2], [0.5])),
+                                    (bottom, _dets([[0, 10, 40, 100]], [2], [0.5]))], (448, 256),
+                                   DetectorConfig(score_thresh=0.0, nms_thresh=0.5))
+    assert len(joined) == 1
+    np.testing.assert_allclose(joined.boxes[0], [0, 200, 40, 292])
+
+
+def test_cross_class_suppression_and_the_detection_cap_apply_after_merging():
+    merged = merge_tile_detections([(LEFT, _dets([[10, 10, 60, 60]], [1], [0.9])),
+                                    (RIGHT, _dets([[100, 10, 150, 60], [20, 100, 50, 130]], [2, 2], [0.3, 0.2])),
+                                    ((0, 0, 256, 256), _dets([[12, 10, 62, 60]], [2], [0.4]))],
+                                   (256, 448), CONFIG)
+    # the benign box overlapping the malignant one (IoU > 0.5) is dropped, as the released code does
+    assert sorted(merged.labels.tolist()) == [2, 2, 2]
+    assert list(merged.scores) == sorted(merged.scores, reverse=True)
+    capped = merge_tile_detections([(LEFT, _dets([[i * 20, 0, i * 20 + 10, 10] for i in range(10)], [2] * 10,
+                                                  np.linspace(0.9, 0.1, 10)))], (256, 448),
+                                   DetectorConfig(score_thresh=0.0, detections_per_img=3))
+    assert len(capped) == 3 and capped.scores[0] == pytest.approx(0.9)
+    assert len(merge_tile_detections([(LEFT, _dets([], [], []))], (256, 448), CONFIG)) == 0
+
+
+def test_tiny_detector_runs_tile_by_tile_at_native_resolution():
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
+                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
+    model = build_detector(config)
+    seen: list[tuple[int, int]] = []
+    hook = model.backbone.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    image = torch.rand(1, 300, 500)
+    try:
+        dets = detect_tiled(model, image, config, tile=192, overlap=32, batch=4)
+    finally:
+        hook.remove()
+    # 2 x 3 tiles of 192 x 192 in two batches, each fed at its own size (not scaled to min_size 128)
+    assert seen == [(192, 192), (192, 192)]
+    assert model.transform.min_size == (128,) and model.transform.max_size == 128  # restored
+    assert model.mccad_config == config
+    assert 0 < len(dets) <= 20
+    assert dets.boxes.shape == (len(dets), 4)
+    assert (dets.boxes[:, 0] >= 0).all() and (dets.boxes[:, 2] <= 500).all()
+    assert (dets.boxes[:, 1] >= 0).all() and (dets.boxes[:, 3] <= 300).all()
+    assert (dets.boxes[:, 2] > dets.boxes[:, 0]).all() and (dets.boxes[:, 3] > dets.boxes[:, 1]).all()
+    assert set(dets.labels.tolist()) <= {1, 2}

