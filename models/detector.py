@@ -1,0 +1,206 @@
+"""FPNNet: Faster R-CNN with a ResNet50 + FPN backbone, three classes (Lin et al. 2025, section 2.5 and Fig. 2b).
+
+Input resolution and anchors, chosen for lesions a few millimetres across:
+
+- ``min_size=800, max_size=1333`` (torchvision's transform, as in the released code). A standardised mammogram is
+  tall and narrow (about 2000 x 4500 px at 0.05-0.1 mm per pixel), so the long side limit applies: the image is
+  scaled to 1333 px high, about 0.15-0.35 mm per pixel. A microcalcification cluster of 3-10 mm then spans roughly
+  10-60 px, which the finest FPN level (stride 4) resolves; single calcifications below ~0.3 mm shrink to about one
+  pixel but stay visible as bright points. Larger inputs help small lesions but cost time and memory quadratically
+  (issue 3 caps CPU inference at 20 s and 6 GiB per image); both limits are configurable.
+- ``anchor_sizes=(16, 32, 64, 128, 256)``, one size per FPN level (P2..P6), half of torchvision's default
+  (32..512): at the scale above, lesions are 10-60 px, and nothing in a mammogram's lesion set needs 512 px anchors.
+- score threshold 0.3, NMS 0.3, 250 detections per image: the paper's section 2.6 values.
+- Cross-class suppression (IoU > 0.5, keep the malignant box), the released code's post-processing, on by default.
+
+Boxes are returned in model-input pixels (the tensor given to ``detect``): torchvision maps them back from its
+internal resize; the pipeline maps them on to the original DICOM pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import misc as misc_ops
+
+from models.backbones import load_backbone_weights
+from models.fusion import suppress_cross_class
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("background", "benign", "malignant")
+ARCHITECTURE = "fpnnet-resnet50"
+FPN_LEVELS = 5  # P2, P3, P4, P5 and the max-pooled P6 of torchvision's LastLevelMaxPool
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that shapes the detector network and its post-processing (stored in the model's manifest)."""
+
+    min_size: int = 800
+    max_size: int = 1333
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    score_thresh: float = 0.3
+    nms_thresh: float = 0.3
+    detections_per_img: int = 250
+    cross_class_suppression: bool = True
+    cross_class_iou: float = 0.5
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    trainable_backbone_layers: int = 5
+    # proposals kept by the RPN before / after its NMS (torchvision's defaults); the box head's cost grows linearly
+    # with them, so small values make CPU tests and previews fast
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+
+    def __post_init__(self) -> None:
+        if len(self.anchor_sizes) != FPN_LEVELS:
+            raise ValueError(f"anchor_sizes needs one size per FPN level ({FPN_LEVELS}), got {self.anchor_sizes}")
+        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
+            raise ValueError(f"aspect_ratios must be positive, got {self.aspect_ratios}")
+        if not 0 < self.min_size <= self.max_size:
+            raise ValueError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
+        for name in ("score_thresh", "nms_thresh", "cross_class_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.detections_per_img < 1:
+            raise ValueError("detections_per_img must be at least 1")
+        if not 0 <= self.trainable_backbone_layers <= 5:
+            raise ValueError("trainable_backbone_layers must lie in 0..5")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (tuples become lists) for the model manifest."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DetectorConfig":
+        """Inverse of ``to_dict``; unknown keys are an error so that a typo in a manifest is not silently ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown detector settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class Detections:
+    """The boxes of one image in model-input pixels (x0, y0, x1, y1), label ids 1 benign / 2 malignant."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def build_detector(
+    config: DetectorConfig = DetectorConfig(), backbone_weights: str | Path | None = None, *,
+    frozen_batchnorm: bool | None = None,
+) -> FasterRCNN:
+    """Build FPNNet from a config; never downloads.
+
+    ``backbone_weights``: None (random initialisation, for tests and synthetic demos), a path to torchvision's
+    ResNet50 ImageNet file, or ``"torch-cache"`` (look in ``torch.hub.get_dir()/checkpoints``). A missing file raises
+    ``models.errors.WeightsNotFound``.
+
+    ``frozen_batchnorm`` follows torchvision: frozen statistics when starting from pretrained weights (batch size 1
+    cannot estimate them), trainable BatchNorm from scratch. Both store the same tensors (the registry drops the
+    ``num_batches_tracked`` counters), so a model trained either way loads into either.
+    """
+    frozen = backbone_weights is not None if frozen_batchnorm is None else frozen_batchnorm
+    norm_layer = misc_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+    body = resnet50(weights=None, norm_layer=norm_layer)
+    used = load_backbone_weights(body, backbone_weights, "resnet50")
+    backbone = _resnet_fpn_extractor(body, config.trainable_backbone_layers)
+    anchors = AnchorGenerator(
+        sizes=tuple((size,) for size in config.anchor_sizes),
+        aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes),
+    )
+    model = FasterRCNN(
+        backbone,
+        num_classes=len(CLASS_NAMES),
+        min_size=config.min_size,
+        max_size=config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        rpn_anchor_generator=anchors,
+        rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=config.box_batch_size_per_image,
+        box_score_thresh=config.score_thresh,
+        box_nms_thresh=config.nms_thresh,
+        box_detections_per_img=config.detections_per_img,
+    )
+    model.mccad_config = config  # type: ignore[assignment]
+    log.info(
+        "built %s: backbone weights %s, min_size %d, max_size %d, anchors %s",
+        ARCHITECTURE, used if used is not None else "none (random)", config.min_size, config.max_size,
+        config.anchor_sizes,
+    )
+    return model
+
+
+def apply_thresholds(model: FasterRCNN, config: DetectorConfig) -> None:
+    """Set the inference-time thresholds and proposal counts of a built model from ``config`` (they hold no weights)."""
+    model.roi_heads.score_thresh = config.score_thresh
+    model.roi_heads.nms_thresh = config.nms_thresh
+    model.roi_heads.detections_per_img = config.detections_per_img
+    model.rpn._pre_nms_top_n["testing"] = config.rpn_pre_nms_top_n_test
+    model.rpn._post_nms_top_n["testing"] = config.rpn_post_nms_top_n_test
+    model.mccad_config = config  # type: ignore[assignment]
+
+
+def to_three_channels(x: torch.Tensor) -> torch.Tensor:
+    """(1, H, W) or (3, H, W) -> (3, H, W); grey is repeated, since the ResNet stem expects three channels."""
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor shaped (1, H, W) or (3, H, W), got {tuple(x.shape)}")
+    return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def detect(model: FasterRCNN, images: list[torch.Tensor], config: DetectorConfig) -> list[Detections]:
+    """Run FPNNet on a batch of images in [0, 1]; returns one ``Detections`` per image, in input pixels.
+
+    The thresholds of ``config`` are applied to the model first, so what is returned is what the config says.
+    The model is left in eval mode (a training loop that validates with ``detect`` calls ``model.train()`` again).
+    """
+    if not images:
+        return []
+    apply_thresholds(model, config)
+    model.eval()
+    device = model_device(model)
+    with torch.inference_mode():
+        batch = [to_three_channels(img.to(device=device, dtype=torch.float32)) for img in images]
+        outputs = model(batch)
+    results = []
+    for out in outputs:
+        boxes = out["boxes"].float().cpu().numpy().astype(np.float32)
+        labels = out["labels"].cpu().numpy().astype(np.int64)
+        scores = out["scores"].float().cpu().numpy().astype(np.float32)
+        if config.cross_class_suppression and len(boxes):
+            keep = suppress_cross_class(boxes, labels, scores, iou=config.cross_class_iou)
+            boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
+        results.append(Detections(boxes=boxes.reshape(-1, 4), labels=labels, scores=scores))
+    return results

@@ -1,0 +1,234 @@
+"""Models are data: a model is a folder with a safetensors weights file and ``manifest.json``.
+
+The manifest says what the weights are (architecture, role, classes), how to feed them (``input_spec``: the
+standardisation and network configs), how to read their output (``thresholds``), where they came from
+(``training_data``, ``synthetic_only``, ``metrics``) and the SHA-256 of the weights file. Loading checks all of it
+before a single weight is used: a wrong folder, a changed file or weights of another network fail with an
+``models.errors.RegistryError`` that names the file. Nothing is ever downloaded.
+
+Weights are stored as float16 (the repository ships them; half the size of float32) and loaded into float32 networks.
+BatchNorm's ``num_batches_tracked`` counters are not stored: inference does not use them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.classifier import ClassifierConfig, SPPNet, build_classifier
+from models.classifier import ARCHITECTURE as CLASSIFIER_ARCHITECTURE
+from models.detector import DetectorConfig, apply_thresholds, build_detector
+from models.detector import ARCHITECTURE as DETECTOR_ARCHITECTURE
+from models.errors import ArchitectureMismatch, ModelNotFound, WeightsNotFound, WeightsTampered
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+Architecture = Literal["fpnnet-resnet50", "sppnet-resnet18"]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Detector thresholds an operator may tune in manifest.json without retraining (the weights hash is unaffected).
+DETECTOR_THRESHOLD_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "cross_class_iou")
+
+
+class ModelManifest(BaseModel):
+    """What a model folder holds; written next to the weights as ``manifest.json``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    architecture: Architecture
+    role: str = Field(description="detector, sppnet, pathotype_incl, pathotype_excl or er")
+    classes: list[str] = Field(min_length=2)
+    input_spec: dict[str, Any] = Field(
+        default_factory=dict,
+        description="'standardise': preprocessing config; 'detector' or 'classifier': the network config as a dict",
+    )
+    thresholds: dict[str, float] = {}
+    sha256: str = ""
+    weights_file: str = "model.safetensors"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    training_data: str = ""
+    synthetic_only: bool = False
+    metrics: dict[str, Any] = {}
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (weights are tens of megabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _storable_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            converted = tensor.to(dtype)
+            if bool(torch.isfinite(tensor).all()) and not bool(torch.isfinite(converted).all()):
+                raise ValueError(
+                    f"tensor {key} overflows {dtype} (largest magnitude {float(tensor.abs().max()):.3g}); "
+                    f"save with dtype=torch.bfloat16 or torch.float32")
+            tensor = converted
+        state[key] = tensor.contiguous().clone()
+    return state
+
+
+def _architecture_of(model: nn.Module) -> str:
+    return CLASSIFIER_ARCHITECTURE if isinstance(model, SPPNet) else DETECTOR_ARCHITECTURE
+
+
+def save_model(folder: Path, model: nn.Module, manifest: ModelManifest, dtype: torch.dtype = torch.float16) -> ModelManifest:
+    """Write ``model.safetensors`` (in ``dtype``) and ``manifest.json`` into ``folder``; returns the manifest as written.
+
+    The sha256 and dtype are filled in here. When the model was built by ``build_detector`` / ``build_classifier``
+    and the manifest's ``input_spec`` lacks the network config, it is added, so the folder is self-describing.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if _architecture_of(model) != manifest.architecture:
+        raise ArchitectureMismatch(
+            folder, f"the manifest says {manifest.architecture} but the model is {_architecture_of(model)}")
+    dtype_name = {v: k for k, v in DTYPES.items()}.get(dtype)
+    if dtype_name is None:
+        raise ValueError(f"unsupported weights dtype {dtype}; use one of {sorted(DTYPES)}")
+    input_spec = dict(manifest.input_spec)
+    config = getattr(model, "mccad_config", None)
+    key = "classifier" if isinstance(model, SPPNet) else "detector"
+    if key not in input_spec and config is not None:
+        input_spec[key] = config.to_dict()
+    weights = folder / manifest.weights_file
+    tmp = folder / f".{manifest.weights_file}.tmp"
+    save_file(_storable_state(model, dtype), str(tmp), metadata={"name": manifest.name, "version": manifest.version})
+    os.replace(tmp, weights)
+    written = manifest.model_copy(update={"sha256": sha256_of(weights), "dtype": dtype_name, "input_spec": input_spec})
+    _atomic_write(folder / MANIFEST, (written.model_dump_json(indent=2) + "\n").encode())
+    log.info("saved model %s %s to %s (sha256 %s)", written.name, written.version, folder, written.sha256[:12])
+    return written
+
+
+def load_manifest(folder: Path) -> ModelManifest:
+    """Read and validate ``folder/manifest.json``; ModelNotFound when missing or invalid."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ModelNotFound(folder, "the folder does not exist")
+    if not path.is_file():
+        raise ModelNotFound(folder, f"{MANIFEST} is missing")
+    try:
+        return ModelManifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise ModelNotFound(folder, f"{MANIFEST} is not a valid manifest ({problems})") from exc
+
+
+def verify_weights(folder: Path, manifest: ModelManifest) -> Path:
+    """Check that the weights file exists and matches the manifest's sha256; returns its path."""
+    folder = Path(folder)
+    if Path(manifest.weights_file).name != manifest.weights_file:
+        raise ModelNotFound(folder, f"weights_file {manifest.weights_file!r} must be a plain file name")
+    path = folder / manifest.weights_file
+    if not path.is_file():
+        raise WeightsNotFound(path, f"named by {folder / MANIFEST}")
+    actual = sha256_of(path)
+    if actual != manifest.sha256.lower():
+        raise WeightsTampered(path, manifest.sha256 or "(none recorded)", actual)
+    return path
+
+
+def _load_state(folder: Path, manifest: ModelManifest, expected_architecture: str, model_factory: Any) -> nn.Module:
+    if manifest.architecture != expected_architecture:
+        raise ArchitectureMismatch(
+            folder, f"the manifest says {manifest.architecture}, this role needs {expected_architecture}")
+    path = verify_weights(folder, manifest)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ArchitectureMismatch(folder, f"{path.name} is not a readable safetensors file ({exc})") from exc
+    model = model_factory()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or unexpected or wrong:
+        detail = ", ".join(
+            part for part in (
+                f"missing {len(missing)} tensors (e.g. {missing[:3]})" if missing else "",
+                f"{len(unexpected)} unknown tensors (e.g. {unexpected[:3]})" if unexpected else "",
+                "shape differs for " + ", ".join(f"{k} {found[k]} vs {expected[k]}" for k in wrong[:3]) if wrong else "",
+            ) if part
+        )
+        raise ArchitectureMismatch(folder, f"weights do not fit {expected_architecture} as configured: {detail}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    return model
+
+
+def load_detector(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, DetectorConfig, ModelManifest]:
+    """Load and verify an FPNNet folder; returns the float32 model in eval mode, its config and manifest.
+
+    Thresholds in ``manifest.thresholds`` (score_thresh, nms_thresh, detections_per_img, cross_class_iou) override
+    the stored config, so an operator can tune them without touching the weights.
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    config = _config(folder, manifest, "detector", DetectorConfig)
+    overrides = {k: manifest.thresholds[k] for k in DETECTOR_THRESHOLD_KEYS if k in manifest.thresholds}
+    if "detections_per_img" in overrides:
+        overrides["detections_per_img"] = int(overrides["detections_per_img"])
+    if overrides:
+        config = DetectorConfig.from_dict({**config.to_dict(), **overrides})
+    model = _load_state(
+        folder, manifest, DETECTOR_ARCHITECTURE, lambda: build_detector(config, None, frozen_batchnorm=True))
+    apply_thresholds(model, config)  # type: ignore[arg-type]
+    log.info("loaded detector %s %s from %s", manifest.name, manifest.version, folder)
+    return model.to(device).eval(), config, manifest
+
+
+def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[SPPNet, ClassifierConfig, ModelManifest]:
+    """Load and verify an SPPNet folder (whole-image, pathotype or ER head); float32, eval mode."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    config = _config(folder, manifest, "classifier", ClassifierConfig)
+    if len(manifest.classes) != config.num_classes:
+        raise ArchitectureMismatch(
+            folder, f"manifest lists {len(manifest.classes)} classes but the network has {config.num_classes}")
+    model = _load_state(folder, manifest, CLASSIFIER_ARCHITECTURE, lambda: build_classifier(config))
+    log.info("loaded classifier %s %s (%s) from %s", manifest.name, manifest.version, manifest.role, folder)
+    return model.to(device).eval(), config, manifest  # type: ignore[return-value]
+
+
+def _config(folder: Path, manifest: ModelManifest, key: str, cls: Any) -> Any:
+    try:
+        return cls.from_dict(manifest.input_spec.get(key, {}))
+    except (TypeError, ValueError) as exc:
+        raise ArchitectureMismatch(folder, f"input_spec.{key} in {MANIFEST} is invalid ({exc})") from exc
