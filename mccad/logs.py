@@ -44,5 +44,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # highdicom's person-name check quotes the name it doubts: never let a patient name reach a log
     warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
     logging.captureWarnings(True)
-    for noisy in ("pynetdicom", "pydicom", "PIL", "matplotlib"):
+    for noisy in ("pynetdicom", "pydicom", "highdicom", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

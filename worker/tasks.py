@@ -1,0 +1,234 @@
+"""The task ``analyze_study``: spool -> pipeline -> output objects -> C-STORE to each destination -> ledger ``done``.
+
+Celery's task guide and DESIGN.md "At-least-once processing, idempotent outputs": the message carries a study UID
+(and optionally the model bundle for reprocessing), never pixels. Running it twice is harmless: outputs land in
+``results_dir/<study_uid>/`` through durable writes, their UIDs are derived by the writer from the study UID and the
+model versions, so a repeat replaces files and PACS objects instead of adding copies.
+
+Attempts are counted in the ledger at claim time, not by Celery: a study whose analysis kills the worker process
+(the message then comes back through ``task_reject_on_worker_lost`` or the Redis visibility timeout) is
+dead-lettered after ``max_attempts`` claims instead of looping forever. Ordinary errors are retried with
+exponential back-off (``retry_backoff_s * 2**(attempt-1)``) and dead-lettered with their reason after the last try.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+
+from mccad.config import Settings
+from mccad.logs import short_uid
+from worker.ledger import DONE, Ledger
+
+if TYPE_CHECKING:
+    from models.pipeline import Pipeline
+
+LOG = logging.getLogger("worker.tasks")
+
+
+class PermanentStudyError(RuntimeError):
+    """Retrying cannot help (no readable mammogram in the study): the study is dead-lettered at once."""
+
+
+class DeliveryError(RuntimeError):
+    """A destination refused or could not take the result objects."""
+
+
+# --- per-process resources (a worker process loads each model bundle once) ------------------------------------------
+_PIPELINES: dict[tuple[str, str, bool], "Pipeline"] = {}
+_PIPELINE_LOCK = threading.Lock()
+_LEDGERS: dict[str, Ledger] = {}
+
+
+def pipeline_for(model_dir: Path, device: str, threads: int | None = None, explain: bool = True) -> "Pipeline":
+    """The loaded pipeline for a bundle, built on first use in this process (after any fork, so CUDA is safe)."""
+    from models.pipeline import Pipeline
+
+    key = (str(Path(model_dir).resolve()), device, explain)
+    with _PIPELINE_LOCK:
+        if key not in _PIPELINES:
+            started = time.monotonic()
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            _PIPELINES[key] = Pipeline.from_model_dir(Path(model_dir), device=device, explain=explain)
+            LOG.info("model bundle loaded", extra={"event": "model_loaded", "model_dir": key[0], "device": device,
+                                                   "seconds": round(time.monotonic() - started, 2)})
+        return _PIPELINES[key]
+
+
+def forget_pipelines() -> None:
+    """Drop loaded models (called in a freshly forked child: CUDA state must not cross a fork)."""
+    with _PIPELINE_LOCK:
+        _PIPELINES.clear()
+
+
+def ledger_for(settings: Settings) -> Ledger:
+    url = settings.effective_ledger_url
+    if url not in _LEDGERS:
+        _LEDGERS[url] = Ledger(url)
+    return _LEDGERS[url]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+# --- the work itself ---------------------------------------------------------------------------------------------
+def work_key(study_uid: str, instance_paths: list[Path], model_dir: Path) -> str:
+    """Identifies one analysis: the instances (names, sizes, times), the model bundle's manifests and our version.
+    When an attempt only failed to deliver, the next attempt finds the same key and re-sends without re-analysing."""
+    import hashlib
+
+    from mccad import __version__
+
+    digest = hashlib.sha256(f"{__version__}\x1f{study_uid}".encode())
+    for path in instance_paths:
+        st = path.stat()
+        digest.update(f"\x1f{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for manifest in sorted(Path(model_dir).glob("*/manifest.json")):
+        digest.update(manifest.parent.name.encode() + manifest.read_bytes())
+    return digest.hexdigest()
+
+
+def analyse_from_spool(settings: Settings, study_uid: str, model_dir: Path) -> list[Path]:
+    """Read the study's instances from the spool, run the pipeline, write every output; returns the DICOM objects
+    to send. Outputs of an earlier attempt with the same :func:`work_key` are reused (``work.json`` records them)."""
+    import json
+
+    import pydicom
+
+    from dicom_io.durable import write_text_durably
+    from dicom_io.errors import DicomInputError
+    from dicom_io.reader import read_mammogram
+    from dicom_io.spool import Spool
+    from worker.outputs import write_study_outputs
+
+    paths = Spool(settings.spool_dir).instances(study_uid)
+    if not paths:
+        raise PermanentStudyError("the spool holds no instance of this study (was the spool folder removed?)")
+    out_dir = settings.results_dir / study_uid  # study_uid was validated by the spool (PS3.5 9.1 digits and dots)
+    key = work_key(study_uid, paths, model_dir)
+    record = out_dir / "work.json"
+    if record.is_file():
+        done = json.loads(record.read_text())
+        objects = [out_dir / name for name in done.get("dicom_objects", [])]
+        if done.get("key") == key and all(p.is_file() for p in objects):
+            LOG.info("outputs of an earlier attempt reused", extra={"event": "outputs_reused",
+                                                                     "study": short_uid(study_uid)})
+            return objects
+    images, sources, refused = [], {}, []
+    for path in paths:
+        try:
+            image = read_mammogram(path, max_pixels=settings.max_pixels)
+        except DicomInputError as exc:
+            refused.append(f"{path.name[:16]}...: {type(exc).__name__}")
+            LOG.warning("instance skipped: %s", type(exc).__name__,
+                        extra={"event": "instance_skipped", "study": short_uid(study_uid), "detail": str(exc)[:200]})
+            continue
+        images.append(image)
+        sources[image.meta.sop_instance_uid] = pydicom.dcmread(path, stop_before_pixels=True)
+    if not images:
+        raise PermanentStudyError(f"none of the {len(paths)} instances is a usable mammogram: {'; '.join(refused)}")
+    analysis = pipeline_for(model_dir, settings.device, settings.threads, settings.explain).analyze(images)
+    outputs = write_study_outputs(analysis, images, out_dir, sources=sources, dicom=True)
+    objects = list(outputs.dicom_objects)
+    write_text_durably(record, json.dumps({"key": key, "model_dir": str(model_dir),
+                                           "dicom_objects": [str(p.relative_to(out_dir)) for p in objects]}, indent=2))
+    return objects
+
+
+def deliver(settings: Settings, paths: list[Path]) -> list[str]:
+    """C-STORE ``paths`` to every configured destination; raises :class:`DeliveryError` naming those that failed."""
+    from dicom_io.scu import SendError, send_files
+    from dicom_io.tls import client_context
+
+    problems: list[str] = []
+    delivered: list[str] = []
+    for dest in settings.destinations:
+        tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if dest.tls else None
+        try:
+            result = send_files(paths, ae_title=dest.ae_title, host=dest.host, port=dest.port,
+                                calling_ae=settings.ae_title, tls_context=tls, retries=settings.send_retries,
+                                backoff_s=settings.retry_backoff_s)
+        except SendError as exc:
+            problems.append(f"{dest.ae_title}@{dest.host}:{dest.port}: {exc}")
+            continue
+        if result.failed:
+            statuses = ", ".join(sorted({f"0x{s:04X}" for s in result.failed.values()}))
+            problems.append(f"{dest.ae_title}@{dest.host}:{dest.port} refused {len(result.failed)} of {len(paths)} "
+                            f"objects (status {statuses})")
+        else:
+            delivered.append(dest.ae_title)
+    if problems:
+        raise DeliveryError("; ".join(problems))
+    return delivered
+
+
+def run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | None) -> dict[str, Any]:
+    """One attempt at a study, with the ledger bookkeeping around it. Returns a small summary for logs."""
+    ledger = ledger_for(settings)
+    claim = ledger.claim(study_uid, max_attempts=settings.max_attempts, worker=worker_name())
+    tag = short_uid(study_uid)
+    if claim.action == "skip":
+        LOG.info("nothing to do for study: %s", claim.reason, extra={"event": "task_skipped", "study": tag})
+        return {"study": tag, "action": "skip", "state": claim.state}
+    if claim.action == "dead":
+        LOG.error("study dead-lettered: %s", claim.reason, extra={"event": "dead_lettered", "study": tag})
+        return {"study": tag, "action": "dead"}
+    bundle = Path(model_dir or claim.model_dir or settings.model_dir)
+    LOG.info("analysing study", extra={"event": "task_started", "study": tag, "attempt": claim.attempt,
+                                       "model_dir": str(bundle)})
+    try:
+        objects = analyse_from_spool(settings, study_uid, bundle)
+        ledger.mark_sending(study_uid)
+        delivered = deliver(settings, objects) if objects else []
+    except PermanentStudyError as exc:
+        ledger.fail(study_uid, f"{exc}", dead=True)
+        LOG.error("study dead-lettered: %s", exc, extra={"event": "dead_lettered", "study": tag})
+        return {"study": tag, "action": "dead"}
+    except Exception as exc:
+        reason = f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"
+        dead = claim.attempt >= settings.max_attempts
+        ledger.fail(study_uid, reason, dead=dead)
+        if dead:
+            LOG.error("study dead-lettered after %d attempts", claim.attempt,
+                      extra={"event": "dead_lettered", "study": tag, "reason": reason[:500]})
+            return {"study": tag, "action": "dead"}
+        countdown = settings.retry_backoff_s * (2 ** (claim.attempt - 1))
+        LOG.warning("study failed, retrying in %.1f s", countdown,
+                    extra={"event": "task_retry", "study": tag, "reason": reason[:500]})
+        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_attempts)
+    state = ledger.finish(study_uid, claim.started_at, model_used=str(bundle))
+    LOG.info("study finished", extra={"event": "task_done" if state == DONE else "task_reopened", "study": tag,
+                                      "state": str(state), "objects": len(objects),
+                                      "destinations": ",".join(delivered),
+                                      "seconds": round(time.time() - claim.started_at, 2)})
+    return {"study": tag, "action": "run", "state": state}
+
+
+def register_tasks(app: Celery) -> None:
+    """Register ``mccad.analyze_study`` on ``app``; the task reads its settings from ``app.mccad_settings``."""
+    from worker.app import TASK_ANALYZE
+
+    @app.task(name=TASK_ANALYZE, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True, max_retries=None)
+    def analyze_study(self: Task, study_uid: str, model_dir: str | None = None) -> dict[str, Any]:
+        return run_study(self, self.app.mccad_settings, study_uid, model_dir)
+
+
+def _after_fork(**_: Any) -> None:
+    forget_pipelines()
+    _LEDGERS.clear()  # database connections must not be shared with the parent process
+
+
+from celery.signals import worker_process_init  # noqa: E402  (signal wiring sits next to the handler it wires)
+
+worker_process_init.connect(_after_fork, weak=False)
