@@ -1,0 +1,115 @@
+"""``mccad evaluate``: the paper's image / breast / lesion metrics, FROC, calibration and the k-fold table, written
+as ``metrics.json``, PNG figures and ``report.html`` (issue 6, item 3).
+
+Ways in:
+  mccad evaluate --model MODEL_OR_RUN --data CSV --out DIR          run a model, then evaluate
+  mccad evaluate --predictions P.json --truth CSV --out DIR         evaluate saved predictions
+  mccad evaluate --predictions F1.json F2.json ... --truth CSV      one file per fold: Table 3 plus pooled metrics
+  mccad evaluate --kfold RUN --data CSV --out DIR                    every fold of 'mccad train --folds k'
+  add --compare OTHER (predictions file, model or run folder) for DeLong's test between two models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model or saved predictions against annotated ground truth")
+    p.add_argument("--truth", "--data", dest="truth", type=Path, required=True, help="annotation file (ground truth)")
+    p.add_argument("--format", default="paper_csv", help="dataset format of --truth (default paper_csv)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", type=Path, nargs="+", help="predictions file(s); several = one per fold")
+    src.add_argument("--model", type=Path, help="model folder (manifest.json) or training run folder (best.pt)")
+    src.add_argument("--kfold", type=Path, help="run folder of 'mccad train --folds k'")
+    p.add_argument("--compare", type=Path, default=None, help="second model (predictions, model or run folder)")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--score-thresh", type=float, default=None, help="operating score threshold (default: model's)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for AUC intervals")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run)
+
+
+def _predictions_of(source: Path, samples, device: str, out: Path, tag: str):
+    """(predictions, operating point, name) from a predictions file or a model/run folder."""
+    from training.evaluate import OperatingPoint, read_predictions, write_predictions
+    from training.predict import load_model, predict
+
+    if source.is_file():
+        preds, meta = read_predictions(source)
+        op = OperatingPoint(**meta["operating_point"]) if "operating_point" in meta else OperatingPoint()
+        return preds, op, meta.get("name", source.stem)
+    loaded = load_model(source, device=_device(device))
+    preds = predict(loaded, samples, progress=True)
+    op = loaded.operating_point
+    write_predictions(out / f"predictions{tag}.json", preds,
+                      {**loaded.description, "operating_point": op.__dict__})
+    return preds, op, f"{loaded.description['name']} {loaded.description['version']}"
+
+
+def _device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    import dataclasses
+
+    from mccad.cli import UserError
+    from training.datasets.readers import read_dataset
+    from models.errors import RegistryError
+    from training.datasets.samples import DatasetError
+    from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds
+    from training.report import write_report
+    from training.trainers.common import TrainingError
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        truth = read_dataset(args.truth, args.format)
+        by_id = {s.image_id: s for s in truth}
+        fold_preds = []
+        if args.kfold is not None:
+            folds_file = args.kfold / "folds.json"
+            if not folds_file.is_file():
+                raise UserError(f"{args.kfold} has no folds.json: train it with 'mccad train ... --folds k'")
+            folds = json.loads(folds_file.read_text())
+            for i, (name, ids) in enumerate(sorted(folds.items()), start=1):
+                samples = [by_id[x] for x in ids if x in by_id]
+                fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}")))
+        elif args.predictions and len(args.predictions) > 1:
+            for path in args.predictions:
+                preds, op, name = _predictions_of(path, truth, args.device, out, "")
+                ids = {p.image_id for p in preds}
+                fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
+        else:
+            source = args.model if args.model is not None else args.predictions[0]
+            fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "")))
+        op = fold_preds[0][2]
+        if args.score_thresh is not None:
+            op = dataclasses.replace(op, score_thresh=args.score_thresh)
+        all_truth = [s for f in fold_preds for s in f[0]]
+        all_preds = [p for f in fold_preds for p in f[1]]
+        metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot)
+        if len(fold_preds) > 1:
+            per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]
+            metrics["kfold"] = evaluate_folds(per_fold)
+        comparison, names = None, (fold_preds[0][3], "")
+        if args.compare is not None:
+            other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare")
+            comparison = compare(all_truth, all_preds, other, op=op)
+            names = (fold_preds[0][3], other_name)
+    except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:
+        raise UserError(str(exc)) from exc
+    metrics["command"] = "mccad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(metrics, out, title=f"mccad evaluation: {fold_preds[0][3]}", model_name=fold_preds[0][3],
+                          comparison=comparison, comparison_names=names)
+    summary = {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
+               for lvl, b in metrics["levels"].items()}
+    print(json.dumps({"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}, indent=2,
+                     default=str))
+    return 0

@@ -1,0 +1,34 @@
+"""``mccad export RUN --out MODEL_DIR``: a training run becomes a registry model folder (issue 6, item 4)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="turn a training run into a model folder (weights, manifest, model card)")
+    p.add_argument("run", type=Path, help="run folder written by 'mccad train'")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (e.g. models/weights/mine/detector)")
+    p.add_argument("--name", default=None, help="model name (default mccad-<role>)")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--training-data", default="", help="one line describing the training data for the card")
+    p.add_argument("--synthetic-only", action="store_true", help="mark the model as trained on synthetic data only")
+    p.add_argument("--metrics", type=Path, default=None, help="metrics.json of 'mccad evaluate' to attach")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from mccad.cli import UserError
+    from training.export import export_run
+    from training.trainers.common import TrainingError
+
+    try:
+        out = export_run(args.run, args.out, name=args.name, version=args.version, training_data=args.training_data,
+                         synthetic_only=args.synthetic_only, metrics_json=args.metrics, dtype=args.dtype,
+                         which=args.checkpoint)
+    except (TrainingError, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    print(out)
+    return 0

@@ -1,0 +1,1 @@
+"""Dataset readers into one typed :class:`training.datasets.samples.Sample` format, and patient-level splits."""

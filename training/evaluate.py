@@ -1,0 +1,276 @@
+"""Evaluation at image, breast and lesion level exactly as the paper defines them (sections 2.6-2.8), FROC, and
+the k-fold table.
+
+Inputs: the ground truth as :class:`Sample` objects and predictions as :class:`ImagePrediction` objects, joined on
+``image_id``. Predictions keep every box the detector gave at a low score threshold (so that FROC sees the whole
+score range); the classification levels apply the operating point (``score_thresh``, 0.3 in the paper, and the
+released code's cross-class suppression) before the paper's rules run:
+
+- image: ``models.fusion.image_verdict`` (any malignant box -> malignant; probability from the boxes); an image-level
+  classifier (SPPNet) gives ``image_probability`` instead, malignant above 0.5;
+- breast: images grouped by patient and side, CC with MLO through ``models.fusion.breast_verdict`` (section 2.7);
+  a breast is truly malignant when any of its images is; several images of one view: the most suspicious stands;
+- lesion: every ground-truth box is matched with ``models.fusion.match_lesions`` (highest IoU > 0); the match's class
+  and probability are the lesion's prediction; unmatched lesions are counted and reported, not scored (as the paper
+  counts 1185 matched of 1373).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.fusion import ImageVerdict, breast_verdict, image_verdict, match_lesions, suppress_cross_class
+from training.datasets.samples import Sample
+from training.froc import FrocImage, froc
+from training.metrics import (
+    bootstrap_auc,
+    calibration_curve,
+    classification_table,
+    delong_test,
+    kfold_table,
+    roc_curve_points,
+)
+
+LEVELS = ("image", "breast", "lesion")
+CC_VIEWS = {"CC", "XCCL"}
+MLO_VIEWS = {"MLO", "ML", "LM", "LMO", "SIO"}
+PREDICTIONS_FORMAT = "mccad-predictions-1"
+
+
+class EvaluationError(ValueError):
+    """Predictions and ground truth that cannot be evaluated together; the message says why."""
+
+
+@dataclass
+class ImagePrediction:
+    """A model's output for one image, boxes in the image's original pixels."""
+
+    image_id: str
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    labels: list[str] = field(default_factory=list)  # 'benign' / 'malignant' per box
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    image_probability: float | None = None  # an image classifier's P(malignant), e.g. SPPNet
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"image_id": self.image_id, "boxes": np.asarray(self.boxes).reshape(-1, 4).tolist(),
+                             "labels": list(self.labels), "scores": np.asarray(self.scores).reshape(-1).tolist()}
+        if self.image_probability is not None:
+            d["image_probability"] = float(self.image_probability)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ImagePrediction":
+        boxes = np.asarray(d.get("boxes", []), dtype=np.float64).reshape(-1, 4)
+        labels = [str(v) for v in d.get("labels", [])]
+        scores = np.asarray(d.get("scores", []), dtype=np.float64).reshape(-1)
+        if not (len(boxes) == len(labels) == len(scores)):
+            raise EvaluationError(f"prediction for {d.get('image_id')!r}: {len(boxes)} boxes, {len(labels)} labels "
+                                  f"and {len(scores)} scores must match")
+        p = d.get("image_probability")
+        return cls(str(d["image_id"]), boxes, labels, scores, None if p is None else float(p))
+
+
+def write_predictions(path: Path, predictions: Sequence[ImagePrediction], meta: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": PREDICTIONS_FORMAT, "meta": meta or {},
+                                "images": [p.to_dict() for p in predictions]}))
+    return path
+
+
+def read_predictions(path: Path) -> tuple[list[ImagePrediction], dict[str, Any]]:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("format") != PREDICTIONS_FORMAT:
+        raise EvaluationError(f"{path} is not an mccad predictions file (format {PREDICTIONS_FORMAT})")
+    return [ImagePrediction.from_dict(d) for d in data["images"]], dict(data.get("meta", {}))
+
+
+# ------------------------------------------------------------------------------------------------ operating point
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The post-processing between raw detections and the paper's rules (section 2.6 and the released code)."""
+
+    score_thresh: float = 0.3
+    cross_class_suppression: bool = True
+    cross_class_iou: float = 0.5
+
+
+def kept_boxes(pred: ImagePrediction, op: OperatingPoint) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The boxes that survive the score threshold and the cross-class suppression."""
+    boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
+    keep = np.flatnonzero(scores >= op.score_thresh)
+    boxes, scores, labels = boxes[keep], scores[keep], [pred.labels[i] for i in keep]
+    if op.cross_class_suppression and len(boxes):
+        idx = suppress_cross_class(boxes, labels, scores, iou=op.cross_class_iou)
+        boxes, scores, labels = boxes[idx], scores[idx], [labels[i] for i in idx]
+    return boxes, labels, scores
+
+
+def image_level_verdict(pred: ImagePrediction, op: OperatingPoint) -> ImageVerdict:
+    if pred.image_probability is not None:
+        p = float(min(max(pred.image_probability, 0.0), 1.0))
+        label = "malignant" if p > 0.5 else "benign"
+        return ImageVerdict(label=label, malignancy_probability=p, probability=p if label == "malignant" else 1 - p,
+                            image_id=pred.image_id)
+    _, labels, scores = kept_boxes(pred, op)
+    return image_verdict(labels, scores.tolist(), image_id=pred.image_id)
+
+
+# ----------------------------------------------------------------------------------------------------- levels
+@dataclass
+class LevelCases:
+    """The scored cases of one level: truth (0/1), P(malignant), predicted label (0/1), patient of each case."""
+
+    y_true: list[int] = field(default_factory=list)
+    y_score: list[float] = field(default_factory=list)
+    y_pred: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    unmatched: int = 0
+
+    def add(self, truth: int, score: float, pred: int, group: str, case_id: str) -> None:
+        self.y_true.append(int(truth))
+        self.y_score.append(float(score))
+        self.y_pred.append(int(pred))
+        self.groups.append(group)
+        self.ids.append(case_id)
+
+
+def _join(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]) -> list[tuple[Sample, ImagePrediction]]:
+    by_id = {p.image_id: p for p in predictions}
+    missing = [s.image_id for s in truth if s.image_id not in by_id]
+    if missing:
+        raise EvaluationError(f"{len(missing)} ground-truth images have no prediction (e.g. {missing[:3]}); "
+                              "evaluate predictions made on the same dataset")
+    return [(s, by_id[s.image_id]) for s in truth]
+
+
+def level_cases(truth: Sequence[Sample], predictions: Sequence[ImagePrediction],
+                op: OperatingPoint = OperatingPoint()) -> dict[str, LevelCases]:
+    """The cases of the image, breast and lesion levels (lesion level only when predictions carry boxes)."""
+    pairs = _join(truth, predictions)
+    image, breast, lesion = LevelCases(), LevelCases(), LevelCases()
+    breasts: dict[tuple[str, str | None], list[tuple[Sample, ImageVerdict]]] = defaultdict(list)
+    has_boxes = any(len(p.boxes) for _, p in pairs) or all(p.image_probability is None for _, p in pairs)
+    for sample, pred in pairs:
+        verdict = image_level_verdict(pred, op)
+        image.add(sample.target, verdict.malignancy_probability, int(verdict.label == "malignant"),
+                  sample.patient_id, sample.image_id)
+        breasts[sample.breast_key].append((sample, verdict))
+        if not has_boxes or not sample.lesions:
+            continue
+        boxes, labels, scores = kept_boxes(pred, op)
+        matches = match_lesions(sample.boxes, boxes)
+        for k, (les, j) in enumerate(zip(sample.lesions, matches)):
+            if j is None:
+                lesion.unmatched += 1
+                continue
+            p_malignant = float(scores[j]) if labels[j] == "malignant" else 1.0 - float(scores[j])
+            lesion.add(int(les.label == "malignant"), p_malignant, int(labels[j] == "malignant"),
+                       sample.patient_id, f"{sample.image_id}#{k + 1}")
+    for (patient, side), members in sorted(breasts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        cc = _strongest([v for s, v in members if (s.view or "").upper() in CC_VIEWS])
+        mlo = _strongest([v for s, v in members if (s.view or "").upper() in MLO_VIEWS])
+        if cc is None and mlo is None:  # views unknown: the two most suspicious images stand for CC and MLO
+            ranked = sorted((v for _, v in members), key=lambda v: v.malignancy_probability, reverse=True)
+            cc, mlo = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+        v = breast_verdict(cc, mlo)
+        truth_label = max(s.target for s, _ in members)
+        breast.add(truth_label, v.malignancy_probability, int(v.label == "malignant"), patient, f"{patient}/{side}")
+    out = {"image": image, "breast": breast}
+    if has_boxes:
+        out["lesion"] = lesion
+    return out
+
+
+def _strongest(verdicts: list[ImageVerdict]) -> ImageVerdict | None:
+    return max(verdicts, key=lambda v: v.malignancy_probability) if verdicts else None
+
+
+def level_metrics(cases: LevelCases, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Table 2 row, AUC with patient-bootstrap 95% CI, ROC points and calibration of one level."""
+    table = classification_table(cases.y_true, cases.y_pred)
+    auc = bootstrap_auc(cases.y_true, cases.y_score, cases.groups, n_boot=n_boot, seed=seed)
+    fpr, tpr = roc_curve_points(cases.y_true, cases.y_score) if cases.y_true else (np.zeros(0), np.zeros(0))
+    calib = calibration_curve(cases.y_true, cases.y_score)
+    return {"n": len(cases.y_true), "n_malignant": int(sum(cases.y_true)), "unmatched": cases.unmatched,
+            "table": table.to_dict(), "row": table.row(), "auc": auc.to_dict(),
+            "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "calibration": calib.to_dict()}
+
+
+def froc_metrics(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], hit_iou: float = 0.1) -> dict:
+    """FROC over all boxes the predictions hold (class-agnostic, and malignant lesions with malignant boxes)."""
+    pairs = _join(truth, predictions)
+    images = [FrocImage(gt_boxes=s.boxes, pred_boxes=p.boxes, pred_scores=p.scores, gt_labels=s.labels,
+                        pred_labels=p.labels) for s, p in pairs]
+    return {"all": froc(images, hit_iou=hit_iou).to_dict(),
+            "malignant": froc(images, hit_iou=hit_iou, label="malignant").to_dict(), "hit_iou": hit_iou}
+
+
+def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
+             op: OperatingPoint = OperatingPoint(), n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds for one model on one dataset."""
+    cases = level_cases(truth, predictions, op)
+    out: dict[str, Any] = {"operating_point": op.__dict__, "n_images": len(truth),
+                           "levels": {name: level_metrics(c, n_boot=n_boot, seed=seed) for name, c in cases.items()}}
+    if "lesion" in cases:
+        out["froc"] = froc_metrics(truth, predictions)
+    return out
+
+
+def compare(truth: Sequence[Sample], a: Sequence[ImagePrediction], b: Sequence[ImagePrediction], *,
+            op: OperatingPoint = OperatingPoint()) -> dict[str, Any]:
+    """DeLong's test per level between two models scored on the same images (image and breast levels; the lesion
+    level pairs only when both models matched the same lesions)."""
+    ca, cb = level_cases(truth, a, op), level_cases(truth, b, op)
+    out = {}
+    for level in ("image", "breast", "lesion"):
+        if level not in ca or level not in cb:
+            continue
+        if ca[level].ids != cb[level].ids:
+            common = sorted(set(ca[level].ids) & set(cb[level].ids))
+            ia = {k: i for i, k in enumerate(ca[level].ids)}
+            ib = {k: i for i, k in enumerate(cb[level].ids)}
+            yt = [ca[level].y_true[ia[k]] for k in common]
+            sa = [ca[level].y_score[ia[k]] for k in common]
+            sb = [cb[level].y_score[ib[k]] for k in common]
+        else:
+            yt, sa, sb = ca[level].y_true, ca[level].y_score, cb[level].y_score
+        if len(set(yt)) < 2:
+            continue
+        out[level] = {**delong_test(yt, sa, sb).to_dict(), "n": len(yt)}
+    return out
+
+
+def evaluate_folds(fold_results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Table 3: per level, each fold's Table 2 row and AUC, then mean and SD over folds."""
+    out = {}
+    for level in LEVELS:
+        rows = []
+        for result in fold_results:
+            block = result["levels"].get(level)
+            if block is None:
+                continue
+            rows.append({**block["row"], "auc": block["auc"]["auc"]})
+        if rows:
+            out[level] = kfold_table(rows)
+    return out
+
+
+def nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: undefined numbers (AUC with one class) become null."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(v) for v in value]
+    return value

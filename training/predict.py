@@ -1,0 +1,99 @@
+"""Run a trained model over an annotated dataset and keep what evaluation needs (``ImagePrediction`` per image).
+
+Images are prepared as the pipeline prepares them (section 2.4 standardisation with the model's own settings);
+detector boxes are mapped back to original pixels. The detector runs with a low score threshold and without the
+cross-class suppression so that FROC sees the whole score range; ``training.evaluate`` applies the operating point.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.preprocess import StandardiseConfig
+from training.datasets.images import prepare
+from training.datasets.samples import Sample
+from training.evaluate import ImagePrediction, OperatingPoint
+
+FROC_SCORE_FLOOR = 0.01
+LABEL_NAMES = {1: "benign", 2: "malignant"}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    kind: str  # detector or sppnet (patch heads are evaluated on patches, not here)
+    model: torch.nn.Module
+    network_config: Any
+    standardise: StandardiseConfig
+    description: dict[str, Any]
+
+    @property
+    def operating_point(self) -> OperatingPoint:
+        if self.kind != "detector":
+            return OperatingPoint()
+        c = self.network_config
+        return OperatingPoint(c.score_thresh, c.cross_class_suppression, c.cross_class_iou)
+
+
+def load_model(path: Path, device: str = "cpu") -> LoadedModel:
+    """A registry folder (``manifest.json``) or a training run folder (``best.pt``)."""
+    path = Path(path)
+    std_keys = ("column_tolerance", "crop_rows", "max_side")
+    if (path / "manifest.json").is_file():
+        from models.registry import load_classifier, load_detector, load_manifest
+
+        manifest = load_manifest(path)
+        std = StandardiseConfig(**{k: v for k, v in manifest.input_spec.get("standardise", {}).items() if k in std_keys})
+        desc = {"source": str(path), "name": manifest.name, "version": manifest.version, "role": manifest.role}
+        if manifest.architecture == "fpnnet-resnet50":
+            model, cfg, _ = load_detector(path, device=device)
+            return LoadedModel("detector", model, cfg, std, desc)
+        if manifest.role != "sppnet":
+            raise ValueError(f"{path} is a {manifest.role} patch head; whole-image evaluation takes a detector or "
+                             "an SPPNet model")
+        model, cfg, _ = load_classifier(path, device=device)
+        return LoadedModel("sppnet", model, cfg, std, desc)
+    from training.export import load_run
+
+    run = load_run(path)
+    std = StandardiseConfig(**{k: v for k, v in run.standardise.items() if k in std_keys})
+    desc = {"source": str(path), "name": f"run:{path.name}", "version": f"epoch {run.checkpoint.get('epoch')}",
+            "role": run.role}
+    return LoadedModel(run.kind, run.model.to(device), run.network_config, std, desc)
+
+
+def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = False) -> list[ImagePrediction]:
+    """One ImagePrediction per sample (boxes in original pixels for the detector, P(malignant) for SPPNet)."""
+    from models.classifier import classify
+    from models.detector import detect
+
+    items: Any = samples
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(samples, desc="predict", unit="img")
+    device = next(loaded.model.parameters()).device
+    wide = None
+    if loaded.kind == "detector":
+        wide = dataclasses.replace(loaded.network_config, score_thresh=min(FROC_SCORE_FLOOR,
+                                                                           loaded.network_config.score_thresh),
+                                   cross_class_suppression=False)
+    out = []
+    for sample in items:
+        prep = prepare(sample, loaded.standardise)
+        tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None].to(device)
+        if loaded.kind == "detector":
+            det = detect(loaded.model, [tensor], wide)[0]
+            boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))
+            out.append(ImagePrediction(sample.image_id, boxes, [LABEL_NAMES[int(v)] for v in det.labels],
+                                       det.scores.astype(np.float64)))
+        elif loaded.kind == "sppnet":
+            p = float(classify(loaded.model, [tensor], loaded.network_config)[0, 1])
+            out.append(ImagePrediction(sample.image_id, image_probability=p))
+        else:
+            raise ValueError(f"{loaded.kind} models are evaluated on lesion patches, not whole images")
+    return out

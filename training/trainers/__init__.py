@@ -1,0 +1,1 @@
+"""Training loops: the detector (FPNNet), SPPNet, and the patch heads (pathotype, ER); ``common`` holds the loop."""
