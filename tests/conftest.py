@@ -15,7 +15,8 @@ def make_tiny_bundle(folder: Path, *, patch_heads: bool = True, seed: int = 0) -
     from models.registry import ModelManifest, save_model
 
     torch.manual_seed(seed)
-    det_cfg = DetectorConfig(min_size=256, max_size=384, score_thresh=0.0, detections_per_img=5)
+    det_cfg = DetectorConfig(min_size=256, max_size=384, score_thresh=0.0, detections_per_img=5,
+                             rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
     common = dict(version="0.0.0-test", training_data="none (random initialisation, tests only)",
                   synthetic_only=True, metrics={})
     save_model(folder / "detector", build_detector(det_cfg), ModelManifest(
