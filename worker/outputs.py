@@ -65,8 +65,6 @@ def write_study_outputs(analysis: Analysis, images: list[MammogramImage], out_di
                 path = out_dir / image_result.heatmap
                 write_durably(path, _png_bytes(render_heatmap(img.pixels, heat)))
                 outputs.heatmaps.append(path)
-        outputs.html = out_dir / "index.html"
-        write_text_durably(outputs.html, render_html(result, outputs))
     if dicom:
         from dicom_io.outputs import write_result_objects
 
@@ -75,6 +73,9 @@ def write_study_outputs(analysis: Analysis, images: list[MammogramImage], out_di
                        for uid, img in by_uid.items() if img.meta.source_path}
         objects = write_result_objects(result, sources, analysis.heatmaps, out_dir / "dicom")
         outputs.dicom_objects = [o.path for o in objects]
+    if pictures:  # last, so that the page links every file written above
+        outputs.html = out_dir / "index.html"
+        write_text_durably(outputs.html, render_html(result, outputs))
     return outputs
 
 

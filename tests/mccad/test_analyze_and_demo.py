@@ -43,7 +43,8 @@ def test_analyze_writes_every_output_and_the_sr_reads_back_as_result_json(synth_
     assert len(srs) == 1
     assert read_measurement_report(srs[0]).model_dump() == result
     html = Path(summary["html"]).read_text()
-    assert "NOT FOR CLINICAL USE" in html and all(Path(p).name in html for p in summary["overlays"])
+    assert "NOT FOR CLINICAL USE" in html
+    assert all(Path(p).name in html for p in summary["overlays"] + summary["heatmaps"] + summary["dicom"])
 
 
 def test_analyze_reports_a_non_dicom_file_and_goes_on(synth_study: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
