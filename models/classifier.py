@@ -8,11 +8,10 @@ aspect ratio and small patches go through one network without warping.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from models.backbones import load_backbone_weights
+from models.manifest_config import ManifestConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,14 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(ManifestConfig):
     """What shapes an SPPNet and its inputs (stored in the model's manifest).
 
     ``input_size`` is the long side whole images are resized to; ``patch_size`` the side of lesion patches for the
     pathotype and ER heads. ``classify`` uses ``input_size`` unless told otherwise.
     """
+
+    manifest_name: ClassVar[str] = "classifier"
 
     levels: tuple[int, ...] = (1, 2, 4)
     input_size: int = 512
@@ -51,17 +53,6 @@ class ClassifierConfig:
             raise ValueError("num_classes must be at least 2")
         if min(self.input_size, self.patch_size) < MIN_INPUT:
             raise ValueError(f"input_size and patch_size must be at least {MIN_INPUT}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown classifier settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 class SpatialPyramidPool(nn.Module):

@@ -18,11 +18,10 @@ internal resize; the pipeline maps them on to the original DICOM pixels.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
 
 from models.backbones import load_backbone_weights
+from models.manifest_config import ManifestConfig
 from models.fusion import suppress_cross_class
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ FPN_LEVELS = 5  # P2, P3, P4, P5 and the max-pooled P6 of torchvision's LastLeve
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(ManifestConfig):
     """Everything that shapes the detector network and its post-processing (stored in the model's manifest)."""
+
+    manifest_name: ClassVar[str] = "detector"
 
     min_size: int = 800
     max_size: int = 1333
@@ -82,19 +84,6 @@ class DetectorConfig:
             raise ValueError("detections_per_img must be at least 1")
         if not 0 <= self.trainable_backbone_layers <= 5:
             raise ValueError("trainable_backbone_layers must lie in 0..5")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (tuples become lists) for the model manifest."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DetectorConfig":
-        """Inverse of ``to_dict``; unknown keys are an error so that a typo in a manifest is not silently ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown detector settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass
