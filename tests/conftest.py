@@ -1,6 +1,7 @@
 """Fixtures shared across packages: a tiny, untrained model bundle that exercises every code path quickly."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,15 @@ def make_tiny_bundle(folder: Path, *, patch_heads: bool = True, seed: int = 0) -
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for tests of tiny models: two OpenMP threads spin against each other when other processes
+    share the two cores (several times slower); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,7 +1,6 @@
 """SPPNet: any input size, configurable pyramid, probabilities for batches of mixed images."""
 from __future__ import annotations
 
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -10,12 +9,7 @@ import torch
 from models.classifier import ClassifierConfig, SpatialPyramidPool, SPPNet, build_classifier, classify, fit_to_square
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -28,13 +27,7 @@ FAST = {"rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150}
 SMALL = DetectorConfig(min_size=256, max_size=256, **FAST)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Two OpenMP threads spin against each other when other tests share the two cores: one is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

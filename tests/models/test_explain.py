@@ -1,7 +1,6 @@
 """CAMs and feature maps: in [0, 1], shaped like the input, and located where the image structure is."""
 from __future__ import annotations
 
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -14,12 +13,7 @@ from models.explain import classifier_cam, detector_cam, feature_maps
 SMALL = DetectorConfig(min_size=128, max_size=160, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

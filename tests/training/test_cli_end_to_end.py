@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mccad.cli import main
 from models.registry import load_detector
 from training.synth import write_synthetic_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The models here are tiny: one thread avoids OpenMP oversubscription when the CPUs are shared (5x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def test_train_evaluate_export(tmp_path, capsys):

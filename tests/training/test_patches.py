@@ -3,7 +3,6 @@ a head trains and exports as a registry classifier with its task as role."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
 
 from models.registry import load_classifier
@@ -16,13 +15,7 @@ from training.trainers.patches import PatchTrainConfig, lesion_patches, patch_ta
 from tests.training.tiny_images import write_tiny_samples
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The models here are tiny: one thread avoids OpenMP oversubscription when the CPUs are shared (5x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.mark.parametrize("pathotype, er, incl, excl, er_target", [

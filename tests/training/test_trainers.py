@@ -23,13 +23,7 @@ TINY_DETECTOR = dict(min_size=160, max_size=160, rpn_batch_size_per_image=32, bo
                      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The models here are tiny: one thread avoids OpenMP oversubscription when the CPUs are shared (5x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
