@@ -43,6 +43,10 @@ CLAIMABLE = (COMPLETE, QUEUED, ANALYSING, SENDING, FAILED)
 UNFINISHED = (COMPLETE, QUEUED, ANALYSING, SENDING, FAILED)
 #: A new instance for a study in one of these states makes it a study that is being received again.
 REOPENABLE = (COMPLETE, DONE, FAILED, DEAD_LETTERED)
+#: For the guard of :meth:`Ledger.claim` ``complete`` and ``queued`` are one state: the publisher writes
+#: ``complete -> queued`` after the broker took the message, which an idle Redis worker may be claiming already.
+#: Giving way to that write left the study ``queued`` with its only message acknowledged (issue 7: a stalled study).
+_CLAIM_SAME_STATE = {COMPLETE: (COMPLETE, QUEUED), QUEUED: (COMPLETE, QUEUED)}
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -266,7 +270,9 @@ class Ledger:
         if record.state not in CLAIMABLE:
             return Claim("skip", record.state, reason=f"study is {record.state}")
         now = time.time()
-        guard = (studies.c.attempts == record.attempts) & (studies.c.state == record.state)
+        # another claim in between raised ``attempts``; a re-opened or finished study left the state (group) read
+        guard = (studies.c.attempts == record.attempts) & studies.c.state.in_(
+            _CLAIM_SAME_STATE.get(record.state, (record.state,)))
         if record.attempts >= max_attempts:
             reason = (f"gave up after {record.attempts} attempts (max_attempts={max_attempts}); "
                       f"last error: {record.reason or 'the worker stopped during the task'}")

@@ -44,6 +44,8 @@ class DeliveryError(RuntimeError):
 _PIPELINES: dict[tuple[str, str, bool], "Pipeline"] = {}
 _PIPELINE_LOCK = threading.Lock()
 _LEDGERS: dict[str, Ledger] = {}
+#: The process the resources above belong to (see :func:`_after_fork`).
+_OWNER_PID = os.getpid()
 
 
 def pipeline_for(model_dir: Path, device: str, threads: int | None = None, explain: bool = True) -> "Pipeline":
@@ -225,6 +227,12 @@ def register_tasks(app: Celery) -> None:
 
 
 def _after_fork(**_: Any) -> None:
+    """``worker_process_init``: in a forked pool child, drop what the parent loaded. The solo pool sends the signal
+    in the worker's own process too; there nothing was forked and what ``mccad worker --preload`` loaded stays."""
+    global _OWNER_PID
+    if os.getpid() == _OWNER_PID:
+        return
+    _OWNER_PID = os.getpid()
     forget_pipelines()
     _LEDGERS.clear()  # database connections must not be shared with the parent process
 
