@@ -7,15 +7,19 @@ a table. The load average is recorded at start and end because a busy machine ma
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +133,114 @@ def current_rss_mib() -> float:
 def children_peak_rss_mib() -> float:
     """Largest peak RSS among waited-for child processes (ru_maxrss of RUSAGE_CHILDREN), in MiB."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+# -- child processes that die with the benchmark ----------------------------------------------------------------------
+#: ``PR_SET_PDEATHSIG`` of <linux/prctl.h>: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+_children: list[subprocess.Popen[Any]] = []
+_children_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` (Linux only) that has the kernel SIGKILL the child when the benchmark dies, by SIGKILL too,
+    and ends the child at once if the benchmark died before the request took effect. libc's ``prctl`` is looked up
+    here, before the fork, so the forked child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def child_popen_options() -> dict[str, Any]:
+    """``subprocess.Popen`` arguments for a child that dies with the benchmark: its own process group (what
+    :func:`stop_children` kills, grandchildren included) and, on Linux, the parent-death signal."""
+    options: dict[str, Any] = {"process_group": 0}
+    preexec = _die_with_parent()
+    if preexec is not None:
+        options["preexec_fn"] = preexec
+    return options
+
+
+def track_child(proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
+    """Remember a child started with :func:`child_popen_options`; :func:`stop_children` ends it and its group."""
+    with _children_lock:
+        _children.append(proc)
+    return proc
+
+
+def spawn_child(cmd: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """Start ``cmd`` as a tracked child that dies with the benchmark (see :func:`child_popen_options`)."""
+    return track_child(subprocess.Popen(list(cmd), **child_popen_options(), **popen_kwargs))
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: every process in it has exited
+
+
+def stop_children(procs: Sequence[subprocess.Popen[Any]] | None = None, grace_s: float = 60.0) -> None:
+    """SIGTERM each child (``procs``, default every tracked one; a warm shutdown for ``mccad``), wait up to
+    ``grace_s`` in all, SIGKILL those still running, then SIGKILL what is left of each one's process group (the
+    embedded worker of ``mccad serve``, say). Stopped children are no longer tracked."""
+    with _children_lock:
+        chosen = list(_children if procs is None else procs)
+        _children[:] = [p for p in _children if p not in chosen]
+    for proc in reversed(chosen):
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in reversed(chosen):
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        _signal_group(proc.pid, signal.SIGKILL)  # each child leads its own group (process_group=0)
+
+
+def _raise_system_exit(signum: int, _frame: Any) -> None:
+    # once: the unwinding (finally blocks, ExitStack callbacks, stop_children) must not be cut short by a second one
+    signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def children_die_with_us() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP end the benchmark through ``SystemExit``, so that every ``finally`` runs; on
+    leaving (and at interpreter exit as a last resort) every tracked child is stopped with its process group. A
+    SIGKILL of the benchmark runs none of that: the children's parent-death signal covers it."""
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(stop_children, None, 5.0)
+        _atexit_registered = True
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _raise_system_exit)
+    try:
+        yield
+    finally:
+        try:
+            stop_children(grace_s=10.0)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 # -- machine facts --------------------------------------------------------------------------------------------------

@@ -46,11 +46,16 @@ from bench.common import (
     REPO_ROOT,
     BenchError,
     add_output_arguments,
+    child_popen_options,
+    children_die_with_us,
     children_peak_rss_mib,
     machine_info,
     print_report,
     progress,
+    spawn_child,
+    stop_children,
     summarise,
+    track_child,
     write_report,
 )
 from tests.peers.orthanc import OrthancPeer
@@ -138,7 +143,9 @@ def mccad_env(data_dir: Path, dicom_port: int, http_port: int, orthanc: OrthancP
 
 
 class Processes:
-    """The mccad processes of one mode; stopped with SIGTERM (warm shutdown), killed if they linger."""
+    """The mccad processes of one mode; stopped with SIGTERM (warm shutdown), killed with their process group if
+    they linger. Each runs in its own process group and, on Linux, gets SIGKILL from the kernel should the benchmark
+    die, however it dies (``bench.common.child_popen_options``)."""
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
@@ -146,8 +153,8 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "mccad", *args], env=env, cwd=REPO_ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = spawn_child([sys.executable, "-m", "mccad", *args], env=env, cwd=REPO_ROOT, stdout=log,
+                           stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
         return proc
 
@@ -163,15 +170,7 @@ class Processes:
             return ""
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_children([proc for _, proc in self.procs], grace_s=60.0)
         self.procs.clear()
 
 
@@ -335,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     with ExitStack() as stack:
+        stack.enter_context(children_die_with_us())  # SIGTERM unwinds through every finally; children die with us
         root = Path(tempfile.mkdtemp(prefix="mccad-bench-e2e-")) if args.keep else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="mccad-bench-e2e-")))
         model_dir = args.model_dir
@@ -342,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = write_toy_bundle(root / "toy-bundle")
             notes.append("--quick: toy bundle with random weights and a 96-160 px input; measures the plumbing only")
         mccad_port = free_port()
-        orthanc = OrthancPeer(root / "orthanc", modalities={"cad": ("MCCAD", "127.0.0.1", mccad_port)}).start()
+        orthanc = OrthancPeer(root / "orthanc", modalities={"cad": ("MCCAD", "127.0.0.1", mccad_port)},
+                              popen_kwargs=child_popen_options())
         stack.callback(orthanc.stop)
+        orthanc.start()
+        if orthanc.process is not None:
+            track_child(orthanc.process)
         per_mode = {m: (args.throughput_studies if m == "throughput" else args.studies) for m in modes}
         progress(f"writing {sum(per_mode.values())} synthetic studies of {args.rows}x{args.cols} px")
         files = make_studies(root / "studies", sum(per_mode.values()), args.rows, args.cols)

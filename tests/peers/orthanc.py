@@ -1,7 +1,8 @@
 """Orthanc (Debian package) as a real PACS for tests.
 
 Started with its own configuration, storage and index folders on free loopback ports; stopped by ``stop()``.
-``modalities`` maps a name to (AE title, host, port) of peers Orthanc may send to (for example our SCP).
+``modalities`` maps a name to (AE title, host, port) of peers Orthanc may send to (for example our SCP);
+``popen_kwargs`` go to ``subprocess.Popen`` (the benchmarks start it in its own process group, to die with them).
 """
 from __future__ import annotations
 
@@ -21,18 +22,24 @@ ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 class OrthancPeer:
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, str, int]] | None = None,
-                 overwrite_instances: bool = True) -> None:
+                 overwrite_instances: bool = True, popen_kwargs: dict[str, Any] | None = None) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = dict(modalities or {})
         self.overwrite_instances = overwrite_instances
+        self.popen_kwargs = dict(popen_kwargs or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The running Orthanc process (None before ``start()`` and after ``stop()``)."""
+        return self._proc
 
     def start(self) -> "OrthancPeer":
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,8 @@ class OrthancPeer:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config))
         log = open(self.workdir / "orthanc.log", "wb")
-        self._proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                      **self.popen_kwargs)
         try:
             wait_for_port(self.http_port, 30)
             wait_for_port(self.dicom_port, 30)
