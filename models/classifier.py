@@ -24,7 +24,9 @@ from models.manifest_config import ManifestConfig
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE = "sppnet-resnet18"
+ARCHITECTURE = "sppnet-resnet18"  # the paper's network, and the default
+#: trunks before the pyramid: the paper's ResNet18, or EfficientNet-Lite (ImageNet weights installable here)
+BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite2")
 MIN_INPUT = 32  # ResNet18 downsamples by 32: anything smaller has no layer4 feature left
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -39,6 +41,7 @@ class ClassifierConfig(ManifestConfig):
 
     manifest_name: ClassVar[str] = "classifier"
 
+    backbone: str = "resnet18"
     levels: tuple[int, ...] = (1, 2, 4)
     input_size: int = 512
     patch_size: int = 128
@@ -47,12 +50,19 @@ class ClassifierConfig(ManifestConfig):
     image_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown SPPNet backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if not self.levels or min(self.levels) < 1:
             raise ValueError(f"pyramid levels must be positive integers, got {self.levels}")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
         if min(self.input_size, self.patch_size) < MIN_INPUT:
             raise ValueError(f"input_size and patch_size must be at least {MIN_INPUT}")
+
+    @property
+    def architecture(self) -> str:
+        """The manifest's name for this network (``sppnet-<backbone>``)."""
+        return f"sppnet-{self.backbone}"
 
 
 class SpatialPyramidPool(nn.Module):
@@ -70,24 +80,38 @@ class SpatialPyramidPool(nn.Module):
 
 
 class SPPNet(nn.Module):
-    """ResNet18 trunk -> spatial pyramid pooling -> one linear layer; returns logits (B, num_classes).
+    """ResNet18 (or EfficientNet-Lite) trunk -> spatial pyramid pooling -> one linear layer; returns logits
+    (B, num_classes).
 
     Inputs are (B, 1 or 3, H, W) in [0, 1] with H, W >= 32; grey is repeated to three channels and normalised with
     ``image_mean`` / ``image_std`` inside the model, so callers pass pixels exactly as the detector receives them.
+    The four stages (``layer1``..``layer4``, strides 4-32) are the same for both trunks, so explanations and the
+    feature-layer pictures do not depend on the backbone.
     """
 
     def __init__(
         self, num_classes: int = 2, levels: tuple[int, ...] = (1, 2, 4), backbone_weights: str | Path | None = None,
         image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        image_std: tuple[float, float, float] = (0.25, 0.25, 0.25),
+        image_std: tuple[float, float, float] = (0.25, 0.25, 0.25), backbone: str = "resnet18",
     ) -> None:
         super().__init__()
-        trunk = resnet18(weights=None)
-        load_backbone_weights(trunk, backbone_weights, "resnet18")
-        self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.backbone = backbone
+        if backbone.startswith("efficientnet_"):
+            from models.efficientnet_lite import efficientnet_lite_backbone, resolve_lite_weights
+
+            variant = backbone.removeprefix("efficientnet_")
+            pretrained, path = resolve_lite_weights(backbone_weights, variant)
+            self.trunk = efficientnet_lite_backbone(variant, pretrained, out_indices=(1, 2, 3, 4), weights_file=path)
+            channels = int(self.trunk.feature_info.channels()[-1])
+            self._last_stage = self.trunk.feature_info.module_name()[-1]
+        else:
+            trunk = resnet18(weights=None)
+            load_backbone_weights(trunk, backbone_weights, "resnet18")
+            self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
+            self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+            channels = 512
         self.spp = SpatialPyramidPool(levels)
-        self.fc = nn.Linear(self.spp.output_features(512), num_classes)
+        self.fc = nn.Linear(self.spp.output_features(channels), num_classes)
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self.num_classes = num_classes
@@ -95,7 +119,9 @@ class SPPNet(nn.Module):
 
     @property
     def target_layer(self) -> nn.Module:
-        """The module Grad-CAM hooks: the last residual stage."""
+        """The module Grad-CAM hooks: the last stage (ResNet ``layer4``, or the Lite block at stride 32)."""
+        if self.backbone.startswith("efficientnet_"):
+            return self.trunk.get_submodule(self._last_stage)
         return self.layer4
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +135,8 @@ class SPPNet(nn.Module):
 
     def feature_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs of layer1..layer4 (the paper's per-stage feature maps, section 3.2 / Fig. 3e)."""
+        if self.backbone.startswith("efficientnet_"):
+            return dict(zip(STAGES, self.trunk(self._normalise(x))))
         x = self.maxpool(self.relu(self.bn1(self.conv1(self._normalise(x)))))
         stages = {}
         for name in STAGES:
@@ -121,8 +149,10 @@ class SPPNet(nn.Module):
 
 
 def build_classifier(config: ClassifierConfig = ClassifierConfig(), backbone_weights: str | Path | None = None) -> SPPNet:
-    """Build an SPPNet from a config; ``backbone_weights`` as in ``build_detector`` (resnet18 file). Never downloads."""
-    model = SPPNet(config.num_classes, config.levels, backbone_weights, config.image_mean, config.image_std)
+    """Build an SPPNet from a config; ``backbone_weights`` as in ``build_detector`` (a resnet18 file, or for a Lite
+    trunk ``"imagenet"`` / its file). Never downloads."""
+    model = SPPNet(config.num_classes, config.levels, backbone_weights, config.image_mean, config.image_std,
+                   backbone=config.backbone)
     model.mccad_config = config  # type: ignore[assignment]
     return model
 

@@ -98,13 +98,17 @@ def remap_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, to
     return out
 
 
-def build_efficientnet_lite(variant: str = "lite0", pretrained: bool = False) -> nn.Module:
+def build_efficientnet_lite(variant: str = "lite0", pretrained: bool = False,
+                            weights_file: Path | None = None) -> nn.Module:
     """The whole ImageNet classifier (timm ``tf_efficientnet_lite*``, 1000 classes), with the package's weights when
-    ``pretrained``. Inputs normalised as ``(x * 255 - 127) / 128``."""
+    ``pretrained`` (or those of ``weights_file``, a state dict in the package's naming, when given). Inputs
+    normalised as ``(x * 255 - 127) / 128``."""
     arch = _variant(variant)[0]
     model = _timm().create_model(arch, pretrained=False)
-    if pretrained:
-        path = lite_weights_path(variant)
+    if pretrained or weights_file is not None:
+        path = Path(weights_file) if weights_file is not None else lite_weights_path(variant)
+        if not path.is_file():
+            raise LiteWeightsUnavailable(f"EfficientNet-{variant.capitalize()} weights file {path} does not exist")
         source = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(remap_state_dict(source, model.state_dict()))
         log.info("EfficientNet-%s: ImageNet weights from %s", variant, path)
@@ -112,7 +116,8 @@ def build_efficientnet_lite(variant: str = "lite0", pretrained: bool = False) ->
 
 
 def efficientnet_lite_backbone(variant: str = "lite0", pretrained: bool = False, *,
-                               out_indices: tuple[int, ...] = FPN_OUT_INDICES) -> nn.Module:
+                               out_indices: tuple[int, ...] = FPN_OUT_INDICES,
+                               weights_file: Path | None = None) -> nn.Module:
     """A feature extractor: ``forward(x)`` returns the list of feature maps at ``out_indices`` (strides 2, 4, 8, 16,
     32 for indices 0-4); ``feature_info.channels()`` gives their widths (Lite0: 16, 24, 40, 112, 320).
 
@@ -121,8 +126,8 @@ def efficientnet_lite_backbone(variant: str = "lite0", pretrained: bool = False,
     """
     arch = _variant(variant)[0]
     features = _timm().create_model(arch, pretrained=False, features_only=True, out_indices=out_indices)
-    if pretrained:
-        full = build_efficientnet_lite(variant, pretrained=True).state_dict()
+    if pretrained or weights_file is not None:
+        full = build_efficientnet_lite(variant, pretrained=True, weights_file=weights_file).state_dict()
         wanted = features.state_dict()
         missing = [k for k in wanted if k not in full]
         if missing:
@@ -147,6 +152,25 @@ class LiteFPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
-def efficientnet_lite_fpn(variant: str = "lite0", pretrained: bool = False, out_channels: int = 256) -> LiteFPNBackbone:
+def efficientnet_lite_fpn(variant: str = "lite0", pretrained: bool = False, out_channels: int = 256, *,
+                          weights_file: Path | None = None) -> LiteFPNBackbone:
     """The detector's backbone with EfficientNet-Lite in place of ResNet50 (FPN levels P2-P6)."""
-    return LiteFPNBackbone(efficientnet_lite_backbone(variant, pretrained, out_indices=FPN_OUT_INDICES), out_channels)
+    return LiteFPNBackbone(efficientnet_lite_backbone(variant, pretrained, out_indices=FPN_OUT_INDICES,
+                                                      weights_file=weights_file), out_channels)
+
+
+#: what ``backbone_weights`` says to load the installed package's ImageNet file
+PACKAGE_WEIGHTS = "imagenet"
+
+
+def resolve_lite_weights(spec: str | Path | None, variant: str) -> tuple[bool, Path | None]:
+    """``backbone_weights`` for a Lite backbone -> (pretrained, weights_file): None is random initialisation,
+    ``"imagenet"`` the installed package's file, anything else a file path in the package's naming."""
+    if spec is None:
+        return False, None
+    if str(spec) == PACKAGE_WEIGHTS:
+        return True, lite_weights_path(variant)
+    path = Path(spec)
+    if not path.is_file():
+        raise LiteWeightsUnavailable(f"EfficientNet-{variant.capitalize()} weights file {path} does not exist")
+    return True, path

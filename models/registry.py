@@ -34,7 +34,8 @@ from models.errors import ArchitectureMismatch, ModelNotFound, WeightsNotFound, 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-Architecture = Literal["fpnnet-resnet50", "sppnet-resnet18"]
+Architecture = Literal["fpnnet-resnet50", "fpnnet-efficientnet_lite0", "fpnnet-efficientnet_lite2",
+                       "sppnet-resnet18", "sppnet-efficientnet_lite0", "sppnet-efficientnet_lite2"]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Detector thresholds an operator may tune in manifest.json without retraining (the weights hash is unaffected).
 DETECTOR_THRESHOLD_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "cross_class_iou")
@@ -104,6 +105,10 @@ def _storable_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Ten
 
 
 def _architecture_of(model: nn.Module) -> str:
+    """``<network>-<backbone>`` from the config the model was built with (the paper's defaults without one)."""
+    config = getattr(model, "mccad_config", None)
+    if config is not None:
+        return config.architecture
     return CLASSIFIER_ARCHITECTURE if isinstance(model, SPPNet) else DETECTOR_ARCHITECTURE
 
 
@@ -208,7 +213,7 @@ def load_detector(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.
     if overrides:
         config = DetectorConfig.from_dict({**config.to_dict(), **overrides})
     model = _load_state(
-        folder, manifest, DETECTOR_ARCHITECTURE, lambda: build_detector(config, None, frozen_batchnorm=True))
+        folder, manifest, config.architecture, lambda: build_detector(config, None, frozen_batchnorm=True))
     apply_thresholds(model, config)  # type: ignore[arg-type]
     log.info("loaded detector %s %s from %s", manifest.name, manifest.version, folder)
     return model.to(device).eval(), config, manifest
@@ -222,7 +227,7 @@ def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[S
     if len(manifest.classes) != config.num_classes:
         raise ArchitectureMismatch(
             folder, f"manifest lists {len(manifest.classes)} classes but the network has {config.num_classes}")
-    model = _load_state(folder, manifest, CLASSIFIER_ARCHITECTURE, lambda: build_classifier(config))
+    model = _load_state(folder, manifest, config.architecture, lambda: build_classifier(config))
     log.info("loaded classifier %s %s (%s) from %s", manifest.name, manifest.version, manifest.role, folder)
     return model.to(device).eval(), config, manifest  # type: ignore[return-value]
 
