@@ -16,7 +16,8 @@ Our reading, made explicit:
    (film borders of digitised film) are left out of the column means (:func:`border_rows`).
 3. Rows (optional, ``crop_rows``): the same test on row means, keeping the contiguous run of tissue rows that holds
    the densest row, so that markers above or below the breast are cut too.
-4. Scale (optional, ``max_side``): area-average downscaling so that the longer side is at most ``max_side``.
+4. Scale (optional): area-average resampling to a fixed pixel spacing (``spacing_mm``, for detectors trained on
+   crops at native resolution), then, with ``max_side``, downscaling so that the longer side is at most ``max_side``.
 
 Every step is an affine map of continuous pixel coordinates (pixel ``i`` covers ``[i, i + 1)``), so
 :class:`CoordinateMap` maps boxes both ways exactly and maps heatmaps back onto the original image grid.
@@ -24,7 +25,7 @@ Pure numpy: this module runs inside the model pipeline and imports none of our I
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -45,12 +46,27 @@ class StandardiseConfig:
     column_tolerance: float = 0.01
     crop_rows: bool = False
     max_side: int | None = None
+    #: resample to this pixel spacing (mm) before any ``max_side`` cap: a detector trained on crops at native
+    #: resolution (issue 8) must see calcifications at the size it learned them, whatever the acquisition's pixel
+    spacing_mm: float | None = None
+    #: the spacing assumed for images that state none (digitised film such as CBIS-DDSM: 42-50 um)
+    assumed_spacing_mm: float = 0.05
 
     def __post_init__(self) -> None:
+        for name in ("spacing_mm", "assumed_spacing_mm"):
+            value = getattr(self, name)
+            if value is not None and not 0.01 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in 0.01-1 mm, got {value}")
         if not 0.0 <= self.column_tolerance < 1.0:
             raise ValueError(f"column_tolerance must be in [0, 1), got {self.column_tolerance}")
         if self.max_side is not None and self.max_side < 1:
             raise ValueError(f"max_side must be a positive number of pixels, got {self.max_side}")
+
+
+def standardise_config_from(spec: dict) -> StandardiseConfig:
+    """A config from a manifest's or run's ``standardise`` record; keys this version does not know are ignored."""
+    known = {f.name for f in fields(StandardiseConfig)}
+    return StandardiseConfig(**{k: v for k, v in dict(spec).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -166,11 +182,14 @@ class StandardisedImage:
 
 
 def standardise(
-    pixels: np.ndarray, laterality: str | None = None, config: StandardiseConfig = StandardiseConfig()
+    pixels: np.ndarray, laterality: str | None = None, config: StandardiseConfig = StandardiseConfig(),
+    pixel_spacing_mm: tuple[float, float] | None = None,
 ) -> StandardisedImage:
     """Section 2.4 standardisation of one mammogram (float image in [0, 1], bright = dense).
 
     An image with no column above the tolerance (all background) is kept whole rather than cut to nothing.
+    ``pixel_spacing_mm`` (row, column) is the image's own spacing; it matters only when ``config.spacing_mm`` asks for
+    resampling (``config.assumed_spacing_mm`` stands in when it is None).
     """
     image = np.asarray(pixels, dtype=np.float32)
     if image.ndim != 2 or image.size == 0:
@@ -187,9 +206,14 @@ def standardise(
         row_start, row_stop = _tissue_rows(row_means, config.column_tolerance)
     crop_h, crop_w = row_stop - row_start, col_stop - col_start
     input_shape = (crop_h, crop_w)
-    if config.max_side is not None and max(crop_h, crop_w) > config.max_side:
-        factor = config.max_side / max(crop_h, crop_w)
-        input_shape = (max(1, min(config.max_side, round(crop_h * factor))), max(1, min(config.max_side, round(crop_w * factor))))
+    if config.spacing_mm is not None:
+        row_mm, col_mm = pixel_spacing_mm or (config.assumed_spacing_mm, config.assumed_spacing_mm)
+        input_shape = (max(1, round(crop_h * row_mm / config.spacing_mm)),
+                       max(1, round(crop_w * col_mm / config.spacing_mm)))
+    if config.max_side is not None and max(input_shape) > config.max_side:
+        factor = config.max_side / max(input_shape)
+        input_shape = (max(1, min(config.max_side, round(input_shape[0] * factor))),
+                       max(1, min(config.max_side, round(input_shape[1] * factor))))
     cmap = CoordinateMap(
         original_shape=(int(image.shape[0]), int(image.shape[1])),
         flipped=flipped,

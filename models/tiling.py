@@ -21,7 +21,8 @@ How:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -158,23 +159,35 @@ def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorCo
     height, width = int(image.shape[1]), int(image.shape[2])
     tiles = tile_grid(height, width, tile, overlap)
     th, tw = tiles[0][2] - tiles[0][0], tiles[0][3] - tiles[0][1]
-    transform = model.transform
-    saved = (transform.min_size, transform.max_size)
     saved_config = getattr(model, "mccad_config", None)  # ``detect`` records the config it ran with: keep the caller's
-    # torchvision scales by min(min_size / short side, max_size / long side): the tile's own sides give scale 1
-    transform.min_size, transform.max_size = (min(th, tw),), max(th, tw)
     per_tile: list[tuple[Tile, Detections]] = []
     try:
-        for start in range(0, len(tiles), batch):
-            chunk = tiles[start:start + batch]
-            crops = [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk]
-            # per tile: no cross-class suppression yet (it runs once on the merged boxes, as in whole-image mode)
-            per_tile += list(zip(chunk, detect(model, crops, _tile_config(config))))
+        with native_scale(model, th, tw):
+            for start in range(0, len(tiles), batch):
+                chunk = tiles[start:start + batch]
+                crops = [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk]
+                # per tile: no cross-class suppression yet (it runs once on the merged boxes, as in whole-image mode)
+                per_tile += list(zip(chunk, detect(model, crops, _tile_config(config))))
     finally:
-        transform.min_size, transform.max_size = saved
         if saved_config is not None:
             model.mccad_config = saved_config
     return merge_tile_detections(per_tile, (height, width), config)
+
+
+@contextmanager
+def native_scale(model: torch.nn.Module, height: int, width: int, scale: float = 1.0) -> Iterator[None]:
+    """Within the block, torchvision's transform resizes ``height`` x ``width`` inputs by ``scale`` (1: native
+    resolution; it scales by min(min_size / short side, max_size / long side)). Tiles run at scale 1; a crops-trained
+    detector's Grad-CAM of a whole image runs at a fixed fraction of it (``models.pipeline``), not at the whole-image
+    model's ``min_size`` / ``max_size``, which would shrink a mammogram tenfold."""
+    transform = model.transform
+    saved = (transform.min_size, transform.max_size)
+    transform.min_size = (max(1, round(min(height, width) * scale)),)
+    transform.max_size = max(1, round(max(height, width) * scale))
+    try:
+        yield
+    finally:
+        transform.min_size, transform.max_size = saved
 
 
 def _tile_config(config: DetectorConfig) -> DetectorConfig:

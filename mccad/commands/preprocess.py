@@ -9,6 +9,7 @@ original pixels, plus the image's UIDs, laterality and view), and prints both pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace, settings) -> int:
             failed = True
             print(f"mccad preprocess: {path}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             continue
-        result = standardise(image.pixels, image.meta.laterality, config)
+        result = standardise(image.pixels, image.meta.laterality, config, image.meta.pixel_spacing_mm)
         stem = _output_stem(path, used)
         png = write_png16(args.out / f"{stem}.png", result.pixels)
         record = {
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, settings) -> int:
             "sop_instance_uid": image.meta.sop_instance_uid,
             "laterality": image.meta.laterality,
             "view": image.meta.view,
-            "config": {"column_tolerance": config.column_tolerance, "crop_rows": config.crop_rows, "max_side": config.max_side},
+            "config": dataclasses.asdict(config),
             "map": result.cmap.to_dict(),
         }
         js = write_text_durably(args.out / f"{stem}.json", json.dumps(record, indent=1))

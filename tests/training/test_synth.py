@@ -174,3 +174,12 @@ def test_cli_preprocess_reports_a_bad_file_and_still_processes_the_others(datase
     outputs = [Path(line) for line in captured.out.strip().splitlines()]
     assert [p.suffix for p in outputs] == [".png", ".json"] and all(p.exists() for p in outputs)
     assert json.loads(outputs[1].read_text())["config"]["crop_rows"] is True
+
+
+def test_pixel_spacing_follows_the_image_size_so_the_phantom_keeps_its_physical_size() -> None:
+    # a model that resamples to a fixed spacing (tiled detectors) must see the same 20 cm breast at every size
+    from training.synth import synth_study
+
+    assert {im.spacing_mm for im in synth_study(0, 0, rows=128, cols=80)} == {1.6}
+    assert {im.spacing_mm for im in synth_study(0, 0, rows=256, cols=160)} == {0.8}
+    assert {im.spacing_mm for im in synth_study(0, 0, rows=256, cols=160, spacing_mm=0.1)} == {0.1}

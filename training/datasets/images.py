@@ -19,6 +19,9 @@ from training.datasets.samples import DatasetError, Sample
 #: Boxes narrower than this many input pixels after standardisation carry no trainable signal and break the
 #: detector's box encoder (zero width); they are dropped from the training targets, never from evaluation.
 MIN_INPUT_BOX_SIDE = 1.0
+#: a raster file's physical resolution counts as its pixel spacing only within this range (mm): mammography detectors
+#: and film digitisers lie well inside it, while the 72 / 96 dpi (0.35 / 0.26 mm) many tools write by default lie out
+PLAUSIBLE_SPACING_MM = (0.025, 0.25)
 
 
 @dataclass
@@ -67,10 +70,33 @@ def load_pixels(sample: Sample) -> np.ndarray:
     return np.clip(arr / max(float(arr.max()), 1e-6), 0.0, 1.0)
 
 
+def pixel_spacing(sample: Sample) -> tuple[float, float] | None:
+    """The sample's pixel spacing (row, column) in mm when its file states one: DICOM Pixel Spacing (or Imager Pixel
+    Spacing), a raster file's physical resolution (``mccad simulate`` writes it as the PNG's dpi); else None."""
+    path = Path(sample.source)
+    if sample.is_dicom:
+        import pydicom
+
+        from dicom_io.mg_metadata import pixel_spacing_mm
+
+        return pixel_spacing_mm(pydicom.dcmread(path, stop_before_pixels=True), [])
+    from PIL import Image
+
+    with Image.open(path) as im:
+        dpi = im.info.get("dpi")
+    if not dpi or not all(float(d) > 0 for d in dpi[:2]):
+        return None
+    spacing = (round(25.4 / float(dpi[1]), 6), round(25.4 / float(dpi[0]), 6))
+    if not all(PLAUSIBLE_SPACING_MM[0] <= v <= PLAUSIBLE_SPACING_MM[1] for v in spacing):
+        return None  # 72 or 96 dpi: an image tool's default, not a detector's pixel pitch
+    return spacing
+
+
 def prepare(sample: Sample, config: StandardiseConfig) -> PreparedImage:
     """Standardise one sample and map its boxes into input pixels (clipped to the image, degenerate ones dropped)."""
     pixels = load_pixels(sample)
-    std = standardise(pixels, sample.breast, config)
+    spacing = pixel_spacing(sample) if config.spacing_mm is not None else None
+    std = standardise(pixels, sample.breast, config, spacing)
     h, w = std.pixels.shape
     boxes = sample.boxes
     keep: list[int] = []
