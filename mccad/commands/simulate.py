@@ -33,6 +33,13 @@ def _cluster_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma separated image indices such as 0,1,2,3, got {text!r}") from exc
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="write simulated calcification clusters in real/phantom mammograms "
                                         "(PNG + paper CSV) for training")
@@ -52,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="processes making images in parallel; the files do not depend on it (default 1)")
+    p.add_argument("--real-images", type=_indices, default=None,
+                   help="which real backgrounds to use, comma separated indices 0-7 (patient 1: 0-3, patient 2: "
+                        "4-7); default all. Train on one patient and test on the other to keep backgrounds unseen")
     p.set_defaults(func=run)
 
 
@@ -66,7 +76,7 @@ def run(args: argparse.Namespace, settings) -> int:
         csv_path = make_simulated_dataset(args.out, args.images, args.seed, sources=sources, crop=args.crop,
                                           spacing_mm=args.spacing, clusters_per_image=args.clusters,
                                           malignant_fraction=args.malignant_fraction, bit_depth=args.bits,
-                                          workers=args.workers)
+                                          workers=args.workers, real_images=args.real_images)
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)
