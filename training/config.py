@@ -37,6 +37,9 @@ class DataConfig(BaseModel):
     format: Literal["paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder"] = "paper_csv"
     image_root: Path | None = None
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    #: a separate validation set (same format) instead of a hold-out of ``csv``: e.g. simulated crops on the
+    #: backgrounds of a patient that training never sees
+    val_csv: Path | None = None
     folds: int = Field(default=0, ge=0)
     seed: int = 0
 

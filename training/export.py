@@ -6,6 +6,7 @@ writes and hashes the weights; nothing here downloads anything.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from models.preprocess import standardise_config_from
 from training.trainers.common import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG, TrainingError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class LoadedRun:
     train_config: dict[str, Any]
     checkpoint: dict[str, Any]
     history: list[dict[str, Any]]
+    tiling: dict[str, int] | None = None  # detectors trained on crops: how to run them on whole images
 
 
 def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
@@ -75,7 +78,7 @@ def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
     standardise = build.get("standardise") or {"max_side": cfg.get("max_side"),
                                                "column_tolerance": cfg.get("column_tolerance", 0.01)}
     return LoadedRun(kind=kind, role=role, model=model, network_config=net_cfg, standardise=dict(standardise),
-                     train_config=cfg, checkpoint=ckpt, history=history)
+                     train_config=cfg, checkpoint=ckpt, history=history, tiling=build.get("tiling"))
 
 
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
@@ -95,7 +98,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     metrics = {"validation": {k: v for k, v in best_record.items() if isinstance(v, (int, float))}}
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
-    arch = "fpnnet-resnet50" if run.kind == "detector" else "sppnet-resnet18"
+    arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
     thresholds = {}
     if run.kind == "detector":
@@ -105,9 +108,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     manifest = ModelManifest(
         name=name or f"mccad-{run.role}", version=version, architecture=arch, role=run.role,
         classes=ROLE_CLASSES.get(run.role, ["negative", "positive"]),
-        input_spec={"standardise": {k: v for k, v in run.standardise.items() if k in ("column_tolerance", "crop_rows",
-                                                                                     "max_side")},
-                    key: run.network_config.to_dict()},
+        input_spec={"standardise": dataclasses.asdict(standardise_config_from(run.standardise)),
+                    key: run.network_config.to_dict(),
+                    **({"tiling": run.tiling} if run.tiling else {})},
         thresholds=thresholds, training_data=training_data, synthetic_only=synthetic_only,
         metrics=_json_safe(metrics))
     written = save_model(out_dir, run.model, manifest, dtype=DTYPES[dtype])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.preprocess import StandardiseConfig
+from models.preprocess import StandardiseConfig, standardise_config_from
 from training.datasets.images import prepare
 from training.datasets.samples import Sample
 from training.evaluate import ImagePrediction, OperatingPoint
@@ -30,6 +30,7 @@ class LoadedModel:
     network_config: Any
     standardise: StandardiseConfig
     description: dict[str, Any]
+    tiling: dict[str, int] | None = None  # a detector trained on crops runs tile by tile (models.tiling)
 
     @property
     def operating_point(self) -> OperatingPoint:
@@ -42,16 +43,15 @@ class LoadedModel:
 def load_model(path: Path, device: str = "cpu") -> LoadedModel:
     """A registry folder (``manifest.json``) or a training run folder (``best.pt``)."""
     path = Path(path)
-    std_keys = ("column_tolerance", "crop_rows", "max_side")
     if (path / "manifest.json").is_file():
         from models.registry import load_classifier, load_detector, load_manifest
 
         manifest = load_manifest(path)
-        std = StandardiseConfig(**{k: v for k, v in manifest.input_spec.get("standardise", {}).items() if k in std_keys})
+        std = standardise_config_from(manifest.input_spec.get("standardise", {}))
         desc = {"source": str(path), "name": manifest.name, "version": manifest.version, "role": manifest.role}
-        if manifest.architecture == "fpnnet-resnet50":
+        if manifest.architecture.startswith("fpnnet-"):
             model, cfg, _ = load_detector(path, device=device)
-            return LoadedModel("detector", model, cfg, std, desc)
+            return LoadedModel("detector", model, cfg, std, desc, manifest.input_spec.get("tiling"))
         if manifest.role != "sppnet":
             raise ValueError(f"{path} is a {manifest.role} patch head; whole-image evaluation takes a detector or "
                              "an SPPNet model")
@@ -60,16 +60,17 @@ def load_model(path: Path, device: str = "cpu") -> LoadedModel:
     from training.export import load_run
 
     run = load_run(path)
-    std = StandardiseConfig(**{k: v for k, v in run.standardise.items() if k in std_keys})
+    std = standardise_config_from(run.standardise)
     desc = {"source": str(path), "name": f"run:{path.name}", "version": f"epoch {run.checkpoint.get('epoch')}",
             "role": run.role}
-    return LoadedModel(run.kind, run.model.to(device), run.network_config, std, desc)
+    return LoadedModel(run.kind, run.model.to(device), run.network_config, std, desc, run.tiling)
 
 
 def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = False) -> list[ImagePrediction]:
     """One ImagePrediction per sample (boxes in original pixels for the detector, P(malignant) for SPPNet)."""
     from models.classifier import classify
     from models.detector import detect
+    from models.tiling import detect_tiled
 
     items: Any = samples
     if progress:
@@ -87,7 +88,11 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         prep = prepare(sample, loaded.standardise)
         tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None].to(device)
         if loaded.kind == "detector":
-            det = detect(loaded.model, [tensor], wide)[0]
+            if loaded.tiling:
+                det = detect_tiled(loaded.model, tensor, wide, tile=loaded.tiling["tile"],
+                                   overlap=loaded.tiling["overlap"], batch=loaded.tiling["batch"])
+            else:
+                det = detect(loaded.model, [tensor], wide)[0]
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))
             out.append(ImagePrediction(sample.image_id, boxes, [LABEL_NAMES[int(v)] for v in det.labels],
                                        det.scores.astype(np.float64)))

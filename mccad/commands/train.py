@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "mias, sr_folder")
     p.add_argument("--out", type=Path, required=True, help="run folder (created; an existing run there is resumed)")
     p.add_argument("--config", type=Path, help="experiment TOML file")
+    p.add_argument("--val-data", type=Path, default=None,
+                   help="separate validation annotation file (default: the experiment's data.val_csv, else a "
+                        "patient-level hold-out of --data)")
     p.add_argument("--folds", type=int, default=None, help="k-fold cross-validation by patient (e.g. 5)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--task", default=None, help="patches only: pathotype_incl, pathotype_excl or er")
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace, settings) -> int:
     if exp.kind != args.kind:
         raise UserError(f"the experiment file {args.config} is for {exp.kind!r}, not {args.kind!r}")
     data = exp.data.model_copy(update={k: v for k, v in {
-        "csv": args.data, "format": args.format, "folds": args.folds}.items() if v is not None})
+        "csv": args.data, "val_csv": args.val_data, "format": args.format, "folds": args.folds}.items()
+        if v is not None})
     train = dict(exp.train)
     for key, value in (("epochs", args.epochs), ("task", args.task), ("device", args.device)):
         if value is not None:

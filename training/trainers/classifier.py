@@ -58,6 +58,7 @@ class SPPNetTrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     amp: bool = True
     early_stop_patience: int | None = None
+    time_budget_min: float | None = None  # stop after the epoch that reaches this much training time
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ class SPPNetTrainConfig:
         return ClassifierConfig.from_dict(self.classifier)
 
     def standardise_config(self) -> StandardiseConfig:
-        return StandardiseConfig(column_tolerance=self.column_tolerance, max_side=self.max_side)
+        return StandardiseConfig(column_tolerance=self.column_tolerance, max_side=self.max_side or None)
 
 
 def balanced_order(targets: Sequence[int], gen: torch.Generator) -> list[int]:

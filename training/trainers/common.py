@@ -33,7 +33,8 @@ RUN_CONFIG = "config.toml"
 CHECKPOINT_FORMAT = 1
 
 #: Config fields that may change between an interrupted run and its resumption without changing what was trained.
-RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "threads", "early_stop_patience", "amp", "device"})
+RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "threads", "early_stop_patience", "amp", "device",
+                               "time_budget_min"})
 
 
 class TrainingError(RuntimeError):
@@ -189,6 +190,10 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
     ``cfg`` is the trainer's dataclass config (needs ``epochs``, ``seed``, ``amp``, ``early_stop_patience``). With
     ``resume`` and a ``last.pt`` from the same config (``epochs`` and ``early_stop_patience`` may differ, so a run
     can be extended), training continues after the last completed epoch.
+
+    An optional ``cfg.time_budget_min`` ends the run after the first epoch at which the epochs' summed wall time
+    (resumed runs included) reaches it: comparing two backbones "on the same budget" means the same minutes on the
+    same machine, and a CPU recipe is stated in hours.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,8 +234,13 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
 
     model.to(device)
     stopped_early = stopper.should_stop
+    budget_s = 60.0 * float(getattr(cfg, "time_budget_min", None) or math.inf)
     for epoch in range(start_epoch, int(cfg.epochs) + 1):
         if stopped_early:
+            break
+        if sum(float(r.get("seconds", 0.0)) for r in history) >= budget_s:
+            log.info("%s: time budget of %.1f min spent after epoch %d", spec.kind, budget_s / 60, epoch - 1)
+            stopped_early = True
             break
         t0 = time.perf_counter()
         gen = seed_everything(epoch_seed(cfg.seed, epoch))

@@ -45,14 +45,22 @@ class DetectorTrainConfig:
     hflip: bool = True
     intensity_aug: bool = True
     seed: int = 0
-    max_side: int | None = 640
+    max_side: int | None = 640  # 0 or None: no cap (TOML has no null)
     column_tolerance: float = 0.01
+    spacing_mm: float | None = None  # resample every image to this pixel spacing first (crops at native resolution)
+    # tiled inference for models trained on crops (issue 8): written into the manifest, used by the pipeline and
+    # by evaluation on whole images; None keeps the paper's whole-image mode
+    tile: int | None = None
+    tile_overlap: int = 64
+    tile_batch: int = 4
     detector: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None
     num_workers: int = 0  # processes decoding images when the run starts (0: in this process)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     amp: bool = True
     early_stop_patience: int | None = None
+    time_budget_min: float | None = None  # stop after the epoch that reaches this much training time
+    samples_per_epoch: int | None = None  # at most this many images per epoch (short epochs on large crop sets)
     monitor: Literal["val_auc", "val_froc_sens_at_1fp"] = "val_auc"  # what best.pt and early stopping follow
     device: str = "auto"
 
@@ -67,12 +75,28 @@ class DetectorTrainConfig:
             raise ValueError("batch_size must be at least 1")
         self.detector = dict(self.detector)
         DetectorConfig.from_dict(self.detector)  # fail now on a typo, not after an epoch
+        if self.tile is not None and not 0 <= self.tile_overlap < self.tile:
+            raise ValueError(f"need 0 <= tile_overlap < tile, got {self.tile_overlap} and {self.tile}")
+        if self.tile_batch < 1:  # else the run trains and only its tiled evaluation / inference fails
+            raise ValueError(f"tile_batch must be at least 1, got {self.tile_batch}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:  # a negative slice drops images
+            raise ValueError(f"samples_per_epoch must be at least 1, got {self.samples_per_epoch}")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:  # 0 meant no budget, < 0 no epoch
+            raise ValueError(f"time_budget_min must be positive, got {self.time_budget_min}")
+        self.standardise_config()  # likewise for the spacing
 
     def detector_config(self) -> DetectorConfig:
         return DetectorConfig.from_dict(self.detector)
 
     def standardise_config(self) -> StandardiseConfig:
-        return StandardiseConfig(column_tolerance=self.column_tolerance, max_side=self.max_side)
+        return StandardiseConfig(column_tolerance=self.column_tolerance, max_side=self.max_side or None,
+                                 spacing_mm=self.spacing_mm)
+
+    def tiling(self) -> dict[str, int] | None:
+        """The manifest's ``input_spec["tiling"]`` (``models.pipeline.TilingSpec``), or None for whole images."""
+        if self.tile is None:
+            return None
+        return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch}
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
@@ -138,7 +162,7 @@ def train_detector(train: Sequence[Sample], val: Sequence[Sample] | None, cfg: D
         raise TrainingError("no training image has a usable box: the detector has nothing to learn from")
 
     def order(epoch: int, gen: torch.Generator) -> list[int]:
-        return torch.randperm(len(items), generator=gen).tolist()
+        return torch.randperm(len(items), generator=gen).tolist()[:cfg.samples_per_epoch or len(items)]
 
     def batch_loss(indices: Sequence[int], gen: torch.Generator) -> dict[str, torch.Tensor]:
         images, targets = [], []
@@ -157,6 +181,6 @@ def train_detector(train: Sequence[Sample], val: Sequence[Sample] | None, cfg: D
     spec = LoopSpec(kind=KIND, model=model, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size,
                     order=order, batch_loss=batch_loss, validate=validate, monitor=cfg.monitor,
                     build_info={"detector_config": det_cfg.to_dict(),
-                                "standardise": dataclasses.asdict(std_cfg),
+                                "standardise": dataclasses.asdict(std_cfg), "tiling": cfg.tiling(),
                                 "train_images": len(items), "val_images": len(val_items)})
     return fit(spec, cfg, out_dir, resume=resume, progress=progress, device=device)

@@ -45,6 +45,13 @@ def read_samples(exp: ExperimentConfig) -> list[Sample]:
     return readers.read_dataset(exp.data.csv, exp.data.format, image_root=exp.data.image_root)
 
 
+def read_validation_samples(exp: ExperimentConfig) -> list[Sample]:
+    """The experiment's separate validation set (``data.val_csv``), read like its training set."""
+    from training.datasets import readers
+
+    return readers.read_dataset(exp.data.val_csv, exp.data.format, image_root=exp.data.image_root)
+
+
 def run_experiment(exp: ExperimentConfig, samples: Sequence[Sample], out_dir: Path, *, resume: bool = True,
                    progress: bool = True) -> list[TrainRun]:
     """Train one model (``folds`` 0 or 1: a patient-level validation hold-out of ``val_fraction``) or ``folds``
@@ -57,6 +64,15 @@ def run_experiment(exp: ExperimentConfig, samples: Sequence[Sample], out_dir: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "experiment.toml").write_text(dump_toml(json.loads(exp.model_dump_json())))
+    if exp.data.folds > 1 and exp.data.val_csv is not None:
+        raise ValueError("data.val_csv (--val-data) and k-fold cross-validation exclude each other: the folds make "
+                         "their own validation hold-outs; drop one of them")
+    if exp.data.folds <= 1 and exp.data.val_csv is not None:
+        train, val = list(samples), read_validation_samples(exp)
+        _write_split(out_dir / "split.json", {"train": train, "val": val})
+        log.info("%s: %d training images, %d validation images from %s", exp.kind, len(train), len(val),
+                 exp.data.val_csv)
+        return [train_fn(train, val or None, cfg, out_dir, resume=resume, progress=progress)]
     if exp.data.folds <= 1:
         train, val = split_by_patient(samples, exp.data.val_fraction, seed=exp.data.seed)
         _write_split(out_dir / "split.json", {"train": train, "val": val})

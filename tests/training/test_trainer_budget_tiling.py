@@ -1,0 +1,216 @@
+"""Issue 8 training options: a wall-time budget, short epochs (``samples_per_epoch``), a separate validation file
+(``data.val_csv`` / ``--val-data``), and a crops-trained detector (``spacing_mm``, ``tile*``, a Lite backbone) whose
+export carries the tiling and spacing that evaluation then uses on whole images."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.trainers.detector import DetectorTrainConfig, train_detector
+
+from tests.training.tiny_images import write_tiny_samples
+
+# small inputs, few proposals and a frozen ResNet body keep a detector iteration well under a second on CPU
+TINY_DETECTOR = dict(min_size=160, max_size=160, rpn_batch_size_per_image=32, box_batch_size_per_image=32,
+                     trainable_backbone_layers=0, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
+                     rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, fpn_channels=64, box_head_size=128)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_samples(tmp_path_factory.mktemp("tiny"), 5)
+
+
+def _rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_time_budget_ends_the_run_after_the_epoch_that_reaches_it(tiny, tmp_path):
+    cfg = DetectorTrainConfig(epochs=3, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=1,
+                              time_budget_min=1e-6)  # 60 microseconds: any epoch reaches it
+    run = train_detector(tiny[:2], None, cfg, tmp_path / "run", progress=False)
+    assert run.epochs_completed == 1 and run.stopped_early
+    assert [r["epoch"] for r in _rows(tmp_path / "run")] == [1]
+    assert _rows(tmp_path / "run")[0]["seconds"] >= 6e-5
+    # the budget may change when a run is resumed: without one it goes on to its epochs
+    longer = dataclasses.replace(cfg, epochs=2, time_budget_min=None)
+    resumed = train_detector(tiny[:2], None, longer, tmp_path / "run", progress=False)
+    assert resumed.epochs_completed == 2 and not resumed.stopped_early
+    # resumed epochs count towards the budget: one already spent trains nothing more
+    spent = train_detector(tiny[:2], None, dataclasses.replace(cfg, epochs=4), tmp_path / "run", progress=False)
+    assert spent.epochs_completed == 2 and spent.stopped_early
+    assert [r["epoch"] for r in _rows(tmp_path / "run")] == [1, 2]
+
+
+def test_samples_per_epoch_sets_the_iterations_of_an_epoch(tiny, tmp_path):
+    cfg = DetectorTrainConfig(epochs=2, batch_size=2, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=3,
+                              intensity_aug=False)
+    run = train_detector(tiny[:5], None, cfg, tmp_path / "run", progress=False)
+    assert run.epochs_completed == 2
+    assert [r["iterations"] for r in _rows(tmp_path / "run")] == [math.ceil(3 / 2)] * 2  # all 5 would take 3
+
+
+def _csv(folder, prefix: str, samples):
+    from training.paper_csv import PaperBox, write_paper_csv
+
+    return write_paper_csv(folder / f"{prefix}.csv", {
+        f"{prefix}/{s.image_id}": [PaperBox.from_corners(les.box, les.label) for les in s.lesions] for s in samples})
+
+
+def test_validation_comes_from_the_val_csv(tmp_path, capsys):
+    from mccad.cli import main
+
+    train = write_tiny_samples(tmp_path / "train", 2, seed=1)
+    val = write_tiny_samples(tmp_path / "val", 3, seed=2)
+    train_csv, val_csv = _csv(tmp_path, "train", train), _csv(tmp_path, "val", val)
+    detector = "".join(f"{k} = {v}\n" for k, v in TINY_DETECTOR.items())
+    exp = tmp_path / "exp.toml"
+    # val_fraction would hold out half of the training patients if val_csv were ignored
+    exp.write_text(f'kind = "detector"\n[data]\nval_fraction = 0.5\nval_csv = "{val_csv}"\n[train]\nepochs = 1\n'
+                   f'max_side = 160\nsamples_per_epoch = 1\n[train.detector]\n{detector}')
+    run = tmp_path / "run"
+    assert main(["train", "detector", "--data", str(train_csv), "--out", str(run), "--config", str(exp),
+                 "--no-progress"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert split == {"train": ["train/img000.png", "train/img001.png"],
+                     "val": ["val/img000.png", "val/img001.png", "val/img002.png"]}
+    (row,) = _rows(run)
+    assert row["val_images"] == 3.0 and "val_auc" in row and "val_froc_sens_at_1fp" in row
+    capsys.readouterr()
+    # --val-data overrides the experiment's file
+    assert main(["train", "detector", "--data", str(train_csv), "--val-data", str(tmp_path / "elsewhere.csv"),
+                 "--out", str(tmp_path / "run2"), "--config", str(exp), "--no-progress"]) == 2
+    assert "elsewhere.csv" in capsys.readouterr().err
+    # k-fold makes its own hold-outs: a separate validation file with --folds is refused, not silently ignored
+    assert main(["train", "detector", "--data", str(train_csv), "--folds", "2", "--out", str(tmp_path / "run3"),
+                 "--config", str(exp), "--no-progress"]) == 2
+    assert "val_csv" in capsys.readouterr().err
+
+
+def test_val_data_option_of_mccad_train(tmp_path, capsys):
+    from mccad.cli import main
+
+    train = write_tiny_samples(tmp_path / "train", 2, seed=1)
+    val = write_tiny_samples(tmp_path / "val", 1, seed=2)
+    train_csv, val_csv = _csv(tmp_path, "train", train), _csv(tmp_path, "val", val)
+    detector = "".join(f"{k} = {v}\n" for k, v in TINY_DETECTOR.items())
+    exp = tmp_path / "exp.toml"
+    exp.write_text(f'kind = "detector"\n[data]\nval_fraction = 0.0\n[train]\nepochs = 1\nmax_side = 160\n'
+                   f'samples_per_epoch = 1\n[train.detector]\n{detector}')
+    run = tmp_path / "run"
+    assert main(["train", "detector", "--data", str(train_csv), "--val-data", str(val_csv), "--out", str(run),
+                 "--config", str(exp), "--no-progress"]) == 0
+    assert json.loads((run / "split.json").read_text())["val"] == ["val/img000.png"]
+    assert _rows(run)[0]["val_images"] == 1.0
+    assert str(val_csv) in (run / "experiment.toml").read_text()
+
+
+# ------------------------------------------------------------------------------------ crops, tiles and a Lite backbone
+LITE_DETECTOR = dict(backbone="efficientnet_lite0", fpn_channels=16, box_head_size=32, min_size=64, max_size=64,
+                     rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_pre_nms_top_n_train=100,
+                     rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+                     detections_per_img=30)
+TILING = {"tile": 64, "overlap": 16, "batch": 2}
+
+
+def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_tile_by_tile(tmp_path):
+    pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
+    from models.detector import detect
+    from models.registry import load_detector, load_manifest
+    from models.tiling import detect_tiled
+    from training.datasets.images import prepare
+    from training.export import export_run
+    from training.predict import FROC_SCORE_FLOOR, load_model, predict
+
+    samples = write_tiny_samples(tmp_path / "img", 3, seed=4)  # 160 x 112 px
+    for sample in samples:  # state 0.05 mm pixels, as a native-resolution file would
+        with Image.open(sample.source) as im:
+            im.load()
+        im.save(sample.source, dpi=(508, 508))
+    cfg = DetectorTrainConfig(epochs=1, max_side=0, spacing_mm=0.1, tile=TILING["tile"],
+                              tile_overlap=TILING["overlap"], tile_batch=TILING["batch"], detector=LITE_DETECTOR,
+                              samples_per_epoch=1, intensity_aug=False)
+    assert cfg.standardise_config().spacing_mm == 0.1 and cfg.standardise_config().max_side is None
+    run = train_detector(samples[:2], None, cfg, tmp_path / "run", progress=False)
+    assert run.epochs_completed == 1
+
+    out = export_run(tmp_path / "run", tmp_path / "model", synthetic_only=True, dtype="float32")
+    manifest = load_manifest(out)
+    assert manifest.architecture == "fpnnet-efficientnet_lite0"
+    assert manifest.input_spec["tiling"] == TILING
+    assert manifest.input_spec["standardise"]["spacing_mm"] == 0.1
+    assert manifest.input_spec["standardise"]["max_side"] is None
+    assert manifest.input_spec["detector"]["backbone"] == "efficientnet_lite0"
+    _, det_cfg, _ = load_detector(out)
+    assert det_cfg.fpn_channels == 16 and det_cfg.box_head_size == 32
+
+    loaded = load_model(out)
+    assert loaded.kind == "detector" and loaded.tiling == TILING and loaded.standardise.spacing_mm == 0.1
+    sample = samples[2]
+    (pred,) = predict(loaded, [sample])
+
+    # what evaluation must have done: the image at 0.1 mm (larger than a tile), tile by tile, boxes mapped back
+    prep = prepare(sample, loaded.standardise)
+    assert prep.cmap.scale_xy == (0.5, 0.5) and prep.pixels.shape[0] > TILING["tile"]
+    tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None]
+    wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
+    tiled = detect_tiled(loaded.model, tensor, wide, tile=TILING["tile"], overlap=TILING["overlap"],
+                         batch=TILING["batch"])
+    assert len(tiled) > 0 and len(pred.boxes) == len(tiled)
+    expected = prep.cmap.boxes_to_original(tiled.boxes.astype(np.float64))
+    np.testing.assert_allclose(pred.boxes, expected, atol=1e-3)
+    np.testing.assert_allclose(pred.scores, tiled.scores, atol=1e-5)
+    rows, cols = 160, 112
+    assert (pred.boxes >= -1e-3).all() and (pred.boxes[:, [0, 2]] <= cols + 1e-3).all()
+    assert (pred.boxes[:, [1, 3]] <= rows + 1e-3).all()
+    assert pred.boxes[:, 3].max() > prep.pixels.shape[0]  # beyond the input's rows: original pixels
+    # whole-image mode (the model's own 64 px resize) would have answered differently
+    whole = detect(loaded.model, [tensor], wide)[0]
+    whole_boxes = prep.cmap.boxes_to_original(whole.boxes.astype(np.float64))
+    assert whole_boxes.shape != pred.boxes.shape or not np.allclose(whole_boxes, pred.boxes, atol=1e-3)
+
+    # the run folder itself evaluates the same way
+    from_run = load_model(tmp_path / "run")
+    assert from_run.tiling == TILING and from_run.standardise.spacing_mm == 0.1
+    (again,) = predict(from_run, [sample])
+    np.testing.assert_allclose(again.boxes, pred.boxes, atol=1e-3)
+
+
+def test_a_whole_image_detector_exports_no_tiling(tiny, tmp_path):
+    from models.registry import load_manifest
+    from training.export import export_run
+    from training.predict import load_model
+
+    cfg = DetectorTrainConfig(epochs=1, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=1)
+    assert cfg.tiling() is None
+    train_detector(tiny[:1], None, cfg, tmp_path / "run", progress=False)
+    manifest = load_manifest(export_run(tmp_path / "run", tmp_path / "model"))
+    assert manifest.architecture == "fpnnet-resnet50" and "tiling" not in manifest.input_spec
+    assert manifest.input_spec["standardise"]["spacing_mm"] is None
+    assert manifest.input_spec["standardise"]["max_side"] == 160
+    assert load_model(tmp_path / "model").tiling is None
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"tile": 64, "tile_overlap": 64}, "tile_overlap"), ({"tile": 64, "tile_overlap": -1}, "tile_overlap"),
+    ({"tile": 128, "tile_batch": 0}, "tile_batch"), ({"spacing_mm": 3.0}, "spacing_mm"),
+    ({"samples_per_epoch": 0}, "samples_per_epoch"), ({"samples_per_epoch": -2}, "samples_per_epoch"),
+    ({"time_budget_min": 0}, "time_budget_min"), ({"time_budget_min": -1.0}, "time_budget_min"),
+])
+def test_new_settings_are_checked_before_training(bad, message):
+    with pytest.raises(ValueError, match=message):
+        DetectorTrainConfig(epochs=1, **bad)
+
+
+def test_tiling_record_of_the_config():
+    assert DetectorTrainConfig(epochs=1).tiling() is None
+    assert DetectorTrainConfig(epochs=1, tile=128, tile_overlap=0, tile_batch=3).tiling() == {
+        "tile": 128, "overlap": 0, "batch": 3}
