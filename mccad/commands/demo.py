@@ -97,15 +97,34 @@ def run(args: argparse.Namespace, settings) -> int:
                             "malignancy_probability": round(img.malignancy_probability, 3),
                             "lesions": len(img.lesions), "sr": str(path)})
     results_dir = service_settings.results_dir
+    overlays = sorted(results_dir.rglob("overlay-*.png"))
+    sheet = write_contact_sheet(overlays, out / "overlays.png")
     print(json.dumps({
         "elapsed_s": round(time.monotonic() - started, 1),
         "studies": {str(k): str(v) for k, v in states.items()},
         "verdicts_read_back_from_pacs_sr": summary,
         "objects_received_by_pacs": [str(p) for p in received],
         "result_json": [str(p) for p in sorted(results_dir.rglob("result.json"))],
-        "overlays": [str(p) for p in sorted(results_dir.rglob("overlay-*.png"))],
+        "overlays": [str(p) for p in overlays],
+        "overlays_contact_sheet": str(sheet) if sheet else None,
         "heatmaps": [str(p) for p in sorted(results_dir.rglob("heatmap-*.png"))],
         "html": [str(p) for p in sorted(results_dir.rglob("index.html"))],
     }, indent=2))
     bad = [k for k in expected if states.get(k) != DONE]
     return 1 if bad or not summary else 0
+
+
+def write_contact_sheet(overlays: list[Path], path: Path) -> Path | None:
+    """Every study's overlays side by side in one PNG: what the model drew on the samples, at a glance."""
+    if not overlays:
+        return None
+    from PIL import Image
+
+    from mccad.commands.sanity import contact_sheet
+
+    tiles = []
+    for overlay in overlays:
+        with Image.open(overlay) as im:
+            tiles.append(im.convert("RGB"))
+    contact_sheet(tiles).save(path, optimize=True)
+    return path

@@ -83,3 +83,8 @@ def test_demo_sends_a_study_through_the_service_and_reads_the_sr_back_from_the_p
     assert len(report["verdicts_read_back_from_pacs_sr"]) == 4
     assert len(report["objects_received_by_pacs"]) == 10  # 2 SR + 4 SEG + 4 GSPS
     assert all(Path(p).is_file() for p in report["overlays"] + report["html"])
+    # the four overlays side by side in one picture, each scaled to the sheet's height
+    from PIL import Image
+
+    sheet = Image.open(report["overlays_contact_sheet"])
+    assert len(report["overlays"]) == 4 and sheet.height == 420 and sheet.width > 4 * 100
