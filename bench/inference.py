@@ -518,7 +518,7 @@ class DetectorCase:
             return detect(model, images, self.config)
         batch = tile_batch or self.tiling.batch
         return [detect_tiled(model, image, self.config, tile=self.tiling.tile, overlap=self.tiling.overlap,
-                             batch=batch) for image in images]
+                             batch=batch, join=self.tiling.join) for image in images]
 
     def network_input(self, model: nn.Module) -> torch.Tensor:
         """The batch the backbone sees for the first image (tiled: its first batch of tiles), for the feature check."""

@@ -74,6 +74,7 @@ class TilingSpec:
     tile: int = 800
     overlap: int = 128
     batch: int = 4
+    join: bool = False  # seam joining of box pieces (models.tiling.merge_tile_detections): off unless the model asks
 
 
 @dataclass
@@ -173,7 +174,8 @@ class Pipeline:
             detections = detect(self.detector, tensors, self.detector_config)
         else:
             detections = [detect_tiled(self.detector, t, self.detector_config, tile=self.tiling.tile,
-                                       overlap=self.tiling.overlap, batch=self.tiling.batch) for t in tensors]
+                                       overlap=self.tiling.overlap, batch=self.tiling.batch, join=self.tiling.join)
+                          for t in tensors]
         timings["detect"] += time.perf_counter() - t
 
         sppnet_probs: list[float | None] = [None] * len(images)

@@ -119,10 +119,13 @@ def _join_pieces(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, orig
 
 
 def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_shape: tuple[int, int],
-                          config: DetectorConfig) -> Detections:
+                          config: DetectorConfig, join: bool = True) -> Detections:
     """One image's detections from its tiles' (tile-local boxes): shift, join seam pieces, class-aware NMS at
     ``config.nms_thresh``, cross-class suppression when the config asks for it, keep the best
-    ``config.detections_per_img``. Pure: no model involved."""
+    ``config.detections_per_img``. Pure: no model involved. ``join=False`` skips the seam joining (NMS only): for a
+    detector whose tiles see its lesions whole (lesions smaller than the overlap), joining only chains neighbouring
+    boxes into image-sized ones (measured on the shipped model: FROC sensitivity at 1 FP per image 0.39 with
+    joining, 0.68 without, 16 held-out simulated images)."""
     height, width = image_shape
     boxes, labels, scores, origin, cuts = [], [], [], [], []
     for k, (tile, det) in enumerate(per_tile):
@@ -137,8 +140,9 @@ def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_sha
         cuts.append(np.array([_cut_sides(b, tile, height, width) for b in shifted], dtype=bool).reshape(-1, 2))
     if not boxes:
         return _empty()
-    b, l, s = _join_pieces(np.concatenate(boxes), np.concatenate(labels), np.concatenate(scores),
-                           np.concatenate(origin), np.concatenate(cuts))
+    b, l, s = np.concatenate(boxes), np.concatenate(labels), np.concatenate(scores)
+    if join:
+        b, l, s = _join_pieces(b, l, s, np.concatenate(origin), np.concatenate(cuts))
     keep = batched_nms(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(l), config.nms_thresh).numpy()
     b, l, s = b[keep], l[keep], s[keep]
     if config.cross_class_suppression and len(b):
@@ -149,7 +153,7 @@ def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_sha
 
 
 def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = 800,
-                 overlap: int = 128, batch: int = 4) -> Detections:
+                 overlap: int = 128, batch: int = 4, join: bool = True) -> Detections:
     """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
     resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
@@ -171,7 +175,7 @@ def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorCo
     finally:
         if saved_config is not None:
             model.mccad_config = saved_config
-    return merge_tile_detections(per_tile, (height, width), config)
+    return merge_tile_detections(per_tile, (height, width), config, join=join)
 
 
 @contextmanager

@@ -90,7 +90,8 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         if loaded.kind == "detector":
             if loaded.tiling:
                 det = detect_tiled(loaded.model, tensor, wide, tile=loaded.tiling["tile"],
-                                   overlap=loaded.tiling["overlap"], batch=loaded.tiling["batch"])
+                                   overlap=loaded.tiling["overlap"], batch=loaded.tiling["batch"],
+                                   join=bool(loaded.tiling.get("join", False)))
             else:
                 det = detect(loaded.model, [tensor], wide)[0]
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))

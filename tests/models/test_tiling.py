@@ -141,3 +141,16 @@ def test_tiny_detector_runs_tile_by_tile_at_native_resolution():
     assert (dets.boxes[:, 1] >= 0).all() and (dets.boxes[:, 3] <= 300).all()
     assert (dets.boxes[:, 2] > dets.boxes[:, 0]).all() and (dets.boxes[:, 3] > dets.boxes[:, 1]).all()
     assert set(dets.labels.tolist()) <= {1, 2}
+
+
+def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:
+    # the shipped crops-trained detector merges with join=False: its lesions fit in the overlap, and joining chained
+    # neighbouring boxes into image-sized ones (models.tiling.merge_tile_detections)
+    pieces = [(LEFT, _dets([[100, 100, 256, 140]], [2], [0.6])), (RIGHT, _dets([[0, 98, 158, 141]], [2], [0.8]))]
+    apart = merge_tile_detections(pieces, (256, 448), CONFIG, join=False)
+    assert len(apart) == 2 and apart.scores.tolist() == pytest.approx([0.8, 0.6])
+    np.testing.assert_allclose(apart.boxes, [[192, 98, 350, 141], [100, 100, 256, 140]])  # IoU 0.24 < NMS 0.3
+    # a box both tiles saw whole in the overlap is still one box after NMS
+    same = merge_tile_detections([(LEFT, _dets([[200, 10, 240, 50]], [1], [0.7])),
+                                  (RIGHT, _dets([[8, 10, 48, 50]], [1], [0.9]))], (256, 448), CONFIG, join=False)
+    assert len(same) == 1 and same.scores[0] == pytest.approx(0.9)

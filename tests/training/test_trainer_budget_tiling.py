@@ -118,7 +118,7 @@ LITE_DETECTOR = dict(backbone="efficientnet_lite0", fpn_channels=16, box_head_si
                      rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_pre_nms_top_n_train=100,
                      rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
                      detections_per_img=30)
-TILING = {"tile": 64, "overlap": 16, "batch": 2}
+TILING = {"tile": 64, "overlap": 16, "batch": 2, "join": False}
 
 
 def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_tile_by_tile(tmp_path):
@@ -163,7 +163,7 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None]
     wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
     tiled = detect_tiled(loaded.model, tensor, wide, tile=TILING["tile"], overlap=TILING["overlap"],
-                         batch=TILING["batch"])
+                         batch=TILING["batch"], join=TILING["join"])
     assert len(tiled) > 0 and len(pred.boxes) == len(tiled)
     expected = prep.cmap.boxes_to_original(tiled.boxes.astype(np.float64))
     np.testing.assert_allclose(pred.boxes, expected, atol=1e-3)
@@ -213,4 +213,16 @@ def test_new_settings_are_checked_before_training(bad, message):
 def test_tiling_record_of_the_config():
     assert DetectorTrainConfig(epochs=1).tiling() is None
     assert DetectorTrainConfig(epochs=1, tile=128, tile_overlap=0, tile_batch=3).tiling() == {
-        "tile": 128, "overlap": 0, "batch": 3}
+        "tile": 128, "overlap": 0, "batch": 3, "join": False}
+
+
+def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_default():
+    from training.trainers.common import _changed_keys, config_defaults, config_dict
+
+    cfg = DetectorTrainConfig(epochs=3, tile=128)
+    new = config_dict(cfg)
+    old = {k: v for k, v in new.items() if k != "tile_join"}  # a checkpoint written before tile_join existed
+    assert _changed_keys(old, new, config_defaults(cfg)) == []
+    joined = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_join=True))
+    assert _changed_keys(old, joined, config_defaults(cfg)) == ["tile_join"]
+    assert _changed_keys({**old, "lr": 0.1}, new, config_defaults(cfg)) == ["lr"]

@@ -53,6 +53,7 @@ class DetectorTrainConfig:
     tile: int | None = None
     tile_overlap: int = 64
     tile_batch: int = 4
+    tile_join: bool = False  # join box pieces across tile seams (models.tiling); off: NMS only
     detector: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None
     num_workers: int = 0  # processes decoding images when the run starts (0: in this process)
@@ -96,7 +97,7 @@ class DetectorTrainConfig:
         """The manifest's ``input_spec["tiling"]`` (``models.pipeline.TilingSpec``), or None for whole images."""
         if self.tile is None:
             return None
-        return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch}
+        return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch, "join": self.tile_join}
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
