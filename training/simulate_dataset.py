@@ -274,4 +274,21 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))
+    write_case_sidecar(out, seed, records)
     return csv_path
+
+
+def write_case_sidecar(out: Path, seed: int, records: Sequence[dict]) -> Path:
+    """``lesions.json`` beside the CSV (``training.datasets.paper_csv.SIDECAR``): each simulated image is its own
+    case (``SIM<seed>-<index>``) with its laterality and view. Its clusters are drawn independently of every other
+    image's, so evaluation bootstraps over images; named by folder alone, the whole set would be one patient and every
+    confidence interval would collapse to a point."""
+    from dicom_io.durable import write_text_durably
+
+    cases = [{"image": r["image"], "patient_id": f"SIM{seed}-{k:06d}", "laterality": r.get("laterality"),
+              "view": r.get("view"), "lesions": [{"pattern": les["pattern"], "distribution": les["distribution"]}
+                                                 for les in r["lesions"]]}
+             for k, r in enumerate(records)]
+    path = Path(out) / "lesions.json"
+    write_text_durably(path, json.dumps({"seed": seed, "images": cases}, indent=1))
+    return path

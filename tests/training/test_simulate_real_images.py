@@ -60,3 +60,13 @@ def test_mccad_simulate_real_images_option(tmp_path, capsys):
         main(["simulate", "--out", str(tmp_path / "bad"), "--real-images", "4,five"])
     assert caught.value.code == 2
     assert "comma separated image indices" in capsys.readouterr().err
+
+
+def test_each_simulated_image_is_its_own_case_with_its_side_and_view(tmp_path):
+    # clusters are drawn per image, so evaluation must bootstrap over images: one patient per image, not per folder
+    make_simulated_dataset(tmp_path / "s", 4, seed=3, real_images=[0, 5], **SMALL)
+    meta = json.loads((tmp_path / "s" / "simulated.json").read_text())
+    samples = read_dataset(tmp_path / "s" / "annotations.csv", "paper_csv")
+    assert [s.patient_id for s in samples] == [f"SIM3-{k:06d}" for k in range(4)]
+    assert [(s.breast, s.view) for s in samples] == [(r["laterality"], r["view"]) for r in meta["images"]]
+    assert [len(s.lesions) for s in samples] == [len(r["lesions"]) for r in meta["images"]]

@@ -116,9 +116,25 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
+    """Settings that differ between a checkpoint's config and the new one. A setting the checkpoint lacks (a run
+    made before that setting existed) counts as its default, so newer code resumes older runs."""
+    defaults = defaults or {}
     keys = set(old) | set(new)
-    return sorted(k for k in keys if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    return sorted(k for k in keys if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k))
+
+
+def config_defaults(cfg: Any) -> dict[str, Any]:
+    """The default of every field of a trainer's dataclass config that has one (as ``config_dict`` writes it)."""
+    from dataclasses import MISSING
+
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return json.loads(json.dumps(out, default=str))
 
 
 # ------------------------------------------------------------------------------------------------ early stopping
@@ -211,7 +227,7 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
 
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
-        changed = _changed_keys(state.get("config", {}), cfg_dict)
+        changed = _changed_keys(state.get("config", {}), cfg_dict, config_defaults(cfg))
         if state.get("kind") != spec.kind or changed:
             raise TrainingError(
                 f"{out_dir} holds a {state.get('kind')} run whose configuration differs in {changed or ['kind']}; "
