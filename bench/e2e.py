@@ -270,6 +270,9 @@ def run_mode(mode: str, args: argparse.Namespace, root: Path, orthanc: OrthancPe
     http_port = free_port()
     broker = None if mode == "embedded" else f"redis://127.0.0.1:6379/{args.redis_db}"
     env = mccad_env(data_dir, mccad_port, http_port, orthanc, broker, model_dir, args.idle_s, args.device)
+    # N workers share the cores: each gets cores / N torch threads (two OpenMP pools on one core thrash)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // (workers if broker else 1))
+    env["MCCAD_THREADS"] = str(threads)
     procs = Processes(logdir)
     if broker:
         flush_redis(broker)
@@ -285,6 +288,7 @@ def run_mode(mode: str, args: argparse.Namespace, root: Path, orthanc: OrthancPe
         else:
             row = latency_mode(f"{mode}", orthanc, studies, procs, args.timeout)
         row["logs"] = str(logdir) if args.keep else None
+        row["threads_per_process"] = threads
         return row
     finally:
         procs.stop()
@@ -299,6 +303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default="embedded,redis,throughput", help="comma list of embedded, redis, throughput")
     parser.add_argument("--studies", type=int, default=4, help="studies per latency mode (first one is cold)")
     parser.add_argument("--workers", type=int, default=2, help="Redis workers for the throughput mode")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="MCCAD_THREADS of each mccad process (default: CPU cores / workers)")
     parser.add_argument("--throughput-studies", type=int, default=8, help="studies sent at once in throughput mode")
     parser.add_argument("--rows", type=int, default=2048, help="rows of the synthetic images")
     parser.add_argument("--cols", type=int, default=1280, help="columns of the synthetic images")
