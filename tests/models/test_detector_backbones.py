@@ -84,12 +84,30 @@ def test_fpn_and_box_head_widths_follow_the_config_for_lite0() -> None:
     assert len(result) > 0 and set(result.labels.tolist()) <= {1, 2}
 
 
-def test_shipped_default_bundle_still_loads() -> None:
+def test_shipped_default_bundle_loads_as_its_manifest_says() -> None:
     from mccad.config import default_model_dir
 
     model, config, manifest = load_detector(default_model_dir() / "detector")
-    assert manifest.architecture == "fpnnet-resnet50" and "backbone" not in manifest.input_spec["detector"]
-    assert config.backbone == "resnet50" and config.architecture == manifest.architecture
+    assert manifest.architecture == config.architecture == f"fpnnet-{config.backbone}"
+    assert (config.fpn_channels, config.box_head_size) == (manifest.input_spec["detector"]["fpn_channels"],
+                                                           manifest.input_spec["detector"]["box_head_size"])
+    assert model.roi_heads.box_head.fc6.out_features == config.box_head_size
+    assert model.backbone.out_channels == config.fpn_channels
+
+
+def test_a_manifest_written_before_backbones_existed_loads_as_resnet50(tmp_path) -> None:
+    torch.manual_seed(0)
+    cfg = DetectorConfig(min_size=64, max_size=96)
+    save_model(tmp_path / "old", build_detector(cfg), ModelManifest(
+        name="old", version="0.1.0", architecture="fpnnet-resnet50", role="detector",
+        classes=["background", "benign", "malignant"], training_data="none", synthetic_only=True, metrics={}))
+    manifest_path = tmp_path / "old" / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    for key in ("backbone", "fpn_channels", "box_head_size"):  # what a 0.2.0 manifest lacked
+        data["input_spec"]["detector"].pop(key)
+    manifest_path.write_text(json.dumps(data))
+    model, config, manifest = load_detector(tmp_path / "old")
+    assert config.backbone == "resnet50" and config.architecture == manifest.architecture == "fpnnet-resnet50"
     assert (config.fpn_channels, config.box_head_size) == (256, 1024)
     assert model.roi_heads.box_head.fc6.out_features == 1024 and model.backbone.out_channels == 256
 
