@@ -65,17 +65,24 @@ def _csv(folder, prefix: str, samples):
         f"{prefix}/{s.image_id}": [PaperBox.from_corners(les.box, les.label) for les in s.lesions] for s in samples})
 
 
-def test_validation_comes_from_the_val_csv(tmp_path, capsys):
-    from mccad.cli import main
-
+def _train_val_experiment(tmp_path, n_val: int, data_section) -> tuple:
+    """Two tiny training images, ``n_val`` validation ones, and a one-epoch experiment whose [data] table is
+    ``data_section(val_csv)``."""
     train = write_tiny_samples(tmp_path / "train", 2, seed=1)
-    val = write_tiny_samples(tmp_path / "val", 3, seed=2)
+    val = write_tiny_samples(tmp_path / "val", n_val, seed=2)
     train_csv, val_csv = _csv(tmp_path, "train", train), _csv(tmp_path, "val", val)
     detector = "".join(f"{k} = {v}\n" for k, v in TINY_DETECTOR.items())
     exp = tmp_path / "exp.toml"
+    exp.write_text(f'kind = "detector"\n[data]\n{data_section(val_csv)}[train]\nepochs = 1\nmax_side = 160\n'
+                   f'samples_per_epoch = 1\n[train.detector]\n{detector}')
+    return train_csv, val_csv, exp
+
+
+def test_validation_comes_from_the_val_csv(tmp_path, capsys):
+    from mccad.cli import main
+
     # val_fraction would hold out half of the training patients if val_csv were ignored
-    exp.write_text(f'kind = "detector"\n[data]\nval_fraction = 0.5\nval_csv = "{val_csv}"\n[train]\nepochs = 1\n'
-                   f'max_side = 160\nsamples_per_epoch = 1\n[train.detector]\n{detector}')
+    train_csv, _, exp = _train_val_experiment(tmp_path, 3, lambda v: f'val_fraction = 0.5\nval_csv = "{v}"\n')
     run = tmp_path / "run"
     assert main(["train", "detector", "--data", str(train_csv), "--out", str(run), "--config", str(exp),
                  "--no-progress"]) == 0
@@ -98,13 +105,7 @@ def test_validation_comes_from_the_val_csv(tmp_path, capsys):
 def test_val_data_option_of_mccad_train(tmp_path, capsys):
     from mccad.cli import main
 
-    train = write_tiny_samples(tmp_path / "train", 2, seed=1)
-    val = write_tiny_samples(tmp_path / "val", 1, seed=2)
-    train_csv, val_csv = _csv(tmp_path, "train", train), _csv(tmp_path, "val", val)
-    detector = "".join(f"{k} = {v}\n" for k, v in TINY_DETECTOR.items())
-    exp = tmp_path / "exp.toml"
-    exp.write_text(f'kind = "detector"\n[data]\nval_fraction = 0.0\n[train]\nepochs = 1\nmax_side = 160\n'
-                   f'samples_per_epoch = 1\n[train.detector]\n{detector}')
+    train_csv, val_csv, exp = _train_val_experiment(tmp_path, 1, lambda v: "val_fraction = 0.0\n")
     run = tmp_path / "run"
     assert main(["train", "detector", "--data", str(train_csv), "--val-data", str(val_csv), "--out", str(run),
                  "--config", str(exp), "--no-progress"]) == 0
