@@ -76,9 +76,8 @@ from bench.common import (
 )
 from models.classifier import ClassifierConfig, build_classifier, classify
 from models.detector import DetectorConfig, Detections, build_detector, detect, to_three_channels
-from models.pipeline import TilingSpec
 from models.preprocess import standardise_config_from
-from models.tiling import detect_tiled, native_scale, tile_grid
+from models.tiling import TilingSpec, native_scale, tile_grid
 
 log = logging.getLogger("bench.inference")
 
@@ -516,9 +515,7 @@ class DetectorCase:
     def run(self, model: nn.Module, images: list[torch.Tensor], tile_batch: int | None = None) -> list[Detections]:
         if self.tiling is None:
             return detect(model, images, self.config)
-        batch = tile_batch or self.tiling.batch
-        return [detect_tiled(model, image, self.config, tile=self.tiling.tile, overlap=self.tiling.overlap,
-                             batch=batch, join=self.tiling.join) for image in images]
+        return [self.tiling.detect(model, image, self.config, batch=tile_batch) for image in images]
 
     def network_input(self, model: nn.Module) -> torch.Tensor:
         """The batch the backbone sees for the first image (tiled: its first batch of tiles), for the feature check."""

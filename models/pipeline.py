@@ -24,7 +24,7 @@ from models.detector import CLASS_NAMES, DetectorConfig, detect
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
 from models.registry import ModelManifest, load_classifier, load_detector, load_manifest
-from models.tiling import detect_tiled, native_scale
+from models.tiling import TilingSpec, native_scale
 from models.results import (
     NOT_FOR_CLINICAL_USE,
     BoxXYXY,
@@ -65,16 +65,6 @@ class Analysis:
 #: Grad-CAM of a tiled detector runs on the whole image at half its native scale: a quarter of the cost of native
 #: scale (on the CPU that was 17 s per 0.1 mm mammogram, more than detection), and CAM maps are coarse (stride 4-32)
 TILED_CAM_SCALE = 0.5
-
-
-@dataclass(frozen=True)
-class TilingSpec:
-    """Tiled detection at native resolution (issue 8): models trained on crops ship ``input_spec["tiling"]``."""
-
-    tile: int = 800
-    overlap: int = 128
-    batch: int = 4
-    join: bool = False  # seam joining of box pieces (models.tiling.merge_tile_detections): off unless the model asks
 
 
 @dataclass
@@ -173,9 +163,7 @@ class Pipeline:
         if self.tiling is None:  # the paper's whole-image mode
             detections = detect(self.detector, tensors, self.detector_config)
         else:
-            detections = [detect_tiled(self.detector, t, self.detector_config, tile=self.tiling.tile,
-                                       overlap=self.tiling.overlap, batch=self.tiling.batch, join=self.tiling.join)
-                          for t in tensors]
+            detections = [self.tiling.detect(self.detector, t, self.detector_config) for t in tensors]
         timings["detect"] += time.perf_counter() - t
 
         sppnet_probs: list[float | None] = [None] * len(images)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -192,6 +192,23 @@ def native_scale(model: torch.nn.Module, height: int, width: int, scale: float =
         yield
     finally:
         transform.min_size, transform.max_size = saved
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """How a crops-trained detector runs on whole images (issue 8): its manifest's ``input_spec["tiling"]``, read by
+    the pipeline, by evaluation and by the benchmark alike."""
+
+    tile: int = 800
+    overlap: int = 128
+    batch: int = 4
+    join: bool = False  # seam joining of box pieces (merge_tile_detections): off unless the model asks
+
+    def detect(self, model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig,
+               batch: int | None = None) -> Detections:
+        """``detect_tiled`` with these settings (``batch`` overrides the tiles per forward pass)."""
+        return detect_tiled(model, image, config, tile=self.tile, overlap=self.overlap, batch=batch or self.batch,
+                            join=self.join)
 
 
 def _tile_config(config: DetectorConfig) -> DetectorConfig:

@@ -70,7 +70,7 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
     """One ImagePrediction per sample (boxes in original pixels for the detector, P(malignant) for SPPNet)."""
     from models.classifier import classify
     from models.detector import detect
-    from models.tiling import detect_tiled
+    from models.tiling import TilingSpec
 
     items: Any = samples
     if progress:
@@ -83,15 +83,14 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         wide = dataclasses.replace(loaded.network_config, score_thresh=min(FROC_SCORE_FLOOR,
                                                                            loaded.network_config.score_thresh),
                                    cross_class_suppression=False)
+    tiling = TilingSpec(**loaded.tiling) if loaded.tiling else None  # as the pipeline reads the manifest
     out = []
     for sample in items:
         prep = prepare(sample, loaded.standardise)
         tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None].to(device)
         if loaded.kind == "detector":
-            if loaded.tiling:
-                det = detect_tiled(loaded.model, tensor, wide, tile=loaded.tiling["tile"],
-                                   overlap=loaded.tiling["overlap"], batch=loaded.tiling["batch"],
-                                   join=bool(loaded.tiling.get("join", False)))
+            if tiling is not None:
+                det = tiling.detect(loaded.model, tensor, wide)
             else:
                 det = detect(loaded.model, [tensor], wide)[0]
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))

@@ -84,7 +84,7 @@ def test_tiled_resolutions_follow_the_bundle_spacing() -> None:
     already that fine); sizes only, no model runs."""
     from bench import inference
     from models.detector import DetectorConfig
-    from models.pipeline import TilingSpec
+    from models.tiling import TilingSpec
 
     images = [torch.zeros(1, 2048, 1300)]
     tiling = TilingSpec(tile=512, overlap=64, batch=2)

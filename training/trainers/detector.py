@@ -94,7 +94,7 @@ class DetectorTrainConfig:
                                  spacing_mm=self.spacing_mm)
 
     def tiling(self) -> dict[str, int] | None:
-        """The manifest's ``input_spec["tiling"]`` (``models.pipeline.TilingSpec``), or None for whole images."""
+        """The manifest's ``input_spec["tiling"]`` (``models.tiling.TilingSpec``), or None for whole images."""
         if self.tile is None:
             return None
         return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch, "join": self.tile_join}
