@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from models.backbones import load_backbone_weights
+from models.efficientnet_lite import efficientnet_lite_backbone, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,10 @@ class SPPNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        if backbone.startswith("efficientnet_"):
-            from models.efficientnet_lite import efficientnet_lite_backbone, resolve_lite_weights
-
-            variant = backbone.removeprefix("efficientnet_")
-            pretrained, path = resolve_lite_weights(backbone_weights, variant)
-            self.trunk = efficientnet_lite_backbone(variant, pretrained, out_indices=(1, 2, 3, 4), weights_file=path)
+        self.lite_variant = lite_variant(backbone)
+        if self.lite_variant is not None:
+            path = resolve_lite_weights(backbone_weights, self.lite_variant)
+            self.trunk = efficientnet_lite_backbone(self.lite_variant, out_indices=(1, 2, 3, 4), weights_file=path)
             channels = int(self.trunk.feature_info.channels()[-1])
             self._last_stage = self.trunk.feature_info.module_name()[-1]
         else:
@@ -120,7 +119,7 @@ class SPPNet(nn.Module):
     @property
     def target_layer(self) -> nn.Module:
         """The module Grad-CAM hooks: the last stage (ResNet ``layer4``, or the Lite block at stride 32)."""
-        if self.backbone.startswith("efficientnet_"):
+        if self.lite_variant is not None:
             return self.trunk.get_submodule(self._last_stage)
         return self.layer4
 
@@ -135,7 +134,7 @@ class SPPNet(nn.Module):
 
     def feature_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs of layer1..layer4 (the paper's per-stage feature maps, section 3.2 / Fig. 3e)."""
-        if self.backbone.startswith("efficientnet_"):
+        if self.lite_variant is not None:
             return dict(zip(STAGES, self.trunk(self._normalise(x))))
         x = self.maxpool(self.relu(self.bn1(self.conv1(self._normalise(x)))))
         stages = {}

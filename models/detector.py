@@ -35,6 +35,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from models.backbones import load_backbone_weights
+from models.efficientnet_lite import efficientnet_lite_fpn, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
 from models.fusion import suppress_cross_class
 
@@ -45,7 +46,6 @@ ARCHITECTURE = "fpnnet-resnet50"  # the paper's network, and the default
 #: backbones under the FPN: the paper's ResNet50, or EfficientNet-Lite (the only ImageNet weights installable here,
 #: issue 8 item 3; ``models.efficientnet_lite``)
 BACKBONES = ("resnet50", "efficientnet_lite0", "efficientnet_lite2")
-ARCHITECTURES = tuple(f"fpnnet-{b}" for b in BACKBONES)
 TORCHVISION_BOX_HEAD_SIZE = 1024
 BOX_ROI_SIZE = 7  # torchvision's MultiScaleRoIAlign output side for the box head
 RESNET50_STAGE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4, the FPN's inputs
@@ -177,12 +177,10 @@ def build_detector(
 def _backbone(config: DetectorConfig, backbone_weights: str | Path | None,
               frozen_batchnorm: bool | None) -> tuple[nn.Module, Path | None]:
     """The FPN backbone the config names, and the ImageNet file it was initialised from (None: random)."""
-    if config.backbone.startswith("efficientnet_"):
-        from models.efficientnet_lite import efficientnet_lite_fpn, resolve_lite_weights
-
-        variant = config.backbone.removeprefix("efficientnet_")
-        pretrained, path = resolve_lite_weights(backbone_weights, variant)
-        return efficientnet_lite_fpn(variant, pretrained, config.fpn_channels, weights_file=path), path
+    variant = lite_variant(config.backbone)
+    if variant is not None:
+        path = resolve_lite_weights(backbone_weights, variant)
+        return efficientnet_lite_fpn(variant, out_channels=config.fpn_channels, weights_file=path), path
     frozen = backbone_weights is not None if frozen_batchnorm is None else frozen_batchnorm
     norm_layer = misc_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
     body = resnet50(weights=None, norm_layer=norm_layer)

