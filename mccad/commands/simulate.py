@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pixel spacing(s) in mm to render at, comma separated, drawn per image (default 0.1)")
     p.add_argument("--clusters", type=_cluster_range, default=(0, 3),
                    help="clusters per image, a count or a range such as 0-3 (default 0-3)")
+    p.add_argument("--distractors", type=_cluster_range, default=(0, 0),
+                   help="unannotated look-alikes per image (solitary calcification, vascular calcification, skin "
+                        "marker), a count or a range such as 0-2 (default 0): they teach what a cluster is not")
     p.add_argument("--malignant-fraction", type=float, default=0.5,
                    help="share of clusters with suspicious morphology (default 0.5)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace, settings) -> int:
         csv_path = make_simulated_dataset(args.out, args.images, args.seed, sources=sources, crop=args.crop,
                                           spacing_mm=args.spacing, clusters_per_image=args.clusters,
                                           malignant_fraction=args.malignant_fraction, bit_depth=args.bits,
-                                          workers=args.workers, real_images=args.real_images)
+                                          workers=args.workers, real_images=args.real_images,
+                                          distractors_per_image=args.distractors)
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)
