@@ -29,6 +29,9 @@ are per whole image (``tiles_per_image`` tiles, the merge included); ``full`` is
 (4096 x 2600), a cost figure only. The faster paths replace the backbone (ResNet50 + FPN, or EfficientNet-Lite +
 FPN) and are checked on the merged, tiled output.
 
+A bundle whose manifest has ``input_spec["breast_gate"]`` (``models.breast_gate``) has the gate applied to every
+image's boxes after detection, as ``Pipeline.analyze`` does, and its time counts as detection time.
+
 The model bundle (``--model-dir``, default ``MCCAD_MODEL_DIR`` / ``models/weights/default``) is loaded through the
 registry when present; otherwise the architectures are built with random weights at the default configs and the JSON
 says so. Timing does not depend on the weights, but the detector's equality check does: random weights give scores
@@ -75,6 +78,7 @@ from bench.common import (
     write_report,
 )
 from models.classifier import ClassifierConfig, build_classifier, classify
+from models.breast_gate import BreastGate
 from models.detector import DetectorConfig, Detections, build_detector, detect, to_three_channels
 from models.preprocess import standardise_config_from
 from models.tiling import TilingSpec, native_scale, tile_grid
@@ -136,6 +140,8 @@ class LoadedModels:
     tiling: TilingSpec | None = None
     #: ``input_spec["standardise"]["spacing_mm"]`` of the detector bundle (None: the bundle does not resample)
     spacing_mm: float | None = None
+    #: the detector bundle's ``input_spec["breast_gate"]``; None: no gate
+    breast_gate: BreastGate | None = None
 
 
 def default_model_dir() -> Path:
@@ -159,11 +165,12 @@ def load_models(model_dir: Path, quick: bool) -> LoadedModels:
         tiling_spec = det_manifest.input_spec.get("tiling")
         tiling = TilingSpec(**tiling_spec) if tiling_spec else None  # as ``Pipeline`` reads it
         spacing_mm = standardise_config_from(det_manifest.input_spec.get("standardise", {})).spacing_mm
+        gate = BreastGate.from_spec(det_manifest.input_spec.get("breast_gate"))
     else:
         det_cfg = DetectorConfig()
         detector = build_detector(det_cfg, None, frozen_batchnorm=True)
         source["detector"] = {"weights": "random (no bundle found: architecture at DetectorConfig() defaults)"}
-        tiling, spacing_mm = None, None
+        tiling, spacing_mm, gate = None, None, None
     if (model_dir / "sppnet" / "manifest.json").is_file():
         from models.registry import load_classifier
 
@@ -187,7 +194,8 @@ def load_models(model_dir: Path, quick: bool) -> LoadedModels:
     source["detector_mode"] = "tiled" if tiling is not None else "whole_image"
     source["tiling"] = dataclasses.asdict(tiling) if tiling is not None else None
     source["standardise_spacing_mm"] = spacing_mm
-    return LoadedModels(detector.eval(), det_cfg, sppnet.eval(), spp_cfg, source, tiling, spacing_mm)
+    source["breast_gate"] = gate.to_spec() if gate is not None else None
+    return LoadedModels(detector.eval(), det_cfg, sppnet.eval(), spp_cfg, source, tiling, spacing_mm, gate)
 
 
 def set_transform_sizes(model: nn.Module, config: DetectorConfig) -> None:
@@ -503,7 +511,8 @@ class DetectorCase:
     Whole-image mode: ``detect`` on the images, torchvision resizing each to the config's ``min_size`` /
     ``max_size``. Tiled mode (a crops-trained bundle with ``input_spec["tiling"]``): ``detect_tiled`` on each image,
     one after another, tiles at native scale in batches of ``tiling.batch``; an image's time and FLOPs are the sum
-    over its tiles and the merge.
+    over its tiles and the merge. A bundle's breast gate runs on each image's boxes after detection (its time is
+    detection time), at the spacing the image stands for.
     """
 
     resolution: str
@@ -511,11 +520,18 @@ class DetectorCase:
     config: DetectorConfig
     tiling: TilingSpec | None
     fields: dict[str, Any]  # what the rows say about the input (sizes, spacing, tiles)
+    breast_gate: BreastGate | None = None
+    spacing_mm: float = PHANTOM_SPACING_MM  # what one pixel of the pool stands for (the gate's mask cells)
 
     def run(self, model: nn.Module, images: list[torch.Tensor], tile_batch: int | None = None) -> list[Detections]:
         if self.tiling is None:
-            return detect(model, images, self.config)
-        return [self.tiling.detect(model, image, self.config, batch=tile_batch) for image in images]
+            dets = detect(model, images, self.config)
+        else:
+            dets = [self.tiling.detect(model, image, self.config, batch=tile_batch) for image in images]
+        if self.breast_gate is None:
+            return dets
+        return [self.breast_gate.apply(d, image[0].detach().cpu().numpy(), self.spacing_mm)
+                for d, image in zip(dets, images)]
 
     def network_input(self, model: nn.Module) -> torch.Tensor:
         """The batch the backbone sees for the first image (tiled: its first batch of tiles), for the feature check."""
@@ -555,7 +571,9 @@ def detector_cases(models: LoadedModels, resolutions: list[str], images: list[to
     for resolution in resolutions:
         if resolution not in ("default", "full"):
             raise BenchError(f"unknown resolution {resolution!r} (default or full)")
-        fields: dict[str, Any] = {"detector_mode": "whole_image" if models.tiling is None else "tiled"}
+        fields: dict[str, Any] = {"detector_mode": "whole_image" if models.tiling is None else "tiled",
+                                  "breast_gate": models.breast_gate is not None}
+        spacing = PHANTOM_SPACING_MM
         if models.tiling is None:
             config = base
             if resolution == "full":
@@ -589,7 +607,7 @@ def detector_cases(models: LoadedModels, resolutions: list[str], images: list[to
                 "tile_batch": models.tiling.batch,
             })
         fields["input"] = "x".join(map(str, pool[0].shape[-2:]))
-        cases.append(DetectorCase(resolution, pool, config, models.tiling, fields))
+        cases.append(DetectorCase(resolution, pool, config, models.tiling, fields, models.breast_gate, spacing))
     return cases
 
 

@@ -1,8 +1,11 @@
 """The analysis of one study, from decoded mammograms to a ``StudyResult``.
 
-Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5) -> image verdict from boxes (2.6) ->
-SPPNet whole-image baseline -> pathotype and ER heads on malignant patches -> breast fusion of CC + MLO (2.7) ->
-exam verdict -> explanation heatmaps. Everything returned is in the source images' own pixel coordinates.
+Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5; whole image, or tile by tile for a
+crops-trained detector, ``models.tiling``) -> breast gate (when the detector's manifest has
+``input_spec["breast_gate"]``: boxes centred outside the breast are dropped, ``models.breast_gate``) -> image verdict
+from boxes (2.6) -> SPPNet whole-image baseline -> pathotype and ER heads on malignant patches -> breast fusion of
+CC + MLO (2.7) -> exam verdict -> explanation heatmaps. Everything returned is in the source images' own pixel
+coordinates.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models import fusion
+from models.breast_gate import BreastGate, gate_spacing_mm
 from models.classifier import ClassifierConfig, SPPNet, classify
 from models.detector import CLASS_NAMES, DetectorConfig, detect
 from models.explain import detector_cam
@@ -98,7 +102,7 @@ class Pipeline:
     def __init__(self, detector: torch.nn.Module, detector_config: DetectorConfig, detector_manifest: ModelManifest,
                  *, sppnet: _Head | None = None, patch_heads: dict[str, _Head] | None = None,
                  device: torch.device | str = "cpu", explain: bool = True,
-                 tiling: TilingSpec | None = None) -> None:
+                 tiling: TilingSpec | None = None, breast_gate: BreastGate | None = None) -> None:
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
         self.detector_config = detector_config
@@ -109,6 +113,9 @@ class Pipeline:
         self.explain = explain
         spec = detector_manifest.input_spec.get("tiling")
         self.tiling = tiling if tiling is not None else (TilingSpec(**spec) if spec else None)
+        gate = BreastGate.from_spec(detector_manifest.input_spec.get("breast_gate"))
+        self.breast_gate = breast_gate if breast_gate is not None else gate
+        self.gate_spacing_mm = gate_spacing_mm(self.standardise_config)
         for head in [sppnet, *self.patch_heads.values()]:
             if head is not None:
                 head.model.to(self.device).eval()
@@ -165,6 +172,11 @@ class Pipeline:
         else:
             detections = [self.tiling.detect(self.detector, t, self.detector_config) for t in tensors]
         timings["detect"] += time.perf_counter() - t
+        if self.breast_gate is not None:
+            t = time.perf_counter()
+            detections = [self.breast_gate.apply(det, prep.pixels, self.gate_spacing_mm)
+                          for det, prep in zip(detections, prepared)]
+            timings["breast_gate"] += time.perf_counter() - t
 
         sppnet_probs: list[float | None] = [None] * len(images)
         if self.sppnet is not None:

@@ -1,8 +1,9 @@
 """A trained run becomes a registry model folder: weights + ``manifest.json`` + ``metrics.json`` + ``MODEL_CARD.md``.
 
 The manifest's ``input_spec`` carries the standardisation the run trained with (``max_side``, tolerance) and the
-network config, so that ``models.pipeline`` prepares images exactly as training did. ``models.registry.save_model``
-writes and hashes the weights; nothing here downloads anything.
+network config, so that ``models.pipeline`` prepares images exactly as training did; for a detector also how it runs
+on whole images (``tiling``) and whether boxes outside the breast are dropped (``breast_gate``).
+``models.registry.save_model`` writes and hashes the weights; nothing here downloads anything.
 """
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from typing import Any
 import torch
 
 from models.preprocess import standardise_config_from
-from training.trainers.common import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG, TrainingError, load_checkpoint
+from training.trainers.common import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    METRICS_LOG,
+    TrainingError,
+    config_defaults,
+    load_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ class LoadedRun:
     checkpoint: dict[str, Any]
     history: list[dict[str, Any]]
     tiling: dict[str, int] | None = None  # detectors trained on crops: how to run them on whole images
+    breast_gate: dict[str, float] | None = None  # detectors: ``models.breast_gate.BreastGate`` spec, None: no gate
 
 
 def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
@@ -78,16 +87,33 @@ def load_run(run_dir: Path, which: str = "best") -> LoadedRun:
     standardise = build.get("standardise") or {"max_side": cfg.get("max_side"),
                                                "column_tolerance": cfg.get("column_tolerance", 0.01)}
     return LoadedRun(kind=kind, role=role, model=model, network_config=net_cfg, standardise=dict(standardise),
-                     train_config=cfg, checkpoint=ckpt, history=history, tiling=build.get("tiling"))
+                     train_config=cfg, checkpoint=ckpt, history=history, tiling=build.get("tiling"),
+                     breast_gate=_run_breast_gate(kind, cfg, build))
+
+
+def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> dict[str, float] | None:
+    """A detector run's gate: its build record, or for a run written before the record existed its config's
+    ``breast_gate`` setting, or that setting's default (``config_defaults``, as a resumed older run reads it)."""
+    if kind != "detector":
+        return None
+    if "breast_gate" in build:
+        return build["breast_gate"]
+    from models.breast_gate import BreastGate
+    from training.trainers.detector import DetectorTrainConfig
+
+    on = cfg.get("breast_gate", config_defaults(DetectorTrainConfig)["breast_gate"])
+    return BreastGate().to_spec() if on else None  # margin 0, as DetectorTrainConfig.breast_gate_spec writes it
 
 
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
-               dtype: str = "float16", which: str = "best") -> Path:
+               dtype: str = "float16", which: str = "best", score_thresh: float | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
-    without it the run's best validation record is used.
+    without it the run's best validation record is used. ``score_thresh``: the detector's operating point when it
+    is not the run's (a crops-trained detector's threshold for whole images is chosen on whole validation images,
+    e.g. ``threshold_at_fp_per_image`` of ``mccad evaluate``'s FROC; the run's config keeps the paper's 0.3).
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -103,14 +129,18 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     thresholds = {}
     if run.kind == "detector":
         c = run.network_config
-        thresholds = {"score_thresh": c.score_thresh, "nms_thresh": c.nms_thresh,
+        if score_thresh is not None and not 0.0 < score_thresh < 1.0:
+            raise ValueError(f"score_thresh must lie in (0, 1), got {score_thresh}")
+        thresholds = {"score_thresh": c.score_thresh if score_thresh is None else float(score_thresh),
+                      "nms_thresh": c.nms_thresh,
                       "detections_per_img": float(c.detections_per_img), "cross_class_iou": c.cross_class_iou}
     manifest = ModelManifest(
         name=name or f"mccad-{run.role}", version=version, architecture=arch, role=run.role,
         classes=ROLE_CLASSES.get(run.role, ["negative", "positive"]),
         input_spec={"standardise": dataclasses.asdict(standardise_config_from(run.standardise)),
                     key: run.network_config.to_dict(),
-                    **({"tiling": run.tiling} if run.tiling else {})},
+                    **({"tiling": run.tiling} if run.tiling else {}),
+                    **({"breast_gate": run.breast_gate} if run.breast_gate is not None else {})},
         thresholds=thresholds, training_data=training_data, synthetic_only=synthetic_only,
         metrics=_json_safe(metrics))
     written = save_model(out_dir, run.model, manifest, dtype=DTYPES[dtype])

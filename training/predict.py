@@ -3,6 +3,8 @@
 Images are prepared as the pipeline prepares them (section 2.4 standardisation with the model's own settings);
 detector boxes are mapped back to original pixels. The detector runs with a low score threshold and without the
 cross-class suppression so that FROC sees the whole score range; ``training.evaluate`` applies the operating point.
+A detector whose manifest (or training run) has the breast gate (``models.breast_gate``) has it applied after
+detection, on the standardised image, as ``models.pipeline`` does; ``mccad evaluate --no-breast-gate`` turns it off.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class LoadedModel:
     standardise: StandardiseConfig
     description: dict[str, Any]
     tiling: dict[str, int] | None = None  # a detector trained on crops runs tile by tile (models.tiling)
+    #: the manifest's ``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``); None: no gate
+    breast_gate: dict[str, float] | None = None
 
     @property
     def operating_point(self) -> OperatingPoint:
@@ -51,7 +55,8 @@ def load_model(path: Path, device: str = "cpu") -> LoadedModel:
         desc = {"source": str(path), "name": manifest.name, "version": manifest.version, "role": manifest.role}
         if manifest.architecture.startswith("fpnnet-"):
             model, cfg, _ = load_detector(path, device=device)
-            return LoadedModel("detector", model, cfg, std, desc, manifest.input_spec.get("tiling"))
+            return LoadedModel("detector", model, cfg, std, desc, manifest.input_spec.get("tiling"),
+                               manifest.input_spec.get("breast_gate"))
         if manifest.role != "sppnet":
             raise ValueError(f"{path} is a {manifest.role} patch head; whole-image evaluation takes a detector or "
                              "an SPPNet model")
@@ -63,11 +68,12 @@ def load_model(path: Path, device: str = "cpu") -> LoadedModel:
     std = standardise_config_from(run.standardise)
     desc = {"source": str(path), "name": f"run:{path.name}", "version": f"epoch {run.checkpoint.get('epoch')}",
             "role": run.role}
-    return LoadedModel(run.kind, run.model.to(device), run.network_config, std, desc, run.tiling)
+    return LoadedModel(run.kind, run.model.to(device), run.network_config, std, desc, run.tiling, run.breast_gate)
 
 
 def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = False) -> list[ImagePrediction]:
     """One ImagePrediction per sample (boxes in original pixels for the detector, P(malignant) for SPPNet)."""
+    from models.breast_gate import BreastGate, gate_spacing_mm
     from models.classifier import classify
     from models.detector import detect
     from models.tiling import TilingSpec
@@ -84,6 +90,8 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
                                                                            loaded.network_config.score_thresh),
                                    cross_class_suppression=False)
     tiling = TilingSpec(**loaded.tiling) if loaded.tiling else None  # as the pipeline reads the manifest
+    gate = BreastGate.from_spec(loaded.breast_gate) if loaded.kind == "detector" else None
+    gate_spacing = gate_spacing_mm(loaded.standardise)
     out = []
     for sample in items:
         prep = prepare(sample, loaded.standardise)
@@ -93,6 +101,8 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
                 det = tiling.detect(loaded.model, tensor, wide)
             else:
                 det = detect(loaded.model, [tensor], wide)[0]
+            if gate is not None:
+                det = gate.apply(det, prep.pixels, gate_spacing)
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))
             out.append(ImagePrediction(sample.image_id, boxes, [LABEL_NAMES[int(v)] for v in det.labels],
                                        det.scores.astype(np.float64)))

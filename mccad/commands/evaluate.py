@@ -7,6 +7,7 @@ Ways in:
   mccad evaluate --predictions F1.json F2.json ... --truth CSV      one file per fold: Table 3 plus pooled metrics
   mccad evaluate --kfold RUN --data CSV --out DIR                    every fold of 'mccad train --folds k'
   add --compare OTHER (predictions file, model or run folder) for DeLong's test between two models.
+  add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect.
 """
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score-thresh", type=float, default=None, help="operating score threshold (default: model's)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for AUC intervals")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-breast-gate", dest="breast_gate", action="store_false",
+                   help="run detectors without the breast gate their manifest or run asks for (boxes centred outside "
+                        "the breast are kept); saved predictions files are used as they are")
     p.set_defaults(func=run)
 
 
-def _predictions_of(source: Path, samples, device: str, out: Path, tag: str):
-    """(predictions, operating point, name) from a predictions file or a model/run folder."""
+def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, breast_gate: bool = True):
+    """(predictions, operating point, name) from a predictions file or a model/run folder (``breast_gate`` False:
+    a detector runs without its breast gate)."""
     from training.evaluate import OperatingPoint, read_predictions, write_predictions
     from training.predict import load_model, predict
 
@@ -43,10 +48,13 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str):
         op = OperatingPoint(**meta["operating_point"]) if "operating_point" in meta else OperatingPoint()
         return preds, op, meta.get("name", source.stem)
     loaded = load_model(source, device=_device(device))
+    if not breast_gate:
+        loaded.breast_gate = None
     preds = predict(loaded, samples, progress=True)
     op = loaded.operating_point
+    gate = {"breast_gate": loaded.breast_gate} if loaded.kind == "detector" else {}
     write_predictions(out / f"predictions{tag}.json", preds,
-                      {**loaded.description, "operating_point": op.__dict__})
+                      {**loaded.description, **gate, "operating_point": op.__dict__})
     return preds, op, f"{loaded.description['name']} {loaded.description['version']}"
 
 
@@ -80,15 +88,16 @@ def run(args: argparse.Namespace, settings) -> int:
             folds = json.loads(folds_file.read_text())
             for i, (name, ids) in enumerate(sorted(folds.items()), start=1):
                 samples = [by_id[x] for x in ids if x in by_id]
-                fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}")))
+                fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}",
+                                                             args.breast_gate)))
         elif args.predictions and len(args.predictions) > 1:
             for path in args.predictions:
-                preds, op, name = _predictions_of(path, truth, args.device, out, "")
+                preds, op, name = _predictions_of(path, truth, args.device, out, "", args.breast_gate)
                 ids = {p.image_id for p in preds}
                 fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
         else:
             source = args.model if args.model is not None else args.predictions[0]
-            fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "")))
+            fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "", args.breast_gate)))
         op = fold_preds[0][2]
         if args.score_thresh is not None:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
@@ -100,7 +109,8 @@ def run(args: argparse.Namespace, settings) -> int:
             metrics["kfold"] = evaluate_folds(per_fold)
         comparison, names = None, (fold_preds[0][3], "")
         if args.compare is not None:
-            other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare")
+            other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
+                                                   args.breast_gate)
             comparison = compare(all_truth, all_preds, other, op=op)
             names = (fold_preds[0][3], other_name)
     except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=Path, default=None, help="metrics.json of 'mccad evaluate' to attach")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="detector operating point written into the manifest (default: the run's score_thresh); "
+                        "choose it on validation images, e.g. from 'mccad evaluate' threshold_at_fp_per_image")
     p.set_defaults(func=run)
 
 
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace, settings) -> int:
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.version, training_data=args.training_data,
                          synthetic_only=args.synthetic_only, metrics_json=args.metrics, dtype=args.dtype,
-                         which=args.checkpoint)
+                         which=args.checkpoint, score_thresh=args.score_thresh)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(out)

@@ -88,3 +88,72 @@ def test_patch_is_square_centred_and_zero_padded_at_borders() -> None:
     patch = crop_patch(pixels, np.array([0.0, 0.0, 10.0, 10.0]), size=16, margin=0.5)
     assert patch.shape == (16, 16)
     assert patch[0, 0] == 0.0 and patch[-1, -1] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ breast gate
+def _gated_bundle(tiny_model_dir, folder, gate: dict | None):
+    """The tiny bundle's detector (random weights, every box kept: 100 per image) with ``gate`` as its manifest's
+    ``input_spec["breast_gate"]`` (None: no key, as in bundles made before the gate)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir / "detector", folder / "detector")
+    manifest = json.loads((folder / "detector" / "manifest.json").read_text())
+    manifest["thresholds"] = {"detections_per_img": 100}
+    manifest["input_spec"].pop("breast_gate", None)
+    if gate is not None:
+        manifest["input_spec"]["breast_gate"] = gate
+    (folder / "detector" / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _breast_with_label() -> tuple[MammogramImage, object]:
+    """A left CC of 600 x 400 px: a breast half-ellipse (semi-axes 260 x 200 px) and a bright label square inside
+    the columns standardisation keeps; returns the image and ``inside(x, y, grow_px)`` for the analytic breast."""
+    rows, cols = 600, 400
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    breast = (xx / 260.0) ** 2 + ((yy - 300) / 200.0) ** 2 < 1
+    pixels = np.where(breast, 0.5, 0.0).astype(np.float32)
+    pixels[breast] += (np.random.default_rng(0).random(int(breast.sum())) * 0.1).astype(np.float32)
+    pixels[20:60, 200:240] = 0.95
+    meta = ImageMeta(sop_instance_uid="1.2.3.4.9", sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
+                     study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", exam_key="1.2.3", laterality="L",
+                     view="CC", rows=rows, columns=cols)
+
+    def inside(x: float, y: float, grow: float) -> bool:
+        return (x / (260.0 + grow)) ** 2 + ((y - 300) / (200.0 + grow)) ** 2 < 1
+
+    return MammogramImage(pixels=pixels, meta=meta), inside
+
+
+def _centres(result) -> list[tuple[float, float]]:
+    return [((l.box.x0 + l.box.x1) / 2, (l.box.y0 + l.box.y1) / 2) for l in result.images[0].lesions]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_bundle_with_the_breast_gate_drops_boxes_centred_outside_the_breast(tiny_model_dir, tmp_path) -> None:
+    from models.breast_gate import BreastGate
+
+    image, inside = _breast_with_label()
+    plain = Pipeline.from_model_dir(_gated_bundle(tiny_model_dir, tmp_path / "plain", None), device="cpu",
+                                    explain=False)
+    gated = Pipeline.from_model_dir(_gated_bundle(tiny_model_dir, tmp_path / "gated", {"margin_mm": 0.0}),
+                                    device="cpu", explain=False)
+    assert plain.breast_gate is None and gated.breast_gate == BreastGate(0.0)
+    before = plain.analyze([image]).result
+    after = gated.analyze([image]).result
+    all_boxes, kept = _centres(before), _centres(after)
+    assert "breast_gate" in after.timings_s and "breast_gate" not in before.timings_s
+    # the random detector scatters boxes over the whole image: some lie in the breast, many do not
+    assert any(inside(x, y, 0) for x, y in all_boxes) and sum(not inside(x, y, 0) for x, y in all_boxes) > 10
+    assert 0 < len(kept) < len(all_boxes)
+    assert kept == [c for c in all_boxes if c in kept]  # the survivors, in their order
+    # the mask's cells: 1 mm at the 0.05 mm assumed for images without a spacing, 20 px of the standardised image,
+    # which the bundle's max_side of 384 scales by 384 / 600 from the original pixels the boxes come back in
+    cell = 20.0 * 600 / 384
+    assert all(inside(x, y, cell * 1.5) for x, y in kept)
+    assert all(not inside(x, y, -cell * 1.5) for x, y in all_boxes if (x, y) not in kept)
+    # the constructor override gates a bundle that has no gate in its manifest, the same way
+    override = Pipeline(plain.detector, plain.detector_config, plain.detector_manifest, explain=False,
+                        breast_gate=BreastGate(0.0))
+    assert _centres(override.analyze([image]).result) == kept

@@ -124,6 +124,7 @@ TILING = {"tile": 64, "overlap": 16, "batch": 2, "join": False}
 
 def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_tile_by_tile(tmp_path):
     pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
+    from models.breast_gate import BreastGate
     from models.detector import detect
     from models.registry import load_detector, load_manifest
     from models.tiling import detect_tiled
@@ -165,6 +166,9 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
     tiled = detect_tiled(loaded.model, tensor, wide, tile=TILING["tile"], overlap=TILING["overlap"],
                          batch=TILING["batch"], join=TILING["join"])
+    # then the breast gate the run recorded (on by default): boxes centred outside the breast are dropped
+    assert loaded.breast_gate == manifest.input_spec["breast_gate"] == {"margin_mm": 0.0}
+    tiled = BreastGate().apply(tiled, prep.pixels, 0.1)
     assert len(tiled) > 0 and len(pred.boxes) == len(tiled)
     expected = prep.cmap.boxes_to_original(tiled.boxes.astype(np.float64))
     np.testing.assert_allclose(pred.boxes, expected, atol=1e-3)
@@ -227,3 +231,46 @@ def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_
     joined = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_join=True))
     assert _changed_keys(old, joined, config_defaults(cfg)) == ["tile_join"]
     assert _changed_keys({**old, "lr": 0.1}, new, config_defaults(cfg)) == ["lr"]
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(tiny, tmp_path):
+    from training.trainers.common import TrainingError
+    from training.export import export_run, load_run
+
+    first = DetectorTrainConfig(epochs=1, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=1, seed=0)
+    train_detector(tiny[:2], None, first, tmp_path / "first", progress=False)
+    export_run(tmp_path / "first", tmp_path / "bundle", dtype="float32")
+    trained = dict(load_run(tmp_path / "first").model.named_parameters())  # BatchNorm statistics move at lr 0
+    # another seed would start elsewhere; a warm start begins at the first run's weights, from a run or a bundle
+    for source in (tmp_path / "first", tmp_path / "bundle"):
+        cfg = dataclasses.replace(first, seed=5, lr=0.0, init_from=str(source))  # lr 0: the weights stay put
+        train_detector(tiny[:2], None, cfg, tmp_path / f"warm-{source.name}", progress=False)
+        warm = dict(load_run(tmp_path / f"warm-{source.name}").model.named_parameters())
+        assert all(torch.equal(warm[k], trained[k]) for k in trained)
+    cold = dataclasses.replace(first, seed=5, lr=0.0)
+    train_detector(tiny[:2], None, cold, tmp_path / "cold", progress=False)
+    assert not torch.equal(dict(load_run(tmp_path / "cold").model.named_parameters())[
+                               "roi_heads.box_predictor.cls_score.weight"],
+                           trained["roi_heads.box_predictor.cls_score.weight"])
+    # another architecture, a missing folder: refused before any training
+    wider = dataclasses.replace(first, detector=dict(TINY_DETECTOR, box_head_size=64), init_from=str(tmp_path / "first"))
+    with pytest.raises(TrainingError, match="another architecture"):
+        train_detector(tiny[:2], None, wider, tmp_path / "wider", progress=False)
+    with pytest.raises(TrainingError, match="does not exist"):
+        train_detector(tiny[:2], None, dataclasses.replace(first, init_from=str(tmp_path / "nowhere")),
+                       tmp_path / "nowhere-run", progress=False)
+
+
+def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
+    from models.registry import load_detector, load_manifest
+    from training.export import export_run
+
+    cfg = DetectorTrainConfig(epochs=1, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=1)
+    train_detector(tiny[:2], None, cfg, tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", tmp_path / "paper", dtype="float32")
+    export_run(tmp_path / "run", tmp_path / "chosen", dtype="float32", score_thresh=0.62)
+    assert load_manifest(tmp_path / "paper").thresholds["score_thresh"] == pytest.approx(0.3)  # the run's own
+    assert load_manifest(tmp_path / "chosen").thresholds["score_thresh"] == pytest.approx(0.62)
+    assert load_detector(tmp_path / "chosen")[1].score_thresh == pytest.approx(0.62)  # what the pipeline runs at
+    with pytest.raises(ValueError, match="score_thresh"):
+        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh=1.5)

@@ -54,8 +54,14 @@ class DetectorTrainConfig:
     tile_overlap: int = 64
     tile_batch: int = 4
     tile_join: bool = False  # join box pieces across tile seams (models.tiling); off: NMS only
+    # drop boxes centred outside the breast (models.breast_gate, margin 0): written into the manifest, used by the
+    # pipeline and by evaluation on whole images (`mccad evaluate --no-breast-gate` measures without it)
+    breast_gate: bool = True
     detector: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None
+    # warm start: a detector folder (manifest.json, e.g. the shipped models/weights/default/detector) or a training
+    # run folder (best.pt) of the same architecture; its weights replace the initial ones (fine-tuning on own data)
+    init_from: str | None = None
     num_workers: int = 0  # processes decoding images when the run starts (0: in this process)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     amp: bool = True
@@ -98,6 +104,37 @@ class DetectorTrainConfig:
         if self.tile is None:
             return None
         return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch, "join": self.tile_join}
+
+    def breast_gate_spec(self) -> dict[str, float] | None:
+        """The manifest's ``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``, margin 0), or None."""
+        from models.breast_gate import BreastGate
+
+        return BreastGate().to_spec() if self.breast_gate else None
+
+
+def load_initial_weights(model: torch.nn.Module, source: Path) -> None:
+    """Copy a trained detector's weights into ``model`` (``init_from``). Shapes must match exactly: a warm start
+    that silently skipped a mismatched head would train a different model than the config says."""
+    from training.predict import load_model
+
+    if not source.exists():
+        raise TrainingError(f"init_from {source} does not exist")
+    try:
+        loaded = load_model(source)
+    except Exception as exc:  # noqa: BLE001 - any unreadable folder is the same user error
+        raise TrainingError(f"init_from {source} is neither a detector folder nor a finished run: {exc}") from exc
+    if loaded.kind != KIND:
+        raise TrainingError(f"init_from {source} holds a {loaded.kind} model, not a detector")
+    # BatchNorm's batch counters are not weights (exported bundles leave them out): they may be missing
+    state = {k: v for k, v in loaded.model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    mismatched = sorted(k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape))
+    if mismatched or set(state) - set(own):
+        raise TrainingError(f"init_from {source} has another architecture than this experiment's detector "
+                            f"(first differing weights: {(mismatched or sorted(set(state) - set(own)))[:3]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    log.info("detector weights initialised from %s (%s %s)", source, loaded.description.get("name"),
+             loaded.description.get("version"))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
@@ -153,6 +190,8 @@ def train_detector(train: Sequence[Sample], val: Sequence[Sample] | None, cfg: D
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     det_cfg = cfg.detector_config()
     model = build_detector(det_cfg, backbone_weights=cfg.backbone_weights).to(device)
+    if cfg.init_from:
+        load_initial_weights(model, Path(cfg.init_from))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -183,5 +222,6 @@ def train_detector(train: Sequence[Sample], val: Sequence[Sample] | None, cfg: D
                     order=order, batch_loss=batch_loss, validate=validate, monitor=cfg.monitor,
                     build_info={"detector_config": det_cfg.to_dict(),
                                 "standardise": dataclasses.asdict(std_cfg), "tiling": cfg.tiling(),
+                                "breast_gate": cfg.breast_gate_spec(),
                                 "train_images": len(items), "val_images": len(val_items)})
     return fit(spec, cfg, out_dir, resume=resume, progress=progress, device=device)

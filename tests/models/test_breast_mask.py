@@ -1,0 +1,41 @@
+"""The breast mask lives in ``models`` (the pipeline's gate uses it; the pipeline never imports ``training``), and
+the simulator keeps reading the very same function through ``training.simulate_background``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+
+def test_the_simulator_uses_the_models_breast_mask():
+    import models.breast_mask as moved
+    import training.simulate
+    import training.simulate_background as simulator
+
+    assert simulator.breast_mask is moved.breast_mask
+    assert training.simulate.breast_mask is moved.breast_mask
+
+
+def test_the_pipeline_and_the_mask_import_nothing_from_training():
+    code = ("import sys, models.breast_mask, models.breast_gate, models.pipeline; "
+            "print(sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_breast_mask_steps_on_a_phantom():
+    """Background, a separate label and the eroded rim are out; a left MLO loses its upper chest-wall corner."""
+    from models.breast_mask import breast_mask
+
+    yy, xx = np.mgrid[:400, :300]
+    image = np.zeros((400, 300), np.float32)
+    image[(xx / 200.0) ** 2 + ((yy - 200) / 180.0) ** 2 < 1] = 0.4
+    image[(xx + yy) < 120] = 0.8  # a bright corner band, as a pectoral muscle projects on MLO
+    image[10:40, 250:290] = 0.9  # a label
+    whole = breast_mask(image, 0.2, margin_mm=0.0)
+    assert whole[200, 100] and whole[30, 10] and not whole[10:40, 250:290].any() and not whole[:, 210:].any()
+    eroded = breast_mask(image, 0.2, margin_mm=4.0)
+    assert eroded[200, 100] and not eroded[200, 190] and (eroded <= whole).all()
+    mlo = breast_mask(image, 0.2, view="MLO", laterality="L", margin_mm=0.0)
+    assert not mlo[10, 10] and mlo[200, 100]
