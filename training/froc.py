@@ -47,10 +47,19 @@ class FrocCurve:
     n_images: int
     at_rates: dict[float, float]
 
+    def threshold_at(self, rate: float) -> float | None:
+        """The lowest score threshold whose FP rate stays within ``rate`` per image: the operating point that
+        reaches ``at_rates[rate]``, and what a model's ``score_thresh`` should be to show about ``rate`` false
+        boxes per image on data like this (chosen on validation images, never on the test set). None when even
+        the highest threshold makes more."""
+        ok = self.fp_per_image <= rate + 1e-12
+        return float(self.thresholds[ok].min()) if ok.any() else None
+
     def to_dict(self) -> dict:
         return {
             "n_lesions": self.n_lesions, "n_images": self.n_images,
             "sensitivity_at_fp_per_image": {str(k): v for k, v in self.at_rates.items()},
+            "threshold_at_fp_per_image": {str(k): self.threshold_at(k) for k in self.at_rates},
             "mean_sensitivity": float(np.mean(list(self.at_rates.values()))) if self.at_rates else float("nan"),
             "curve": {"threshold": self.thresholds.tolist(), "sensitivity": self.sensitivity.tolist(),
                       "fp_per_image": self.fp_per_image.tolist()},

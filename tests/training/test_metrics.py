@@ -122,6 +122,12 @@ def test_froc_by_hand():
     # thresholds 0.9: sens .5 fp 0; 0.8: .5, .5; 0.6: .5, 1; 0.3: 1, 1; 0.2: 1, 1.5
     assert curve.at_rates == {0.25: 0.5, 0.5: 0.5, 1.0: 1.0, 2.0: 1.0, 4.0: 1.0}
     assert curve.n_lesions == 2 and curve.n_images == 2
+    # the operating threshold of each rate: the lowest one within it (0.3 holds 1 FP per image, 0.2 holds 1.5)
+    assert curve.threshold_at(1.0) == pytest.approx(0.3) and curve.threshold_at(0.5) == pytest.approx(0.8)
+    assert curve.threshold_at(0.25) == pytest.approx(0.9)
+    assert curve.to_dict()["threshold_at_fp_per_image"]["1.0"] == pytest.approx(0.3)
+    many = FrocImage(gt_boxes=np.zeros((0, 4)), pred_boxes=np.array([[0, 0, 5, 5]]), pred_scores=np.array([0.9]))
+    assert froc([many]).threshold_at(0.5) is None  # even the highest threshold makes 1 FP per image
     # a duplicate box on a found lesion is not a false positive
     dup = FrocImage(gt_boxes=np.array([[0, 0, 10, 10]]), pred_boxes=np.array([[0, 0, 10, 10], [0, 0, 9, 9]]),
                     pred_scores=np.array([0.9, 0.5]))
