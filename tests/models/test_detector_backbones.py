@@ -93,6 +93,15 @@ def test_shipped_default_bundle_loads_as_its_manifest_says() -> None:
                                                            manifest.input_spec["detector"]["box_head_size"])
     assert model.roi_heads.box_head.fc6.out_features == config.box_head_size
     assert model.backbone.out_channels == config.fpn_channels
+    # 0.3.1: the whole-image operating point chosen on validation images and the breast gate are what the pipeline
+    # runs with (a crops-trained detector at the paper's 0.3 draws about 8 boxes on every real image)
+    from models.breast_gate import BreastGate
+    from models.pipeline import Pipeline
+
+    assert config.score_thresh == manifest.thresholds["score_thresh"] > 0.3
+    pipeline = Pipeline(model, config, manifest, explain=False)
+    assert pipeline.breast_gate == BreastGate.from_spec(manifest.input_spec["breast_gate"]) is not None
+    assert pipeline.detector_config.score_thresh == manifest.thresholds["score_thresh"]
 
 
 def test_a_manifest_written_before_backbones_existed_loads_as_resnet50(tmp_path) -> None:
