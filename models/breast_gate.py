@@ -145,3 +145,19 @@ def gate_spacing_mm(config: StandardiseConfig) -> float:
     else its ``assumed_spacing_mm``. Nominal: a ``max_side`` cap and an image's own stated spacing are not followed;
     the spacing sets the size of the mask's cells (about 1 mm) and the scale of ``margin_mm``."""
     return float(config.spacing_mm) if config.spacing_mm is not None else float(config.assumed_spacing_mm)
+
+
+def gate_then_suppress(detections: Detections, image: np.ndarray, spacing_mm: float, gate: "BreastGate | None",
+                       cross_class_suppression: bool, cross_class_iou: float) -> Detections:
+    """The gate, then the released code's cross-class suppression (``models.fusion.suppress_cross_class``), on
+    detections made without that suppression. In this order a malignant box outside the breast cannot suppress a
+    benign one inside it before the gate removes it, and the pipeline shows what evaluation measures (evaluation
+    gates the unsuppressed boxes and suppresses at its operating point)."""
+    from models.fusion import suppress_cross_class
+
+    det = gate.apply(detections, image, spacing_mm) if gate is not None else detections
+    if not cross_class_suppression or len(det) == 0:
+        return det
+    keep = suppress_cross_class(det.boxes, det.labels, det.scores, iou=cross_class_iou)
+    return Detections(boxes=np.asarray(det.boxes)[keep].reshape(-1, 4), labels=np.asarray(det.labels)[keep],
+                      scores=np.asarray(det.scores)[keep])

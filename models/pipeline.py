@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models import fusion
-from models.breast_gate import BreastGate, gate_spacing_mm
+from models.breast_gate import BreastGate, gate_spacing_mm, gate_then_suppress
 from models.classifier import ClassifierConfig, SPPNet, classify
 from models.detector import CLASS_NAMES, DetectorConfig, detect
 from models.explain import detector_cam
@@ -167,14 +167,19 @@ class Pipeline:
         timings["standardise"] += time.perf_counter() - t
 
         t = time.perf_counter()
+        # with a gate, the cross-class suppression waits until the gate has run (``gate_then_suppress``)
+        config = self.detector_config if self.breast_gate is None else replace(self.detector_config,
+                                                                                cross_class_suppression=False)
         if self.tiling is None:  # the paper's whole-image mode
-            detections = detect(self.detector, tensors, self.detector_config)
+            detections = detect(self.detector, tensors, config)
         else:
-            detections = [self.tiling.detect(self.detector, t, self.detector_config) for t in tensors]
+            detections = [self.tiling.detect(self.detector, t, config) for t in tensors]
         timings["detect"] += time.perf_counter() - t
         if self.breast_gate is not None:
             t = time.perf_counter()
-            detections = [self.breast_gate.apply(det, prep.pixels, self.gate_spacing_mm)
+            c = self.detector_config
+            detections = [gate_then_suppress(det, prep.pixels, self.gate_spacing_mm, self.breast_gate,
+                                             c.cross_class_suppression, c.cross_class_iou)
                           for det, prep in zip(detections, prepared)]
             timings["breast_gate"] += time.perf_counter() - t
 
