@@ -78,7 +78,7 @@ from bench.common import (
     write_report,
 )
 from models.classifier import ClassifierConfig, build_classifier, classify
-from models.breast_gate import BreastGate
+from models.breast_gate import BreastGate, config_before_gate, gate_then_suppress
 from models.detector import DetectorConfig, Detections, build_detector, detect, to_three_channels
 from models.preprocess import standardise_config_from
 from models.tiling import TilingSpec, native_scale, tile_grid
@@ -524,13 +524,15 @@ class DetectorCase:
     spacing_mm: float = PHANTOM_SPACING_MM  # what one pixel of the pool stands for (the gate's mask cells)
 
     def run(self, model: nn.Module, images: list[torch.Tensor], tile_batch: int | None = None) -> list[Detections]:
+        config = config_before_gate(self.config, self.breast_gate)  # as ``Pipeline.analyze`` runs it
         if self.tiling is None:
-            dets = detect(model, images, self.config)
+            dets = detect(model, images, config)
         else:
-            dets = [self.tiling.detect(model, image, self.config, batch=tile_batch) for image in images]
+            dets = [self.tiling.detect(model, image, config, batch=tile_batch) for image in images]
         if self.breast_gate is None:
             return dets
-        return [self.breast_gate.apply(d, image[0].detach().cpu().numpy(), self.spacing_mm)
+        return [gate_then_suppress(d, image[0].detach().cpu().numpy(), self.spacing_mm, self.breast_gate,
+                                   self.config.cross_class_suppression, self.config.cross_class_iou)
                 for d, image in zip(dets, images)]
 
     def network_input(self, model: nn.Module) -> torch.Tensor:

@@ -28,13 +28,13 @@ apply it alike, after detection, whole-image or tiled.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
 from models.breast_mask import _coarse_factor, breast_mask
-from models.detector import Detections
+from models.detector import DetectorConfig, Detections
 from models.preprocess import StandardiseConfig, border_rows
 
 #: background cells added beyond the nipple, as a share of the image width (at least one cell): a row bright from
@@ -101,8 +101,7 @@ class BreastGate:
         kept = self.keep(detections.boxes, image, spacing_mm)
         if len(kept) == len(detections):
             return detections
-        return Detections(boxes=np.asarray(detections.boxes)[kept].reshape(-1, 4),
-                          labels=np.asarray(detections.labels)[kept], scores=np.asarray(detections.scores)[kept])
+        return detections.take(kept)
 
 
 def standardised_breast_mask(image: np.ndarray, spacing_mm: float) -> np.ndarray:
@@ -158,6 +157,10 @@ def gate_then_suppress(detections: Detections, image: np.ndarray, spacing_mm: fl
     det = gate.apply(detections, image, spacing_mm) if gate is not None else detections
     if not cross_class_suppression or len(det) == 0:
         return det
-    keep = suppress_cross_class(det.boxes, det.labels, det.scores, iou=cross_class_iou)
-    return Detections(boxes=np.asarray(det.boxes)[keep].reshape(-1, 4), labels=np.asarray(det.labels)[keep],
-                      scores=np.asarray(det.scores)[keep])
+    return det.take(suppress_cross_class(det.boxes, det.labels, det.scores, iou=cross_class_iou))
+
+
+def config_before_gate(config: DetectorConfig, gate: "BreastGate | None") -> DetectorConfig:
+    """The config to detect with: with a gate, without the cross-class suppression, which ``gate_then_suppress``
+    runs after the gate (``config`` keeps saying whether and at which IoU)."""
+    return config if gate is None else replace(config, cross_class_suppression=False)

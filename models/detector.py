@@ -120,6 +120,11 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def take(self, indices: np.ndarray) -> "Detections":
+        """The boxes at ``indices``, in that order (a filter's survivors)."""
+        return Detections(boxes=np.asarray(self.boxes)[indices].reshape(-1, 4), labels=np.asarray(self.labels)[indices],
+                          scores=np.asarray(self.scores)[indices])
+
 
 def build_detector(
     config: DetectorConfig = DetectorConfig(), backbone_weights: str | Path | None = None, *,

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models import fusion
-from models.breast_gate import BreastGate, gate_spacing_mm, gate_then_suppress
+from models.breast_gate import BreastGate, config_before_gate, gate_spacing_mm, gate_then_suppress
 from models.classifier import ClassifierConfig, SPPNet, classify
 from models.detector import CLASS_NAMES, DetectorConfig, detect
 from models.explain import detector_cam
@@ -167,9 +167,7 @@ class Pipeline:
         timings["standardise"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        # with a gate, the cross-class suppression waits until the gate has run (``gate_then_suppress``)
-        config = self.detector_config if self.breast_gate is None else replace(self.detector_config,
-                                                                                cross_class_suppression=False)
+        config = config_before_gate(self.detector_config, self.breast_gate)
         if self.tiling is None:  # the paper's whole-image mode
             detections = detect(self.detector, tensors, config)
         else:
