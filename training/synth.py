@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -261,24 +261,49 @@ def _render_view(rng: np.random.Generator, breast: _Breast, view: str, rows: int
     return image, placed
 
 
+def _patient_breasts(seed: int, patient_index: int, rows: int, cols: int) -> dict[str, _Breast]:
+    """Both breasts of a patient (anatomy and clusters): the draws of the patient's own generator, made before any
+    view is rendered (each view draws from a generator of its own)."""
+    rng = np.random.default_rng([int(seed), int(patient_index)])
+    scale = min(rows / DEFAULT_ROWS, cols / DEFAULT_COLS)
+    labels = _sample_lesion_labels(rng)
+    return {lat: _sample_breast(rng, rows, cols, labels[lat], f"{lat}", scale) for lat in ("L", "R")}
+
+
+def lesion_free_views(seed: int, patient_index: int, *, rows: int = DEFAULT_ROWS,
+                      cols: int = DEFAULT_COLS) -> list[tuple[str, str]]:
+    """The views of ``synth_study(seed, patient_index, ...)`` that carry no lesion, in ``VIEWS`` order, known
+    without rendering a pixel: a view shows every cluster of its breast."""
+    breasts = _patient_breasts(seed, patient_index, rows, cols)
+    return [(lat, view) for lat, view in VIEWS if not breasts[lat].clusters]
+
+
 def synth_study(seed: int, patient_index: int, *, rows: int = DEFAULT_ROWS, cols: int = DEFAULT_COLS,
-                spacing_mm: float | None = None) -> list[SyntheticImage]:
+                spacing_mm: float | None = None,
+                views: Sequence[tuple[str, str]] | None = None) -> list[SyntheticImage]:
     """The four views (LCC, LMLO, RCC, RMLO) of synthetic patient ``patient_index`` under ``seed``.
 
     The anatomy scales with ``rows``: the phantom is ``PHANTOM_HEIGHT_MM`` tall whatever the pixel count, so its pixel
     spacing defaults to that height over ``rows`` (0.2 mm at the default 1024 rows, 0.1 mm at 2048). A model that
     resamples to a fixed spacing then sees a breast of the same physical size at every image size.
+
+    ``views`` renders only those (laterality, view) pairs, in ``VIEWS`` order, each byte for byte what the whole
+    study holds: rendering is most of the cost, and lesion insertion (``training.simulate_dataset``) uses one view.
     """
     if rows < 64 or cols < 64:
         raise ValueError(f"synthetic images need at least 64 x 64 pixels, got {rows} x {cols}")
+    wanted = VIEWS if views is None else tuple(views)
+    unknown = [v for v in wanted if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown views {unknown}; choose from {list(VIEWS)}")
     if spacing_mm is None:
         spacing_mm = PHANTOM_HEIGHT_MM / rows
-    rng = np.random.default_rng([int(seed), int(patient_index)])
     scale = min(rows / DEFAULT_ROWS, cols / DEFAULT_COLS)
-    labels = _sample_lesion_labels(rng)
-    breasts = {lat: _sample_breast(rng, rows, cols, labels[lat], f"{lat}", scale) for lat in ("L", "R")}
+    breasts = _patient_breasts(seed, patient_index, rows, cols)
     images = []
     for lat, view in VIEWS:
+        if (lat, view) not in wanted:
+            continue
         view_rng = np.random.default_rng([int(seed), int(patient_index), 1 + VIEWS.index((lat, view))])
         canvas, placed = _render_view(view_rng, breasts[lat], view, rows, cols, scale)
         lesions = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.synth import PATHOTYPES, VIEWS, synth_study, write_synthetic_dataset
+from training.synth import PATHOTYPES, VIEWS, lesion_free_views, synth_study, write_synthetic_dataset
 
 
 def test_same_seed_gives_identical_pixels_and_another_seed_does_not():
@@ -183,3 +183,24 @@ def test_pixel_spacing_follows_the_image_size_so_the_phantom_keeps_its_physical_
     assert {im.spacing_mm for im in synth_study(0, 0, rows=128, cols=80)} == {1.6}
     assert {im.spacing_mm for im in synth_study(0, 0, rows=256, cols=160)} == {0.8}
     assert {im.spacing_mm for im in synth_study(0, 0, rows=256, cols=160, spacing_mm=0.1)} == {0.1}
+
+
+def test_rendering_chosen_views_gives_the_whole_studys_pixels_and_lesion_free_views_need_no_rendering():
+    """``training.simulate_dataset`` renders one lesion-free phantom view instead of four: it must be the same view,
+    byte for byte, and the views said to be lesion-free must be the ones that render without lesions."""
+    for patient in range(6):
+        study = synth_study(5, patient, rows=256, cols=160)
+        for wanted in ([VIEWS[3]], [VIEWS[2], VIEWS[0]]):
+            alone = synth_study(5, patient, rows=256, cols=160, views=wanted)
+            expected = [im for im in study if (im.laterality, im.view) in wanted]
+            assert [(im.laterality, im.view) for im in alone] == [(im.laterality, im.view) for im in expected]
+            for got, want in zip(alone, expected):
+                assert np.array_equal(got.pixels, want.pixels)
+                assert [les.box for les in got.lesions] == [les.box for les in want.lesions]
+        free = lesion_free_views(5, patient, rows=256, cols=160)
+        assert free == [(im.laterality, im.view) for im in study if not im.lesions]
+
+
+def test_unknown_views_are_refused():
+    with pytest.raises(ValueError, match="unknown views"):
+        synth_study(5, 0, rows=128, cols=80, views=[("L", "ML")])
