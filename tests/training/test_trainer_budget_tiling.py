@@ -189,6 +189,52 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     np.testing.assert_allclose(again.boxes, pred.boxes, atol=1e-3)
 
 
+def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_path):
+    """A crops-trained run validated on whole images (larger than a tile) scores them tile by tile behind the breast
+    gate, as ``training.predict`` runs the exported model: the same boxes and scores, not the model's own resize of
+    the whole image to its training input size; crops still run whole."""
+    pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
+    from models.breast_gate import BreastGate
+    from models.detector import detect
+    from models.tiling import TilingSpec
+    from training.datasets.images import prepare
+    from training.predict import FROC_SCORE_FLOOR, load_model, predict
+    from training.trainers.detector import is_whole_image, validation_detections
+
+    samples = write_tiny_samples(tmp_path / "img", 4, seed=6)  # 160 x 112 px at 0.05 mm: 80 x 56 at 0.1 mm
+    for sample in samples:
+        with Image.open(sample.source) as im:
+            im.load()
+        im.save(sample.source, dpi=(508, 508))
+    cfg = DetectorTrainConfig(epochs=1, max_side=0, spacing_mm=0.1, tile=TILING["tile"],
+                              tile_overlap=TILING["overlap"], tile_batch=TILING["batch"], detector=LITE_DETECTOR,
+                              samples_per_epoch=1, intensity_aug=False)
+    train_detector(samples[:2], samples[2:], cfg, tmp_path / "run", progress=False)
+    (row,) = _rows(tmp_path / "run")
+    assert row["val_images"] == 2.0 and row["val_whole_images"] == 2.0
+    assert {"val_froc_sens_at_0.5fp", "val_froc_sens_at_1fp", "val_froc_sens_at_2fp"} <= set(row)
+
+    loaded = load_model(tmp_path / "run")
+    wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
+    tiling, gate = TilingSpec(**loaded.tiling), BreastGate.from_spec(loaded.breast_gate)
+    for sample in samples[2:]:
+        prep = prepare(sample, loaded.standardise)
+        assert is_whole_image(prep.pixels, tiling)
+        det = validation_detections(loaded.model, prep.pixels, wide, torch.device("cpu"), tiling, gate, 0.1)
+        (pred,) = predict(loaded, [sample])
+        assert len(det) > 0 and len(det) == len(pred.boxes)
+        np.testing.assert_allclose(prep.cmap.boxes_to_original(det.boxes.astype(np.float64)), pred.boxes, atol=1e-3)
+        np.testing.assert_allclose(det.scores, pred.scores, atol=1e-5)
+        resized = detect(loaded.model, [torch.from_numpy(np.ascontiguousarray(prep.pixels))[None]], wide)[0]
+        assert resized.boxes.shape != det.boxes.shape or not np.allclose(resized.boxes, det.boxes, atol=1e-3)
+        # a crop no larger than a tile runs whole, without the gate
+        crop = np.ascontiguousarray(prep.pixels[:TILING["tile"], :TILING["tile"]])
+        assert not is_whole_image(crop, tiling)
+        plain = validation_detections(loaded.model, crop, wide, torch.device("cpu"), tiling, gate, 0.1)
+        direct = detect(loaded.model, [torch.from_numpy(crop)[None]], wide)[0]
+        np.testing.assert_allclose(plain.boxes, direct.boxes, atol=1e-4)
+
+
 def test_a_whole_image_detector_exports_no_tiling(tiny, tmp_path):
     from models.registry import load_manifest
     from training.export import export_run
