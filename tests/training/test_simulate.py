@@ -52,7 +52,8 @@ def phantom_mlo() -> np.ndarray:
 @pytest.fixture(scope="module")
 def real_lmlo() -> np.ndarray:
     """The first sample's left MLO (CBIS-DDSM, assumed 0.05 mm), area-averaged to 0.2 mm for speed."""
-    pixels, laterality, view = _real_background(1, 0.2)
+    pixels, laterality, view, spacing = _real_background(1, 0.2)
+    assert spacing == (0.05, 0.05)  # the package states none: DDSM film digitisation is assumed
     assert (laterality, view) == ("L", "MLO")
     return pixels
 

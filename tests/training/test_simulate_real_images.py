@@ -70,3 +70,69 @@ def test_each_simulated_image_is_its_own_case_with_its_side_and_view(tmp_path):
     assert [s.patient_id for s in samples] == [f"SIM3-{k:06d}" for k in range(4)]
     assert [(s.breast, s.view) for s in samples] == [(r["laterality"], r["view"]) for r in meta["images"]]
     assert [len(s.lesions) for s in samples] == [len(r["lesions"]) for r in meta["images"]]
+
+
+def _reencoded_copy(folder, indices) -> None:
+    """The package's images ``indices`` as JPEG-LS lossless files (the pixels unchanged) in ``folder``, named so
+    that sorting keeps their order: how a user's own normal mammograms arrive, in another transfer syntax."""
+    import pydicom
+    from pydicom.uid import JPEGLSLossless
+
+    from training.simulate_dataset import real_sample_paths
+
+    pytest.importorskip("jpeg_ls", reason="JPEG-LS encoding needs pyjpegls")
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, index in enumerate(indices):
+        ds = pydicom.dcmread(real_sample_paths()[index])
+        ds.decompress()
+        ds.compress(JPEGLSLossless)
+        ds.save_as(folder / f"bg{k}.dcm")
+
+
+def test_a_folder_of_backgrounds_replaces_the_package_with_the_same_pixels(tmp_path):
+    """``backgrounds=``: a folder of DICOM files indexed by sorted name. The package's own images, re-encoded, give
+    the package's simulated images byte for byte; the folder and each image's file are recorded."""
+    _reencoded_copy(tmp_path / "bg", [5, 2])
+    make_simulated_dataset(tmp_path / "pkg", 4, seed=7, real_images=[5, 2], **SMALL)
+    make_simulated_dataset(tmp_path / "own", 4, seed=7, real_images=[0, 1], backgrounds=tmp_path / "bg", **SMALL)
+    pkg = json.loads((tmp_path / "pkg" / "simulated.json").read_text())
+    own = json.loads((tmp_path / "own" / "simulated.json").read_text())
+    assert own["backgrounds"] == str((tmp_path / "bg").resolve()) and pkg["backgrounds"] == "mammograms package"
+    for a, b in zip(pkg["images"], own["images"]):
+        assert {5: 0, 2: 1}[a["real_index"]] == b["real_index"]
+        assert b["background_file"] == f"bg{b['real_index']}.dcm" and b["background_spacing_mm"] == [0.05, 0.05]
+        assert (tmp_path / "pkg" / a["image"]).read_bytes() == (tmp_path / "own" / b["image"]).read_bytes()
+    assert (tmp_path / "pkg" / "annotations.csv").read_text() == (tmp_path / "own" / "annotations.csv").read_text()
+
+
+def test_a_background_is_read_at_its_stated_pixel_spacing(tmp_path):
+    import pydicom
+
+    _reencoded_copy(tmp_path / "bg", [1])
+    ds = pydicom.dcmread(tmp_path / "bg" / "bg0.dcm")
+    ds.ImagerPixelSpacing = [0.1, 0.1]  # twice the assumed 0.05 mm: half as many pixels at a 0.2 mm target
+    ds.save_as(tmp_path / "bg" / "bg0.dcm")
+    make_simulated_dataset(tmp_path / "s", 1, seed=1, backgrounds=tmp_path / "bg", sources=("real",),
+                           spacing_mm=0.2, clusters_per_image=(0, 0))
+    (record,) = json.loads((tmp_path / "s" / "simulated.json").read_text())["images"]
+    assert record["background_spacing_mm"] == pytest.approx([0.1, 0.1])
+    assert (record["rows"], record["columns"]) == (round(ds.Rows / 2), round(ds.Columns / 2))
+
+
+def test_bad_background_folders_are_refused(tmp_path, capsys):
+    from mccad.cli import main
+
+    with pytest.raises(SimulationError, match="does not exist"):
+        make_simulated_dataset(tmp_path / "x", 1, backgrounds=tmp_path / "nowhere", **SMALL)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(SimulationError, match="no .dcm file"):
+        make_simulated_dataset(tmp_path / "x", 1, backgrounds=tmp_path / "empty", **SMALL)
+    (tmp_path / "empty" / "broken.dcm").write_bytes(b"\x00" * 300)
+    with pytest.raises(SimulationError, match="broken.dcm"):
+        make_simulated_dataset(tmp_path / "x", 1, backgrounds=tmp_path / "empty", **SMALL)
+    with pytest.raises(SimulationError, match="real_images"):  # one file: index 1 does not exist
+        make_simulated_dataset(tmp_path / "x", 1, backgrounds=tmp_path / "empty", real_images=[1], **SMALL)
+    assert main(["simulate", "--out", str(tmp_path / "y"), "--images", "1", "--sources", "real",
+                 "--backgrounds", str(tmp_path / "empty")]) == 2
+    assert "broken.dcm" in capsys.readouterr().err
