@@ -1,0 +1,60 @@
+"""``training/recipes/gpu-detector.sh``, the recipe that trains the shipped detector on a GPU host, run end to end on
+this CPU at a toy size: it makes crops and whole validation images from a kit's background folders, trains each
+experiment it is given on the crops with whole-image validation, and leaves per experiment an fp16 model, its
+manifest (tiling, breast gate) and the epoch log, plus data.json."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.training.test_trainer_budget_tiling import TINY_DETECTOR
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
+    from training.simulate_dataset import real_sample_paths
+
+    kit = tmp_path / "kit"
+    for folder, index in (("bg-train", 0), ("bg-val", 5)):
+        (kit / folder).mkdir(parents=True)
+        shutil.copy(real_sample_paths()[index], kit / folder / "a.dcm")
+    detector = "".join(f"{k} = {v}\n" for k, v in TINY_DETECTOR.items() if k not in ("min_size", "max_size"))
+    config = tmp_path / "toy.toml"
+    config.write_text('kind = "detector"\n[train]\nepochs = 1\nsamples_per_epoch = 2\nbatch_size = 2\nmax_side = 0\n'
+                      'spacing_mm = 0.1\ntile = 512\ntile_overlap = 64\ntile_batch = 4\nthreads = 1\nnum_workers = 1\n'
+                      f'monitor = "val_froc_sens_at_1fp"\n[train.detector]\nmin_size = 256\nmax_size = 256\n{detector}')
+    out = tmp_path / "out"
+    env = dict(os.environ, KIT=str(kit), OUT=str(out), WORK=str(tmp_path / "work"), N_TRAIN="4", N_VAL="1",
+               WORKERS="1", CONFIGS=str(config), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["bash", str(REPO / "training/recipes/gpu-detector.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    data = json.loads((out / "data.json").read_text())
+    assert data["train_crops"] == 4 and data["val_images"] == 1 and data["workers"] == 1
+    made = json.loads((tmp_path / "work" / "train" / "simulated.json").read_text())
+    assert made["backgrounds"] == str((kit / "bg-train").resolve())
+    assert {r["source"] for r in made["images"]} <= {"real", "phantom"}
+    assert all(r["crop_window"] for r in made["images"])
+
+    model = out / "toy"
+    assert sorted(p.name for p in model.iterdir()) == ["manifest.json", "metrics.jsonl", "model.safetensors"]
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["input_spec"]["tiling"]["tile"] == 512 and manifest["input_spec"]["breast_gate"] is not None
+    assert manifest["input_spec"]["standardise"]["spacing_mm"] == 0.1
+    (row,) = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+    assert row["val_whole_images"] == 1.0  # the validation image was run whole, tile by tile
+
+    from safetensors import safe_open
+
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert "torch.float16" in dtypes and "torch.float32" not in dtypes
