@@ -216,13 +216,22 @@ def froc_metrics(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]
 
 
 def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
-             op: OperatingPoint = OperatingPoint(), n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Everything ``metrics.json`` holds for one model on one dataset."""
+             op: OperatingPoint = OperatingPoint(), n_boot: int = 1000, seed: int = 0,
+             simulation: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds for one model on one dataset. ``simulation``: the dataset's
+    ``simulated.json`` records (``training.subgroups.simulation_records``), which add the breakdown by background
+    and BI-RADS pattern (``subgroups``) for a detector."""
+    from training.subgroups import subgroup_metrics
+
     cases = level_cases(truth, predictions, op)
     out: dict[str, Any] = {"operating_point": op.__dict__, "n_images": len(truth),
                            "levels": {name: level_metrics(c, n_boot=n_boot, seed=seed) for name, c in cases.items()}}
     if "lesion" in cases:
         out["froc"] = froc_metrics(truth, predictions)
+        if simulation is not None:
+            breakdown = subgroup_metrics(_join(truth, predictions), simulation, op.score_thresh)
+            if breakdown is not None:
+                out["subgroups"] = breakdown
     return out
 
 

@@ -72,6 +72,24 @@ def _select(boxes: np.ndarray, labels: Sequence[str] | None, label: str | None) 
     return np.asarray([i for i, lab in enumerate(labels) if lab == label], dtype=np.int64)
 
 
+def hit_scores(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
+               hit_iou: float = DEFAULT_HIT_IOU) -> tuple[np.ndarray, np.ndarray]:
+    """One image's FROC ingredients: each lesion's score (the best box hitting it; -inf when none does), in the
+    order of ``gt``, and the scores of the boxes that hit no lesion (the false positives). A lesion is found at
+    threshold ``t`` when its score is >= ``t``, which is how subgroups of lesions are counted
+    (``training.subgroups``)."""
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(gt) and len(pred):
+        hits = box_iou(gt, pred) >= hit_iou
+    else:
+        hits = np.zeros((len(gt), len(pred)), dtype=bool)
+    found = np.asarray([float(scores[hits[i]].max()) if hits[i].any() else -np.inf for i in range(len(gt))],
+                       dtype=np.float64)
+    return found, (scores[~hits.any(axis=0)] if len(pred) else np.zeros(0))
+
+
 def froc(images: Sequence[FrocImage], *, hit_iou: float = DEFAULT_HIT_IOU, label: str | None = None,
          fp_rates: Sequence[float] = FP_RATES) -> FrocCurve:
     """FROC over a set of images. With ``label``, only lesions and predictions of that class take part."""
@@ -85,14 +103,9 @@ def froc(images: Sequence[FrocImage], *, hit_iou: float = DEFAULT_HIT_IOU, label
             raise ValueError(f"{len(pred)} predicted boxes but {len(scores)} scores")
         gt = gt[_select(gt, img.gt_labels, label)]
         keep = _select(pred, img.pred_labels, label)
-        pred, scores = pred[keep], scores[keep]
-        if len(gt) and len(pred):
-            hits = box_iou(gt, pred) >= hit_iou
-        else:
-            hits = np.zeros((len(gt), len(pred)), dtype=bool)
-        for i in range(len(gt)):
-            lesion_scores.append(float(scores[hits[i]].max()) if hits[i].any() else -np.inf)
-        fp_scores.extend(scores[~hits.any(axis=0)].tolist() if len(pred) else [])
+        found, false = hit_scores(gt, pred[keep], scores[keep], hit_iou)
+        lesion_scores.extend(found.tolist())
+        fp_scores.extend(false.tolist())
     n_images = len(images)
     n_lesions = len(lesion_scores)
     les = np.sort(np.asarray(lesion_scores, dtype=np.float64))

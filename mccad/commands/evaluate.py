@@ -73,6 +73,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from training.datasets.samples import DatasetError
     from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds
     from training.report import write_report
+    from training.subgroups import simulation_records
     from training.trainers.common import TrainingError
 
     out: Path = args.out
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace, settings) -> int:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
         all_truth = [s for f in fold_preds for s in f[0]]
         all_preds = [p for f in fold_preds for p in f[1]]
-        metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot)
+        metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot,
+                           simulation=simulation_records(args.truth))
         if len(fold_preds) > 1:
             per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]
             metrics["kfold"] = evaluate_folds(per_fold)
@@ -120,6 +122,10 @@ def run(args: argparse.Namespace, settings) -> int:
                           comparison=comparison, comparison_names=names)
     summary = {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
                for lvl, b in metrics["levels"].items()}
-    print(json.dumps({"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}, indent=2,
-                     default=str))
+    printed: dict = {"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}
+    if "subgroups" in metrics:  # a simulated set: which patterns were found at the operating point
+        printed["clusters_found_by_pattern"] = {
+            name: f"{g['found']['operating_point']}/{g['clusters']}"
+            for name, g in metrics["subgroups"]["by_pattern"].items()}
+    print(json.dumps(printed, indent=2, default=str))
     return 0

@@ -1,0 +1,105 @@
+"""``training.subgroups``: on a set made by ``mccad simulate``, ``mccad evaluate`` breaks detection down by background
+source (FROC per subset), by BI-RADS pattern (clusters found) and by background image (false positives)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from training.datasets.readers import read_dataset
+from training.evaluate import ImagePrediction, write_predictions
+from training.froc import FrocImage, froc
+from training.simulate import make_simulated_dataset
+from training.subgroups import background_of, simulation_records, subgroup_metrics
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """Eight small crops over real and phantom backgrounds, one or two clusters each, and predictions that find
+    every other cluster (score 0.9) and put one false box (score 0.8) on each real background."""
+    folder = tmp_path_factory.mktemp("sim")
+    csv = make_simulated_dataset(folder, 8, seed=5, crop=96, spacing_mm=0.2, clusters_per_image=(1, 2))
+    samples = read_dataset(csv)
+    records = simulation_records(csv)
+    predictions = []
+    for sample in samples:
+        boxes = [les.box for k, les in enumerate(sample.lesions) if k % 2 == 0]
+        scores = [0.9] * len(boxes)
+        if records[sample.image_id]["source"] == "real":
+            boxes.append((0.0, 0.0, 1.0, 1.0))  # a pixel in the corner: hits no cluster
+            scores.append(0.8)
+        predictions.append(ImagePrediction(sample.image_id, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                                           ["malignant"] * len(boxes), np.asarray(scores)))
+    return folder, csv, samples, records, predictions
+
+
+def test_clusters_are_counted_by_pattern_and_false_positives_by_background(simulated):
+    _, _, samples, records, predictions = simulated
+    assert {r["source"] for r in records.values()} == {"real", "phantom"}  # the fixture covers both
+    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.85)
+    assert result["thresholds"]["operating_point"] == 0.85
+
+    clusters, found = Counter(), Counter()
+    for sample in samples:
+        for k, les in enumerate(records[sample.image_id]["lesions"]):
+            clusters[les["pattern"]] += 1
+            found[les["pattern"]] += k % 2 == 0
+    assert {name: g["clusters"] for name, g in result["by_pattern"].items()} == dict(clusters)
+    # at 0.85 the 0.9 boxes count and the 0.8 false boxes do not
+    assert {name: g["found"]["operating_point"] for name, g in result["by_pattern"].items()} == dict(found)
+    for background, row in result["false_positives_by_background"].items():
+        assert row["operating_point"] == 0
+        assert row["at_1fp"] == (row["images"] if background.startswith("real") else 0)
+    assert sum(r["images"] for r in result["false_positives_by_background"].values()) == len(samples)
+    assert background_of({"source": "real", "real_index": 3}) == "real 3"
+    assert background_of({"source": "real", "real_index": 0, "background_file": "a.dcm"}) == "real 0 (a.dcm)"
+
+
+def test_froc_by_source_is_the_froc_of_that_sources_images(simulated):
+    _, _, samples, records, predictions = simulated
+    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.3)
+    for source in ("real", "phantom"):
+        subset = [(s, p) for s, p in zip(samples, predictions) if records[s.image_id]["source"] == source]
+        curve = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in subset])
+        row = result["by_source"][source]
+        assert (row["images"], row["clusters"]) == (len(subset), curve.n_lesions)
+        assert row["sensitivity_at_fp_per_image"] == {str(k): v for k, v in curve.at_rates.items()}
+
+
+def test_records_that_do_not_describe_the_images_give_no_breakdown(simulated, tmp_path):
+    _, _, samples, records, predictions = simulated
+    pairs = list(zip(samples, predictions))
+    edited = {k: dict(v, lesions=v["lesions"] + [{"pattern": "round"}]) for k, v in records.items()}
+    assert subgroup_metrics(pairs, edited, 0.5) is None  # an extra cluster the CSV does not hold
+    assert subgroup_metrics(pairs, {}, 0.5) is None
+    (tmp_path / "simulated.json").write_text("not json")
+    assert simulation_records(tmp_path / "annotations.csv") is None
+    assert simulation_records(tmp_path / "elsewhere" / "annotations.csv") is None
+
+
+def test_mccad_evaluate_writes_the_breakdown_for_a_simulated_set_only(simulated, tmp_path, capsys):
+    from mccad.cli import main
+    from tests.training.tiny_images import write_tiny_samples
+    from training.paper_csv import PaperBox, write_paper_csv
+
+    _, csv, _, _, predictions = simulated
+    path = write_predictions(tmp_path / "pred.json", predictions)
+    assert main(["evaluate", "--predictions", str(path), "--truth", str(csv), "--score-thresh", "0.85",
+                 "--out", str(tmp_path / "rep"), "--n-boot", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics["subgroups"]["thresholds"]["operating_point"] == 0.85
+    assert printed["clusters_found_by_pattern"] == {
+        name: f"{g['found']['operating_point']}/{g['clusters']}" for name, g in metrics["subgroups"]["by_pattern"].items()}
+
+    tiny = write_tiny_samples(tmp_path / "tiny", 2)  # an annotated set of another origin: no simulated.json
+    tiny_csv = write_paper_csv(tmp_path / "tiny" / "annotations.csv", {
+        s.image_id: [PaperBox.from_corners(les.box, les.label) for les in s.lesions] for s in tiny})
+    tiny_pred = write_predictions(tmp_path / "tiny-pred.json", [
+        ImagePrediction(s.image_id, np.asarray([s.lesions[0].box]), ["benign"], np.asarray([0.7])) for s in tiny])
+    assert main(["evaluate", "--predictions", str(tiny_pred), "--truth", str(tiny_csv), "--out",
+                 str(tmp_path / "rep2"), "--n-boot", "10"]) == 0
+    assert "clusters_found_by_pattern" not in json.loads(capsys.readouterr().out)
+    assert "subgroups" not in json.loads((tmp_path / "rep2" / "metrics.json").read_text())

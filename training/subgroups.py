@@ -1,0 +1,90 @@
+"""Where a detector finds and misses on a simulated set: FROC by background, clusters found by BI-RADS pattern, false
+positives by background image.
+
+Why: one FROC figure over a set made by ``mccad simulate`` mixes backgrounds that hold no finding of their own
+(phantoms) with real mammograms that may hold real, unannotated calcifications, and patterns from coarse (obvious) to
+amorphous (faint). Whether a model falls short for lack of sensitivity to a pattern or for false positives on one
+real image decides what to do next, so ``mccad evaluate`` adds this breakdown to ``metrics.json`` (``subgroups``)
+whenever the dataset's ``simulated.json`` lies beside its CSV.
+
+Counted as FROC counts (``training.froc``: a box hits a cluster at IoU >= 0.1; a cluster is found at threshold ``t``
+when a box of score >= ``t`` hits it; a box hitting none is a false positive), at two thresholds: the model's
+operating point and the threshold of 1 false positive per image over the whole set.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.datasets.samples import Sample
+from training.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
+
+SIMULATION_RECORD = "simulated.json"
+
+
+def simulation_records(data: Path | str) -> dict[str, dict[str, Any]] | None:
+    """``simulated.json``'s per-image records keyed by image name, for a dataset CSV (or its folder) written by
+    ``mccad simulate``; None for any other dataset."""
+    path = Path(data)
+    record = (path if path.is_dir() else path.parent) / SIMULATION_RECORD
+    if not record.is_file():
+        return None
+    try:
+        images = json.loads(record.read_text())["images"]
+        return {str(r["image"]): r for r in images}
+    except (ValueError, KeyError, TypeError):
+        return None  # not a simulation record of ours: no breakdown rather than a failed evaluation
+
+
+def background_of(record: dict[str, Any]) -> str:
+    """``phantom``, or ``real <index>`` (with the file's name when the background came from a folder)."""
+    if record.get("source") != "real":
+        return "phantom"
+    name = record.get("background_file")
+    return f"real {record.get('real_index')}" + (f" ({name})" if name else "")
+
+
+def _counts(scores: Sequence[float], thresholds: dict[str, float | None]) -> dict[str, int]:
+    values = np.asarray(scores, dtype=np.float64)
+    return {name: int((values >= t).sum()) if t is not None else 0 for name, t in thresholds.items()}
+
+
+def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dict[str, Any]],
+                     operating_threshold: float, hit_iou: float = DEFAULT_HIT_IOU) -> dict[str, Any] | None:
+    """The breakdown for ``pairs`` of (ground truth, ``ImagePrediction``) whose images ``records`` describe; None
+    when an image is missing from the records or its clusters do not match the record's (an edited CSV)."""
+    images: list[tuple[str, str, np.ndarray, np.ndarray, list[str]]] = []
+    for sample, pred in pairs:
+        record = records.get(sample.image_id)
+        if record is None or len(record.get("lesions", [])) != len(sample.lesions):
+            return None
+        found, false = hit_scores(sample.boxes, pred.boxes, pred.scores, hit_iou)
+        patterns = [str(les.get("pattern", "unknown")) for les in record["lesions"]]
+        images.append((str(record.get("source", "unknown")), background_of(record), found, false, patterns))
+    everything = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in pairs], hit_iou=hit_iou)
+    thresholds = {"operating_point": float(operating_threshold), "at_1fp": everything.threshold_at(1.0)}
+
+    by_source: dict[str, Any] = {}
+    for source in sorted({img[0] for img in images}):
+        subset = [(s, p) for (s, p), img in zip(pairs, images) if img[0] == source]
+        curve = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in subset], hit_iou=hit_iou)
+        by_source[source] = {"images": curve.n_images, "clusters": curve.n_lesions,
+                             "sensitivity_at_fp_per_image": {str(k): v for k, v in curve.at_rates.items()}}
+    patterns: dict[str, list[float]] = defaultdict(list)
+    for _, _, found, _, names in images:
+        for name, score in zip(names, found):
+            patterns[name].append(float(score))
+    false_positives: dict[str, dict[str, Any]] = {}
+    for background in sorted({img[1] for img in images}):
+        members = [img for img in images if img[1] == background]
+        fp = [float(v) for img in members for v in img[3]]
+        false_positives[background] = {"images": len(members), **_counts(fp, thresholds)}
+    return {"thresholds": thresholds, "hit_iou": hit_iou, "by_source": by_source,
+            "by_pattern": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
+                           for name, scores in sorted(patterns.items())},
+            "false_positives_by_background": false_positives}
