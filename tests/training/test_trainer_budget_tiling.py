@@ -122,6 +122,23 @@ LITE_DETECTOR = dict(backbone="efficientnet_lite0", fpn_channels=16, box_head_si
 TILING = {"tile": 64, "overlap": 16, "batch": 2, "join": False}
 
 
+def native_resolution_samples(folder, n: int, seed: int) -> list:
+    """Tiny samples (160 x 112 px) that state 0.05 mm pixels, as a native-resolution file would."""
+    samples = write_tiny_samples(folder, n, seed=seed)
+    for sample in samples:
+        with Image.open(sample.source) as im:
+            im.load()
+        im.save(sample.source, dpi=(508, 508))
+    return samples
+
+
+def crops_config() -> DetectorTrainConfig:
+    """A one-iteration crops-trained Lite detector at 0.1 mm with ``TILING``."""
+    return DetectorTrainConfig(epochs=1, max_side=0, spacing_mm=0.1, tile=TILING["tile"],
+                               tile_overlap=TILING["overlap"], tile_batch=TILING["batch"], detector=LITE_DETECTOR,
+                               samples_per_epoch=1, intensity_aug=False)
+
+
 def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_tile_by_tile(tmp_path):
     pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
     from models.breast_gate import BreastGate
@@ -132,14 +149,8 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     from training.export import export_run
     from training.predict import FROC_SCORE_FLOOR, load_model, predict
 
-    samples = write_tiny_samples(tmp_path / "img", 3, seed=4)  # 160 x 112 px
-    for sample in samples:  # state 0.05 mm pixels, as a native-resolution file would
-        with Image.open(sample.source) as im:
-            im.load()
-        im.save(sample.source, dpi=(508, 508))
-    cfg = DetectorTrainConfig(epochs=1, max_side=0, spacing_mm=0.1, tile=TILING["tile"],
-                              tile_overlap=TILING["overlap"], tile_batch=TILING["batch"], detector=LITE_DETECTOR,
-                              samples_per_epoch=1, intensity_aug=False)
+    samples = native_resolution_samples(tmp_path / "img", 3, seed=4)
+    cfg = crops_config()
     assert cfg.standardise_config().spacing_mm == 0.1 and cfg.standardise_config().max_side is None
     run = train_detector(samples[:2], None, cfg, tmp_path / "run", progress=False)
     assert run.epochs_completed == 1
@@ -201,15 +212,8 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     from training.predict import FROC_SCORE_FLOOR, load_model, predict
     from training.trainers.detector import is_whole_image, validation_detections
 
-    samples = write_tiny_samples(tmp_path / "img", 4, seed=6)  # 160 x 112 px at 0.05 mm: 80 x 56 at 0.1 mm
-    for sample in samples:
-        with Image.open(sample.source) as im:
-            im.load()
-        im.save(sample.source, dpi=(508, 508))
-    cfg = DetectorTrainConfig(epochs=1, max_side=0, spacing_mm=0.1, tile=TILING["tile"],
-                              tile_overlap=TILING["overlap"], tile_batch=TILING["batch"], detector=LITE_DETECTOR,
-                              samples_per_epoch=1, intensity_aug=False)
-    train_detector(samples[:2], samples[2:], cfg, tmp_path / "run", progress=False)
+    samples = native_resolution_samples(tmp_path / "img", 4, seed=6)  # 80 x 56 px at 0.1 mm: larger than a tile
+    train_detector(samples[:2], samples[2:], crops_config(), tmp_path / "run", progress=False)
     (row,) = _rows(tmp_path / "run")
     assert row["val_images"] == 2.0 and row["val_whole_images"] == 2.0
     assert {"val_froc_sens_at_0.5fp", "val_froc_sens_at_1fp", "val_froc_sens_at_2fp"} <= set(row)
