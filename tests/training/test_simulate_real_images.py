@@ -136,3 +136,15 @@ def test_bad_background_folders_are_refused(tmp_path, capsys):
     assert main(["simulate", "--out", str(tmp_path / "y"), "--images", "1", "--sources", "real",
                  "--backgrounds", str(tmp_path / "empty")]) == 2
     assert "broken.dcm" in capsys.readouterr().err
+
+
+def test_a_background_much_coarser_than_the_target_spacing_is_refused(tmp_path):
+    from training.recipes.make_gpu_kit import write_background
+    from training.simulate_dataset import real_sample_paths
+
+    write_background(real_sample_paths()[0], tmp_path / "bg" / "coarse.dcm", 10, 0.05)  # 0.5 mm pixels
+    with pytest.raises(SimulationError, match="coarse.dcm.*0.5 mm pixels"):
+        make_simulated_dataset(tmp_path / "s", 1, backgrounds=tmp_path / "bg", sources=("real",), spacing_mm=0.1)
+    # twice the target is still accepted
+    make_simulated_dataset(tmp_path / "ok", 1, backgrounds=tmp_path / "bg", sources=("real",), spacing_mm=0.25,
+                           clusters_per_image=(0, 0))
