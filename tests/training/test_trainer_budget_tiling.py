@@ -217,6 +217,13 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     (row,) = _rows(tmp_path / "run")
     assert row["val_images"] == 2.0 and row["val_whole_images"] == 2.0
     assert {"val_froc_sens_at_0.5fp", "val_froc_sens_at_1fp", "val_froc_sens_at_2fp"} <= set(row)
+    # the operating point of this epoch on these images: what `mccad evaluate` reports for the exported model
+    from training.evaluate import froc_metrics
+
+    (pred_a, pred_b) = predict(load_model(tmp_path / "run"), samples[2:])
+    expected = froc_metrics(samples[2:], [pred_a, pred_b])["all"]["threshold_at_fp_per_image"]["1.0"]
+    assert row["val_threshold_at_1fp"] == pytest.approx(expected if expected is not None else math.nan, nan_ok=True,
+                                                        abs=1e-5)
 
     loaded = load_model(tmp_path / "run")
     wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)

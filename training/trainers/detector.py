@@ -172,7 +172,8 @@ def validation_detections(model: torch.nn.Module, pixels: np.ndarray, wide: Dete
 def validate_detector(model: torch.nn.Module, items: Sequence[PreparedImage], config: DetectorConfig,
                       device: torch.device, tiling: TilingSpec | None = None, gate: BreastGate | None = None,
                       spacing_mm: float = 0.1) -> dict[str, float]:
-    """Image-level AUC by the paper's rule (section 2.6) and lesion FROC sensitivity at 0.5, 1 and 2 FP per image.
+    """Image-level AUC by the paper's rule (section 2.6), lesion FROC sensitivity at 0.5, 1 and 2 FP per image and
+    the lowest score threshold with at most 1 FP per image (NaN when even the highest makes more).
 
     Detection runs with a low score threshold and no cross-class suppression so that FROC sees the whole score
     range; the image verdict then uses the configured threshold and suppression, as the pipeline does.
@@ -204,7 +205,13 @@ def validate_detector(model: torch.nn.Module, items: Sequence[PreparedImage], co
     curve = froc(froc_images)
     return {"val_auc": binary_auc(y_true, y_score), "val_froc_sens_at_1fp": curve.at_rates[1.0],
             "val_froc_sens_at_0.5fp": curve.at_rates[0.5], "val_froc_sens_at_2fp": curve.at_rates[2.0],
+            # the operating point this epoch would have on images like these (mccad export --score-thresh)
+            "val_threshold_at_1fp": _or_nan(curve.threshold_at(1.0)),
             "val_images": float(len(items)), "val_whole_images": float(whole)}
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def train_detector(train: Sequence[Sample], val: Sequence[Sample] | None, cfg: DetectorTrainConfig, out_dir: Path,
