@@ -288,6 +288,9 @@ def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_
     joined = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_join=True))
     assert _changed_keys(old, joined, config_defaults(cfg)) == ["tile_join"]
     assert _changed_keys({**old, "lr": 0.1}, new, config_defaults(cfg)) == ["lr"]
+    # a warm start's source and the tiles per pass do not change what a resumed run trains
+    moved = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_batch=16, init_from="elsewhere"))
+    assert _changed_keys(new, moved, config_defaults(cfg)) == []
 
 
 def test_init_from_starts_a_run_from_another_runs_weights(tiny, tmp_path):

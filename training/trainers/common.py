@@ -32,9 +32,11 @@ METRICS_LOG = "metrics.jsonl"
 RUN_CONFIG = "config.toml"
 CHECKPOINT_FORMAT = 1
 
-#: Config fields that may change between an interrupted run and its resumption without changing what was trained.
+#: Config fields that may change between an interrupted run and its resumption without changing what was trained:
+#: ``init_from`` only seeds a run's first weights (a resumed run takes the checkpoint's), ``tile_batch`` is how many
+#: tiles one forward pass takes (the same boxes; it fits validation and inference to another machine's memory).
 RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "threads", "early_stop_patience", "amp", "device",
-                               "time_budget_min"})
+                               "time_budget_min", "init_from", "tile_batch"})
 
 
 class TrainingError(RuntimeError):
