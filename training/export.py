@@ -98,11 +98,9 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
         return None
     if "breast_gate" in build:
         return build["breast_gate"]
-    from models.breast_gate import BreastGate
-    from training.trainers.detector import DetectorTrainConfig
+    from training.trainers.detector import DetectorTrainConfig, breast_gate_spec
 
-    on = cfg.get("breast_gate", config_defaults(DetectorTrainConfig)["breast_gate"])
-    return BreastGate().to_spec() if on else None  # margin 0, as DetectorTrainConfig.breast_gate_spec writes it
+    return breast_gate_spec(cfg.get("breast_gate", config_defaults(DetectorTrainConfig)["breast_gate"]))
 
 
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",

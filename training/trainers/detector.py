@@ -110,9 +110,13 @@ class DetectorTrainConfig:
 
     def breast_gate_spec(self) -> dict[str, float] | None:
         """The manifest's ``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``, margin 0), or None."""
-        from models.breast_gate import BreastGate
+        return breast_gate_spec(self.breast_gate)
 
-        return BreastGate().to_spec() if self.breast_gate else None
+
+def breast_gate_spec(enabled: bool) -> dict[str, float] | None:
+    """What a detector run with ``breast_gate = enabled`` records and exports: the default gate (margin 0) or
+    None. One rule for the trainer and for export reading a run made before the record existed."""
+    return BreastGate().to_spec() if enabled else None
 
 
 def load_initial_weights(model: torch.nn.Module, source: Path) -> None:
