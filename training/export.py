@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from training.trainers.common import (
     config_defaults,
     load_checkpoint,
 )
+
+#: ``score_thresh`` that takes the checkpoint's validated operating point
+AUTO_THRESHOLD = "auto"
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +109,15 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
 
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
-               dtype: str = "float16", which: str = "best", score_thresh: float | None = None) -> Path:
+               dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
     without it the run's best validation record is used. ``score_thresh``: the detector's operating point when it
     is not the run's (a crops-trained detector's threshold for whole images is chosen on whole validation images,
-    e.g. ``threshold_at_fp_per_image`` of ``mccad evaluate``'s FROC; the run's config keeps the paper's 0.3).
+    e.g. ``threshold_at_fp_per_image`` of ``mccad evaluate``'s FROC; the run's config keeps the paper's 0.3), or
+    ``"auto"``: the checkpoint's own ``val_threshold_at_1fp``, the operating point its whole validation images gave
+    (refused when the run did not validate on whole images).
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -127,7 +133,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     thresholds = {}
     if run.kind == "detector":
         c = run.network_config
-        if score_thresh is not None and not 0.0 < score_thresh < 1.0:
+        if score_thresh == AUTO_THRESHOLD:
+            score_thresh = validated_threshold(best_record, run_dir)
+        if score_thresh is not None and not 0.0 < float(score_thresh) < 1.0:
             raise ValueError(f"score_thresh must lie in (0, 1), got {score_thresh}")
         thresholds = {"score_thresh": c.score_thresh if score_thresh is None else float(score_thresh),
                       "nms_thresh": c.nms_thresh,
@@ -146,6 +154,18 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     (out_dir / "MODEL_CARD.md").write_text(model_card(written.model_dump(), run, evaluation))
     log.info("exported %s run %s to %s", run.role, run_dir, out_dir)
     return out_dir
+
+
+def validated_threshold(record: dict[str, Any], run_dir: Path) -> float:
+    """The operating point a checkpoint's validation found on whole images (``val_threshold_at_1fp``); a
+    ``TrainingError`` when the run has none (validated on crops, or too many false positives at every score)."""
+    value = record.get("val_threshold_at_1fp")
+    whole = record.get("val_whole_images") or 0
+    if value is None or not whole or not math.isfinite(float(value)):
+        raise TrainingError(f"{run_dir}: the checkpoint records no operating point from whole validation images "
+                            "(val_threshold_at_1fp): validate on whole images, or give --score-thresh a number "
+                            "chosen with 'mccad evaluate'")
+    return float(value)
 
 
 def headline_metrics(evaluation: dict[str, Any]) -> dict[str, Any]:

