@@ -89,8 +89,8 @@ def background_paths(folder: Path | str | None) -> list[Path]:
 def _real_background(index: int, spacing_mm: float, folder: str | None = None
                      ) -> tuple[np.ndarray, str | None, str | None, tuple[float, float]]:
     """Real background ``index`` (see ``background_paths``) at ``spacing_mm``: pixels, laterality, view and the
-    spacing (rows, columns) the file was read at (its own, else ``REAL_SAMPLE_SPACING_MM``); cached: decoding a 3000 x 4500 RLE
-    image takes seconds."""
+    spacing (rows, columns) the file was read at (its own, else ``REAL_SAMPLE_SPACING_MM``); cached: decoding a
+    3000 x 4500 RLE image takes seconds."""
     key = (folder or "", index, round(spacing_mm, 6))
     if key not in _real_cache:
         from dicom_io.errors import DicomInputError
@@ -107,9 +107,10 @@ def _real_background(index: int, spacing_mm: float, folder: str | None = None
         factors = (source_spacing[0] / spacing_mm, source_spacing[1] / spacing_mm)
         if max(factors) > MAX_UPSAMPLING:
             raise SimulationError(
-                f"background {path.name!r} has {max(source_spacing):g} mm pixels, coarser than {MAX_UPSAMPLING:g} x the "
-                f"target {spacing_mm:g} mm: enlarging it would smooth its noise and texture, and calcifications of "
-                "0.1-2 mm would be inserted into an image that cannot show them; use a finer image or spacing")
+                f"background {path.name!r} has {max(source_spacing):g} mm pixels, coarser than "
+                f"{MAX_UPSAMPLING:g} x the target {spacing_mm:g} mm: enlarging it would smooth its noise and texture, "
+                "and calcifications of 0.1-2 mm would be inserted into an image that cannot show them; use a finer "
+                "image or spacing")
         if max(abs(f - 1.0) for f in factors) > 1e-6:
             shape = (max(1, round(pixels.shape[0] * factors[0])), max(1, round(pixels.shape[1] * factors[1])))
             pixels = resize_area(pixels, shape)
