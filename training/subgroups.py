@@ -10,6 +10,13 @@ whenever the dataset's ``simulated.json`` lies beside its CSV.
 Counted as FROC counts (``training.froc``: a box hits a cluster at IoU >= 0.1; a cluster is found at threshold ``t``
 when a box of score >= ``t`` hits it; a box hitting none is a false positive), at two thresholds: the model's
 operating point and the threshold of 1 false positive per image over the whole set.
+
+Recurring false positives: a real background is reused by many simulated images (flipped or not), while clusters are
+placed at random. A false positive whose centre lies within ``RECUR_MM`` of a false positive on another image of the
+same background (compared with the flip undone) sits on a structure of that background, not on anything inserted:
+on a real image, possibly a real finding the simulated truth does not annotate. They are counted per background at
+the operating point, on whole images (a crop's frame is not its background's); this states where the false
+positives are, it does not decide what they are.
 """
 from __future__ import annotations
 
@@ -21,10 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from models.fusion import box_iou
 from training.datasets.samples import Sample
 from training.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
 
 SIMULATION_RECORD = "simulated.json"
+#: two false positives on images of the same real background this close (mm, centre to centre) are the same place
+RECUR_MM = 2.0
 
 
 def simulation_records(data: Path | str) -> dict[str, dict[str, Any]] | None:
@@ -54,18 +64,57 @@ def _counts(scores: Sequence[float], thresholds: dict[str, float | None]) -> dic
     return {name: int((values >= t).sum()) if t is not None else 0 for name, t in thresholds.items()}
 
 
+def _hits_any(boxes: np.ndarray, clusters: np.ndarray, hit_iou: float) -> np.ndarray:
+    """Per box: whether it hits a cluster (FROC's rule)."""
+    gt = np.asarray(clusters, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes) or not len(gt):
+        return np.zeros(len(boxes), dtype=bool)
+    return (box_iou(gt, boxes) >= hit_iou).any(axis=0)
+
+
+def _unflipped_centres(boxes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+    """Box centres (x, y) in the background's own frame: a flipped image's x mirrored back."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    centres = np.stack([(b[:, 0] + b[:, 2]) / 2.0, (b[:, 1] + b[:, 3]) / 2.0], axis=1)
+    if record.get("flipped") and record.get("columns"):
+        centres[:, 0] = float(record["columns"]) - centres[:, 0]
+    return centres
+
+
+def recurring_false_positives(places: Sequence[tuple[int, np.ndarray, float]]) -> int:
+    """How many of the false positives (``places``: image number, unflipped centres, pixel spacing in mm; all of
+    one background) lie within ``RECUR_MM`` of a false positive on another image."""
+    count = 0
+    for k, (image, centres, spacing) in enumerate(places):
+        others = [c for j, (other, c, _) in enumerate(places) if other != image and len(c)]
+        if not others or not len(centres):
+            continue
+        pool = np.concatenate(others)
+        distance = np.hypot(centres[:, None, 0] - pool[None, :, 0], centres[:, None, 1] - pool[None, :, 1])
+        count += int((distance.min(axis=1) * spacing <= RECUR_MM).sum())
+    return count
+
+
 def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dict[str, Any]],
                      operating_threshold: float, hit_iou: float = DEFAULT_HIT_IOU) -> dict[str, Any] | None:
     """The breakdown for ``pairs`` of (ground truth, ``ImagePrediction``) whose images ``records`` describe; None
     when an image is missing from the records or its clusters do not match the record's (an edited CSV)."""
     images: list[tuple[str, str, np.ndarray, np.ndarray, list[str]]] = []
-    for sample, pred in pairs:
+    places: dict[str, list[tuple[int, np.ndarray, float]]] = defaultdict(list)
+    for number, (sample, pred) in enumerate(pairs):
         record = records.get(sample.image_id)
         if record is None or len(record.get("lesions", [])) != len(sample.lesions):
             return None
         found, false = hit_scores(sample.boxes, pred.boxes, pred.scores, hit_iou)
         patterns = [str(les.get("pattern", "unknown")) for les in record["lesions"]]
-        images.append((str(record.get("source", "unknown")), background_of(record), found, false, patterns))
+        background = background_of(record)
+        images.append((str(record.get("source", "unknown")), background, found, false, patterns))
+        if record.get("source") == "real" and "crop_window" not in record:  # a crop's frame is not the background's
+            boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)
+            shown = boxes[np.asarray(pred.scores, dtype=np.float64).reshape(-1) >= operating_threshold]
+            fp_boxes = shown[~_hits_any(shown, sample.boxes, hit_iou)]
+            places[background].append((number, _unflipped_centres(fp_boxes, record),
+                                        float(record.get("spacing_mm", 0.1))))
     everything = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in pairs], hit_iou=hit_iou)
     thresholds = {"operating_point": float(operating_threshold), "at_1fp": everything.threshold_at(1.0)}
 
@@ -84,7 +133,9 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
         members = [img for img in images if img[1] == background]
         fp = [float(v) for img in members for v in img[3]]
         false_positives[background] = {"images": len(members), **_counts(fp, thresholds)}
-    return {"thresholds": thresholds, "hit_iou": hit_iou, "by_source": by_source,
+        if background in places:
+            false_positives[background]["recurring_at_operating_point"] = recurring_false_positives(places[background])
+    return {"thresholds": thresholds, "hit_iou": hit_iou, "recur_mm": RECUR_MM, "by_source": by_source,
             "by_pattern": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
                            for name, scores in sorted(patterns.items())},
             "false_positives_by_background": false_positives}

@@ -103,3 +103,26 @@ def test_mccad_evaluate_writes_the_breakdown_for_a_simulated_set_only(simulated,
                  str(tmp_path / "rep2"), "--n-boot", "10"]) == 0
     assert "clusters_found_by_pattern" not in json.loads(capsys.readouterr().out)
     assert "subgroups" not in json.loads((tmp_path / "rep2" / "metrics.json").read_text())
+
+
+def test_false_positives_at_the_same_place_of_a_real_background_are_counted_as_recurring(tmp_path):
+    """Whole images over one real background, flipped or not: a false box drawn at one place of the background on
+    every image recurs (flip undone); boxes each at a place of their own, 10 mm apart, do not."""
+    csv = make_simulated_dataset(tmp_path / "s", 5, seed=3, sources=("real",), real_images=[5], spacing_mm=0.4,
+                                 clusters_per_image=(0, 1))
+    samples, records = read_dataset(csv), simulation_records(csv)
+    assert len({r["flipped"] for r in records.values()}) == 2  # both orientations take part
+    predictions = []
+    for k, sample in enumerate(samples):
+        record = records[sample.image_id]
+        x = 100.0 if not record["flipped"] else record["columns"] - 100.0  # the background's column 100
+        own = 150.0 + 25 * k  # 10 mm apart at 0.4 mm
+        boxes = np.asarray([[x - 0.5, 200.0, x + 0.5, 201.0], [own, own, own + 1.0, own + 1.0]])
+        predictions.append(ImagePrediction(sample.image_id, boxes, ["benign"] * 2, np.asarray([0.9, 0.9])))
+    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.5)
+    (row,) = result["false_positives_by_background"].values()
+    assert row["images"] == 5 and row["operating_point"] == 10
+    assert row["recurring_at_operating_point"] == 5 and result["recur_mm"] == 2.0
+    # below the operating point nothing counts
+    assert subgroup_metrics(list(zip(samples, predictions)), records, 0.95)["false_positives_by_background"][
+        background_of(next(iter(records.values())))]["recurring_at_operating_point"] == 0
