@@ -75,8 +75,8 @@ def _select(boxes: np.ndarray, labels: Sequence[str] | None, label: str | None) 
 def hit_scores(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
                hit_iou: float = DEFAULT_HIT_IOU) -> tuple[np.ndarray, np.ndarray]:
     """One image's FROC ingredients: each lesion's score (the best box hitting it; -inf when none does), in the
-    order of ``gt``, and the scores of the boxes that hit no lesion (the false positives). A lesion is found at
-    threshold ``t`` when its score is >= ``t``, which is how subgroups of lesions are counted
+    order of ``gt``, and per predicted box whether it hits no lesion (a false positive). A lesion is found at
+    threshold ``t`` when its score is >= ``t``, which is how subgroups of lesions and false boxes are counted
     (``training.subgroups``)."""
     gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
@@ -87,7 +87,7 @@ def hit_scores(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
         hits = np.zeros((len(gt), len(pred)), dtype=bool)
     found = np.asarray([float(scores[hits[i]].max()) if hits[i].any() else -np.inf for i in range(len(gt))],
                        dtype=np.float64)
-    return found, (scores[~hits.any(axis=0)] if len(pred) else np.zeros(0))
+    return found, ~hits.any(axis=0)
 
 
 def froc(images: Sequence[FrocImage], *, hit_iou: float = DEFAULT_HIT_IOU, label: str | None = None,
@@ -105,7 +105,7 @@ def froc(images: Sequence[FrocImage], *, hit_iou: float = DEFAULT_HIT_IOU, label
         keep = _select(pred, img.pred_labels, label)
         found, false = hit_scores(gt, pred[keep], scores[keep], hit_iou)
         lesion_scores.extend(found.tolist())
-        fp_scores.extend(false.tolist())
+        fp_scores.extend(scores[keep][false].tolist())
     n_images = len(images)
     n_lesions = len(lesion_scores)
     les = np.sort(np.asarray(lesion_scores, dtype=np.float64))

