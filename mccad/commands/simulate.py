@@ -40,6 +40,32 @@ def _indices(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma separated image indices such as 0,1,2,3, got {text!r}") from exc
 
 
+def _pattern_weights(text: str) -> list[str]:
+    """``amorphous:3,punctate:2,round`` -> each named morphology repeated by its whole-number weight (default 1),
+    the list the simulator draws a cluster's pattern from uniformly: weights are shares, and a pattern not named is
+    never drawn."""
+    from training.simulate_morphology import PATTERNS
+
+    drawn: list[str] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, _, weight = entry.partition(":")
+        name = name.strip()
+        if name not in PATTERNS:
+            raise argparse.ArgumentTypeError(f"unknown pattern {name!r}; known: {', '.join(PATTERNS)}")
+        try:
+            count = int(weight) if weight else 1
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"weight of {name} must be a whole number, got {weight!r}") from exc
+        if not 1 <= count <= 100:
+            raise argparse.ArgumentTypeError(f"weight of {name} must lie in 1-100, got {count}")
+        drawn.extend([name] * count)
+    if not drawn:
+        raise argparse.ArgumentTypeError("--patterns names no pattern")
+    return drawn
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="write simulated calcification clusters in real/phantom mammograms "
                                         "(PNG + paper CSV) for training")
@@ -59,6 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "marker), a count or a range such as 0-2 (default 0): they teach what a cluster is not")
     p.add_argument("--malignant-fraction", type=float, default=0.5,
                    help="share of clusters with suspicious morphology (default 0.5)")
+    p.add_argument("--patterns", type=_pattern_weights, default=None,
+                   help="draw only these BI-RADS morphologies, comma separated, each with an optional whole-number "
+                        "weight: e.g. amorphous:3,fine_pleomorphic:2,punctate,round gives amorphous half the "
+                        "clusters; replaces --malignant-fraction (default: all, half suspicious)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="processes making images in parallel; the files do not depend on it (default 1)")
@@ -82,7 +112,8 @@ def run(args: argparse.Namespace, settings) -> int:
     try:
         csv_path = make_simulated_dataset(args.out, args.images, args.seed, sources=sources, crop=args.crop,
                                           spacing_mm=args.spacing, clusters_per_image=args.clusters,
-                                          malignant_fraction=args.malignant_fraction, bit_depth=args.bits,
+                                          malignant_fraction=args.malignant_fraction, patterns=args.patterns,
+                                          bit_depth=args.bits,
                                           workers=args.workers, real_images=args.real_images,
                                           distractors_per_image=args.distractors, backgrounds=args.backgrounds)
     except SimulationError as exc:

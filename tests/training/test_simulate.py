@@ -292,6 +292,24 @@ def test_mccad_simulate_refuses_bad_arguments(tmp_path, capsys):
     assert "film" in capsys.readouterr().err
 
 
+def test_mccad_simulate_draws_only_the_weighted_patterns(tmp_path, capsys):
+    from mccad.cli import main
+
+    out = tmp_path / "faint"
+    code = main(["simulate", "--out", str(out), "--images", "6", "--seed", "3", "--sources", "phantom",
+                 "--spacing", "0.2", "--crop", "160", "--clusters", "3", "--bits", "8",
+                 "--patterns", "amorphous:3, punctate"])
+    assert code == 0
+    meta = json.loads((out / "simulated.json").read_text())
+    assert meta["patterns"] == ["amorphous", "amorphous", "amorphous", "punctate"]
+    drawn = [les["pattern"] for r in meta["images"] for les in r["lesions"]]
+    assert drawn and set(drawn) <= {"amorphous", "punctate"}
+    for bad, says in (("glitter", "glitter"), ("amorphous:0", "1-100"), ("amorphous:x", "whole number"), (",", "no pattern")):
+        with pytest.raises(SystemExit) as stopped:  # refused while parsing, as argparse refuses
+            main(["simulate", "--out", str(tmp_path / "bad"), "--patterns", bad])
+        assert stopped.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
 
 def test_crop_window_holds_its_lesion_and_cut_boxes_are_kept_or_dropped_by_visibility():
     from training.simulate_dataset import boxes_in_window, crop_window
