@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from models.preprocess import resize_area
-from training.simulate_background import breast_mask
+from training.simulate_background import breast_mask, image_noise_sigma
 from training.simulate_distractors import insert_distractors, skin_band
 from training.simulate_insert import InsertedLesion, insert_clusters
 from training.simulate_morphology import (
@@ -250,6 +250,9 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
         record.update(phantom_patient=patient)
     record.update(laterality=laterality, view=view)
     mask = breast_mask(pixels, spacing, view=view, laterality=laterality)
+    # the background's own pixel noise: a cluster's peak contrast over it says how faint the cluster is
+    # (``training.subgroups`` counts clusters found by that ratio)
+    record["noise_sigma"] = round(image_noise_sigma(pixels, mask), 6)
     low, high = recipe.clusters_per_image
     count = int(rng.integers(low, high + 1))
     clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns)

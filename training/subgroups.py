@@ -17,6 +17,10 @@ same background (compared with the flip undone) sits on a structure of that back
 on a real image, possibly a real finding the simulated truth does not annotate. They are counted per background at
 the operating point, on whole images (a crop's frame is not its background's); this states where the false
 positives are, it does not decide what they are.
+
+Faintness: sets written since ``simulated.json`` records each background's pixel noise (``noise_sigma``) get clusters
+found by contrast-to-noise ratio (peak added contrast / noise, ``CNR_BINS``), which separates "too faint to see" from
+"visible but missed".
 """
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ from training.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
 SIMULATION_RECORD = "simulated.json"
 #: two false positives on images of the same real background this close (mm, centre to centre) are the same place
 RECUR_MM = 2.0
+#: bins of a cluster's peak contrast over its background's pixel noise (its brightest calcification's CNR): below
+#: about 3-5 a single particle is at or under the Rose criterion of visibility, so misses there are faintness
+CNR_BINS: tuple[float, ...] = (0.0, 2.0, 3.0, 5.0, 8.0, float("inf"))
 
 
 def simulation_records(data: Path | str) -> dict[str, dict[str, Any]] | None:
@@ -70,6 +77,27 @@ def _unflipped_centres(boxes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     if record.get("flipped") and record.get("columns"):
         centres[:, 0] = float(record["columns"]) - centres[:, 0]
     return centres
+
+
+def _cnr_bin(ratio: float) -> str:
+    for lo, hi in zip(CNR_BINS[:-1], CNR_BINS[1:]):
+        if lo <= ratio < hi:
+            return f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
+    return f"<{CNR_BINS[0]:g}"
+
+
+def _found_by_contrast_to_noise(records: Sequence[dict[str, Any]],
+                                found: Sequence[np.ndarray]) -> dict[str, list[float]]:
+    """Cluster scores (as ``hit_scores`` gives them) grouped by CNR bin, bins in ``CNR_BINS`` order; empty when any
+    image's record lacks ``noise_sigma`` (sets written before it was recorded)."""
+    grouped: dict[str, list[float]] = {_cnr_bin(lo): [] for lo in CNR_BINS[:-1]}
+    for record, scores in zip(records, found):
+        noise = float(record.get("noise_sigma") or 0.0)
+        if noise <= 0.0:
+            return {}
+        for lesion, score in zip(record["lesions"], scores):
+            grouped[_cnr_bin(float(lesion["peak_contrast"]) / noise)].append(float(score))
+    return {name: scores for name, scores in grouped.items() if scores}
 
 
 def recurring_false_positives(places: Sequence[tuple[int, np.ndarray, float]]) -> int:
@@ -114,6 +142,7 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
         curve = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in subset], hit_iou=hit_iou)
         by_source[source] = {"images": curve.n_images, "clusters": curve.n_lesions,
                              "sensitivity_at_fp_per_image": {str(k): v for k, v in curve.at_rates.items()}}
+    by_cnr = _found_by_contrast_to_noise([records[s.image_id] for s, _ in pairs], [img[2] for img in images])
     patterns: dict[str, list[float]] = defaultdict(list)
     for _, _, found, _, names in images:
         for name, score in zip(names, found):
@@ -128,4 +157,6 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
     return {"thresholds": thresholds, "hit_iou": hit_iou, "recur_mm": RECUR_MM, "by_source": by_source,
             "by_pattern": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
                            for name, scores in sorted(patterns.items())},
-            "false_positives_by_background": false_positives}
+            "false_positives_by_background": false_positives,
+            **({"by_contrast_to_noise": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
+                                         for name, scores in by_cnr.items()}} if by_cnr else {})}

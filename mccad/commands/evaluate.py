@@ -127,5 +127,9 @@ def run(args: argparse.Namespace, settings) -> int:
         printed["clusters_found_by_pattern"] = {
             name: f"{g['found']['operating_point']}/{g['clusters']}"
             for name, g in metrics["subgroups"]["by_pattern"].items()}
+        if "by_contrast_to_noise" in metrics["subgroups"]:  # faint (low CNR) against visible clusters
+            printed["clusters_found_by_contrast_to_noise"] = {
+                name: f"{g['found']['operating_point']}/{g['clusters']}"
+                for name, g in metrics["subgroups"]["by_contrast_to_noise"].items()}
     print(json.dumps(printed, indent=2, default=str))
     return 0

@@ -12,7 +12,7 @@ from training.datasets.readers import read_dataset
 from training.evaluate import ImagePrediction, write_predictions
 from training.froc import FrocImage, froc
 from training.simulate import make_simulated_dataset
-from training.subgroups import background_of, simulation_records, subgroup_metrics
+from training.subgroups import CNR_BINS, background_of, simulation_records, subgroup_metrics
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,28 @@ def test_froc_by_source_is_the_froc_of_that_sources_images(simulated):
         assert row["sensitivity_at_fp_per_image"] == {str(k): v for k, v in curve.at_rates.items()}
 
 
+def test_clusters_are_counted_by_contrast_to_noise_when_the_noise_is_recorded(simulated):
+    _, _, samples, records, predictions = simulated
+    pairs = list(zip(samples, predictions))
+    assert all(r["noise_sigma"] > 0 for r in records.values())  # the simulator records its background's noise
+    result = subgroup_metrics(pairs, records, operating_threshold=0.85)
+    expected, found = Counter(), Counter()
+    for sample in samples:
+        record = records[sample.image_id]
+        for k, les in enumerate(record["lesions"]):
+            ratio = les["peak_contrast"] / record["noise_sigma"]
+            name = next(f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}"
+                        for lo, hi in zip(CNR_BINS[:-1], CNR_BINS[1:]) if lo <= ratio < hi)
+            expected[name] += 1
+            found[name] += k % 2 == 0
+    rows = result["by_contrast_to_noise"]
+    assert {name: row["clusters"] for name, row in rows.items()} == dict(expected)
+    assert {name: row["found"]["operating_point"] for name, row in rows.items()} == dict(found)
+    # a set written before the noise was recorded gets no such row, the rest of the breakdown stays
+    older = {k: {f: v for f, v in r.items() if f != "noise_sigma"} for k, r in records.items()}
+    assert "by_contrast_to_noise" not in subgroup_metrics(pairs, older, 0.85)
+
+
 def test_records_that_do_not_describe_the_images_give_no_breakdown(simulated, tmp_path):
     _, _, samples, records, predictions = simulated
     pairs = list(zip(samples, predictions))
@@ -93,6 +115,9 @@ def test_mccad_evaluate_writes_the_breakdown_for_a_simulated_set_only(simulated,
     assert metrics["subgroups"]["thresholds"]["operating_point"] == 0.85
     assert printed["clusters_found_by_pattern"] == {
         name: f"{g['found']['operating_point']}/{g['clusters']}" for name, g in metrics["subgroups"]["by_pattern"].items()}
+    assert printed["clusters_found_by_contrast_to_noise"] == {
+        name: f"{g['found']['operating_point']}/{g['clusters']}"
+        for name, g in metrics["subgroups"]["by_contrast_to_noise"].items()}
 
     tiny = write_tiny_samples(tmp_path / "tiny", 2)  # an annotated set of another origin: no simulated.json
     tiny_csv = write_paper_csv(tmp_path / "tiny" / "annotations.csv", {
