@@ -109,7 +109,8 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
 
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
-               dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None) -> Path:
+               dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
+               tile_batch: int | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -117,7 +118,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     is not the run's (a crops-trained detector's threshold for whole images is chosen on whole validation images,
     e.g. ``threshold_at_fp_per_image`` of ``mccad evaluate``'s FROC; the run's config keeps the paper's 0.3), or
     ``"auto"``: the checkpoint's own ``val_threshold_at_1fp``, the operating point its whole validation images gave
-    (refused when the run did not validate on whole images).
+    (refused when the run did not validate on whole images). ``tile_batch``: tiles per forward pass where the model
+    will run, when not the training host's (a GPU run's 16 tiles at once costs a CPU worker memory and buys it
+    nothing; the boxes are the same); refused for a model without tiling.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -128,6 +131,13 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     metrics = {"validation": {k: v for k, v in best_record.items() if isinstance(v, (int, float))}}
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
+    tiling = dict(run.tiling) if run.tiling else None
+    if tile_batch is not None:
+        if tiling is None:
+            raise ValueError(f"{run_dir}: tile_batch is for detectors run tile by tile; this run sees whole images")
+        if not 1 <= int(tile_batch) <= 256:
+            raise ValueError(f"tile_batch must lie in 1-256, got {tile_batch}")
+        tiling["batch"] = int(tile_batch)
     arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
     thresholds = {}
@@ -145,7 +155,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
         classes=ROLE_CLASSES.get(run.role, ["negative", "positive"]),
         input_spec={"standardise": dataclasses.asdict(standardise_config_from(run.standardise)),
                     key: run.network_config.to_dict(),
-                    **({"tiling": run.tiling} if run.tiling else {}),
+                    **({"tiling": tiling} if tiling else {}),
                     **({"breast_gate": run.breast_gate} if run.breast_gate is not None else {})},
         thresholds=thresholds, training_data=training_data, synthetic_only=synthetic_only,
         metrics=_json_safe(metrics))

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "choose it on validation images, e.g. from 'mccad evaluate' threshold_at_fp_per_image, "
                         "or 'auto': the threshold of 1 false positive per image that the checkpoint's whole "
                         "validation images gave (val_threshold_at_1fp)")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="tiles per forward pass written into the manifest (default: the training run's); e.g. 2 "
+                        "for CPU workers when the run trained on a GPU with 16: the same boxes, less memory")
     p.set_defaults(func=run)
 
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace, settings) -> int:
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.version, training_data=args.training_data,
                          synthetic_only=args.synthetic_only, metrics_json=args.metrics, dtype=args.dtype,
-                         which=args.checkpoint, score_thresh=args.score_thresh)
+                         which=args.checkpoint, score_thresh=args.score_thresh,
+                         tile_batch=args.tile_batch)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(out)

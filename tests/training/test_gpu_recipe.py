@@ -50,6 +50,7 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
     assert sorted(p.name for p in model.iterdir()) == ["manifest.json", "metrics.jsonl", "model.safetensors"]
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["input_spec"]["tiling"]["tile"] == 512 and manifest["input_spec"]["breast_gate"] is not None
+    assert manifest["input_spec"]["tiling"]["batch"] == 2  # exported for CPU workers; the run itself used 4
     assert manifest["input_spec"]["standardise"]["spacing_mm"] == 0.1
     (row,) = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
     assert row["val_whole_images"] == 1.0  # the validation image was run whole, tile by tile

