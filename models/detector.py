@@ -12,6 +12,9 @@ Input resolution and anchors, chosen for lesions a few millimetres across:
   (32..512): at the scale above, lesions are 10-60 px, and nothing in a mammogram's lesion set needs 512 px anchors.
 - score threshold 0.3, NMS 0.3, 250 detections per image: the paper's section 2.6 values.
 - Cross-class suppression (IoU > 0.5, keep the malignant box), the released code's post-processing, on by default.
+- ``score_mode``: "class" (torchvision's and the paper's: a box per class, scored by that class's probability) or
+  "lesion" (a box per proposal scored by ``1 - P(background)``, labelled with the likelier class):
+  ``models.box_scores``.
 
 Boxes are returned in model-input pixels (the tensor given to ``detect``): torchvision maps them back from its
 internal resize; the pipeline maps them on to the original DICOM pixels.
@@ -35,6 +38,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from models.backbones import load_backbone_weights
+from models.box_scores import SCORE_MODES, set_score_mode
 from models.efficientnet_lite import efficientnet_lite_fpn, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
 from models.fusion import suppress_cross_class
@@ -68,6 +72,7 @@ class DetectorConfig(ManifestConfig):
     detections_per_img: int = 250
     cross_class_suppression: bool = True
     cross_class_iou: float = 0.5
+    score_mode: str = "class"  # models.box_scores: "class" (the paper's) or "lesion" (1 - P(background))
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     rpn_batch_size_per_image: int = 256
@@ -96,6 +101,8 @@ class DetectorConfig(ManifestConfig):
         for name in ("score_thresh", "nms_thresh", "cross_class_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"unknown score_mode {self.score_mode!r}; choose one of {', '.join(SCORE_MODES)}")
         if self.detections_per_img < 1:
             raise ValueError("detections_per_img must be at least 1")
         if not 0 <= self.trainable_backbone_layers <= 5:
@@ -170,6 +177,7 @@ def build_detector(
         box_nms_thresh=config.nms_thresh,
         box_detections_per_img=config.detections_per_img,
     )
+    set_score_mode(model, config.score_mode)
     model.mccad_config = config  # type: ignore[assignment]
     log.info(
         "built %s: backbone weights %s, min_size %d, max_size %d, anchors %s",
@@ -199,7 +207,9 @@ def _backbone(config: DetectorConfig, backbone_weights: str | Path | None,
 
 
 def apply_thresholds(model: FasterRCNN, config: DetectorConfig) -> None:
-    """Set the inference-time thresholds and proposal counts of a built model from ``config`` (they hold no weights)."""
+    """Set the inference-time thresholds, proposal counts and score mode of a built model from ``config`` (they hold
+    no weights)."""
+    set_score_mode(model, config.score_mode)
     model.roi_heads.score_thresh = config.score_thresh
     model.roi_heads.nms_thresh = config.nms_thresh
     model.roi_heads.detections_per_img = config.detections_per_img

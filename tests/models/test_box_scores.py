@@ -1,0 +1,92 @@
+"""``models.box_scores``: a detector scores boxes per class (torchvision, the paper) or by lesion-ness
+(``1 - P(background)``, one box per proposal), chosen by ``DetectorConfig.score_mode`` and kept by the manifest."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.box_scores import set_score_mode
+from models.detector import DetectorConfig, build_detector, detect
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
+TINY = dict(min_size=128, max_size=128, fpn_channels=16, box_head_size=32, rpn_pre_nms_top_n_test=50,
+            rpn_post_nms_top_n_test=20)
+
+
+def _heads_inputs():
+    """Three proposals whose softmax is (background, benign, malignant) = (0.1, 0.45, 0.45), (0.5, 0.1, 0.4) and
+    (0.9, 0.06, 0.04), with zero box regression (each class's box is the proposal itself)."""
+    probs = torch.tensor([[0.1, 0.45, 0.45], [0.5, 0.1, 0.4], [0.9, 0.06, 0.04]])
+    logits = probs.log()
+    proposals = [torch.tensor([[10.0, 10.0, 30.0, 30.0], [60.0, 60.0, 90.0, 80.0], [5.0, 70.0, 25.0, 95.0]])]
+    return logits, torch.zeros(3, 3 * 4), proposals, [(128, 128)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_detector(DetectorConfig(**TINY))
+
+
+def test_class_mode_is_torchvisions_a_box_per_class_scored_by_its_probability(model):
+    heads = model.roi_heads
+    set_score_mode(model, "class")
+    heads.score_thresh, heads.nms_thresh, heads.detections_per_img = 0.3, 0.3, 100
+    boxes, scores, labels = heads.postprocess_detections(*_heads_inputs())
+    # the ambiguous lesion (0.45 / 0.45) gives two middling boxes; the 0.4 malignant box passes 0.3 too
+    assert sorted(zip(labels[0].tolist(), [round(s, 4) for s in scores[0].tolist()])) == [
+        (1, 0.45), (2, 0.4), (2, 0.45)]
+
+
+def test_lesion_mode_gives_one_box_per_proposal_scored_by_one_minus_background(model):
+    heads = model.roi_heads
+    set_score_mode(model, "lesion")
+    heads.score_thresh, heads.nms_thresh, heads.detections_per_img = 0.3, 0.3, 100
+    boxes, scores, labels = heads.postprocess_detections(*_heads_inputs())
+    order = scores[0].argsort(descending=True)
+    assert [round(float(s), 4) for s in scores[0][order]] == [0.9, 0.5]  # 1 - P(background); 0.1 is below 0.3
+    assert labels[0][order].tolist()[1] == 2  # the likelier class names the box (0.4 malignant over 0.1 benign)
+    assert labels[0][order].tolist()[0] in (1, 2)  # a tie: either class, one box
+    torch.testing.assert_close(boxes[0][order], torch.tensor([[10.0, 10.0, 30.0, 30.0], [60.0, 60.0, 90.0, 80.0]]))
+    # at 0.6 the ambiguous lesion still stands (0.9); per class it would be gone (0.45 each)
+    heads.score_thresh = 0.6
+    assert len(heads.postprocess_detections(*_heads_inputs())[0][0]) == 1
+    set_score_mode(model, "class")
+    assert len(heads.postprocess_detections(*_heads_inputs())[0][0]) == 0
+    assert "postprocess_detections" not in vars(heads)  # torchvision's own method again
+
+
+def test_detect_follows_the_configs_score_mode_and_lesion_scores_bound_class_scores(model):
+    torch.manual_seed(1)
+    image = torch.rand(1, 128, 128)
+    loose = DetectorConfig(**TINY, score_thresh=0.0, nms_thresh=1.0, cross_class_suppression=False,
+                           detections_per_img=1000)
+    per_class = detect(model, [image], loose)[0]
+    lesion = detect(model, [image], DetectorConfig(**{**loose.to_dict(), "score_mode": "lesion"}))[0]
+    assert len(per_class) > 0 and len(lesion) > 0
+    # each proposal's lesion score is the sum of its two class scores: the best lesion box beats the best class box
+    assert lesion.scores.max() >= per_class.scores.max() - 1e-6
+    assert len(lesion) <= len(per_class)  # one box per proposal instead of one per class
+    assert model.mccad_config.score_mode == "lesion"  # detect applied the config to the model
+
+
+def test_score_mode_travels_through_the_manifest_and_older_manifests_mean_class(tmp_path):
+    from models.registry import ModelManifest, load_detector, save_model
+
+    config = DetectorConfig(**TINY, score_mode="lesion")
+    torch.manual_seed(0)
+    net = build_detector(config)
+    manifest = ModelManifest(name="t", version="0", architecture=config.architecture, role="detector",
+                             classes=["background", "benign", "malignant"], input_spec={"detector": config.to_dict()})
+    save_model(tmp_path / "m", net, manifest)
+    _, loaded, _ = load_detector(tmp_path / "m")
+    assert loaded.score_mode == "lesion"
+    assert DetectorConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "score_mode"}).score_mode == "class"
+    with pytest.raises(ValueError, match="score_mode"):
+        DetectorConfig(score_mode="objectness")
+    with pytest.raises(ValueError, match="score_mode"):
+        set_score_mode(net, "max")
+    assert math.isclose(loaded.score_thresh, config.score_thresh)
