@@ -7,11 +7,13 @@ Ways in:
   mccad evaluate --predictions F1.json F2.json ... --truth CSV      one file per fold: Table 3 plus pooled metrics
   mccad evaluate --kfold RUN --data CSV --out DIR                    every fold of 'mccad train --folds k'
   add --compare OTHER (predictions file, model or run folder) for DeLong's test between two models.
-  add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect.
+  add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect;
+  add --score-mode class|lesion to run detectors with another box score than their manifest's (``models.box_scores``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -34,12 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-breast-gate", dest="breast_gate", action="store_false",
                    help="run detectors without the breast gate their manifest or run asks for (boxes centred outside "
                         "the breast are kept); saved predictions files are used as they are")
+    p.add_argument("--score-mode", choices=("class", "lesion"), default=None,
+                   help="run detectors with this box score instead of their manifest's: class (a box per class, its "
+                        "probability; the paper's) or lesion (a box per proposal, 1 - P(background)); to choose a "
+                        "model's score_mode on validation images. Saved predictions files are used as they are")
     p.set_defaults(func=run)
 
 
-def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, breast_gate: bool = True):
+def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, breast_gate: bool = True,
+                    score_mode: str | None = None):
     """(predictions, operating point, name) from a predictions file or a model/run folder (``breast_gate`` False:
-    a detector runs without its breast gate)."""
+    a detector runs without its breast gate; ``score_mode``: a detector scores its boxes so, whatever its manifest
+    says)."""
     from training.evaluate import OperatingPoint, read_predictions, write_predictions
     from training.predict import load_model, predict
 
@@ -50,9 +58,12 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     loaded = load_model(source, device=_device(device))
     if not breast_gate:
         loaded.breast_gate = None
+    if score_mode is not None and loaded.kind == "detector":
+        loaded.network_config = dataclasses.replace(loaded.network_config, score_mode=score_mode)
     preds = predict(loaded, samples, progress=True)
     op = loaded.operating_point
-    gate = {"breast_gate": loaded.breast_gate} if loaded.kind == "detector" else {}
+    gate = ({"breast_gate": loaded.breast_gate, "score_mode": loaded.network_config.score_mode}
+            if loaded.kind == "detector" else {})
     write_predictions(out / f"predictions{tag}.json", preds,
                       {**loaded.description, **gate, "operating_point": op.__dict__})
     return preds, op, f"{loaded.description['name']} {loaded.description['version']}"
@@ -65,8 +76,6 @@ def _device(device: str) -> str:
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    import dataclasses
-
     from mccad.cli import UserError
     from training.datasets.readers import read_dataset
     from models.errors import RegistryError
@@ -90,15 +99,17 @@ def run(args: argparse.Namespace, settings) -> int:
             for i, (name, ids) in enumerate(sorted(folds.items()), start=1):
                 samples = [by_id[x] for x in ids if x in by_id]
                 fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}",
-                                                             args.breast_gate)))
+                                                             args.breast_gate, args.score_mode)))
         elif args.predictions and len(args.predictions) > 1:
             for path in args.predictions:
-                preds, op, name = _predictions_of(path, truth, args.device, out, "", args.breast_gate)
+                preds, op, name = _predictions_of(path, truth, args.device, out, "", args.breast_gate,
+                                                  args.score_mode)
                 ids = {p.image_id for p in preds}
                 fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
         else:
             source = args.model if args.model is not None else args.predictions[0]
-            fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "", args.breast_gate)))
+            fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "", args.breast_gate,
+                                                       args.score_mode)))
         op = fold_preds[0][2]
         if args.score_thresh is not None:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
@@ -112,7 +123,7 @@ def run(args: argparse.Namespace, settings) -> int:
         comparison, names = None, (fold_preds[0][3], "")
         if args.compare is not None:
             other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
-                                                   args.breast_gate)
+                                                   args.breast_gate, args.score_mode)
             comparison = compare(all_truth, all_preds, other, op=op)
             names = (fold_preds[0][3], other_name)
     except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:

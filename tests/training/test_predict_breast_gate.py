@@ -101,6 +101,18 @@ def test_predict_drops_the_boxes_the_gate_drops_and_no_breast_gate_keeps_them(ru
     count = lambda doc: sum(len(img["boxes"]) for img in doc["images"])  # noqa: E731
     assert count(on) == sum(len(p.boxes) for p in gated) < count(off) == sum(len(p.boxes) for p in every)
 
+    # --score-mode runs the detector with another box score than its run's, and the predictions file says which
+    lesion = tmp_path / "lesion"
+    assert main(["evaluate", "--model", str(root / "gated"), "--data", str(csv), "--out", str(lesion),
+                 "--n-boot", "10", "--score-mode", "lesion"]) == 0
+    by_lesion = json.loads((lesion / "predictions.json").read_text())
+    assert on["meta"]["score_mode"] == "class" and by_lesion["meta"]["score_mode"] == "lesion"
+    expected = predict(dataclasses.replace(loaded, network_config=dataclasses.replace(
+        loaded.network_config, score_mode="lesion")), samples)
+    for img, pred in zip(by_lesion["images"], expected, strict=True):
+        assert img["scores"] == pytest.approx(pred.scores.tolist(), abs=1e-6)
+    assert by_lesion["images"] != on["images"]
+
 
 def test_runs_made_before_the_setting_load_and_resume_with_its_default(runs, tmp_path):
     from training.export import load_run
