@@ -110,7 +110,7 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
                dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
-               tile_batch: int | None = None) -> Path:
+               tile_batch: int | None = None, score_mode: str | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -120,7 +120,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     ``"auto"``: the checkpoint's own ``val_threshold_at_1fp``, the operating point its whole validation images gave
     (refused when the run did not validate on whole images). ``tile_batch``: tiles per forward pass where the model
     will run, when not the training host's (a GPU run's 16 tiles at once costs a CPU worker memory and buys it
-    nothing; the boxes are the same); refused for a model without tiling.
+    nothing; the boxes are the same); refused for a model without tiling. ``score_mode``: how the detector scores
+    its boxes (``models.box_scores``) when not as it was validated, chosen on validation images with
+    ``mccad evaluate --score-mode``; the operating point must then be chosen in that mode too.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -138,6 +140,13 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
         if not 1 <= int(tile_batch) <= 256:
             raise ValueError(f"tile_batch must lie in 1-256, got {tile_batch}")
         tiling["batch"] = int(tile_batch)
+    if score_mode is not None:
+        if run.kind != "detector":
+            raise ValueError(f"{run_dir}: score_mode is a detector setting; this run trained a {run.kind}")
+        if score_thresh == AUTO_THRESHOLD and score_mode != run.network_config.score_mode:
+            raise ValueError(f"{run_dir}: the run validated its operating point with {run.network_config.score_mode} "
+                             f"scores, not {score_mode} ones: give --score-thresh chosen in {score_mode} mode")
+        run = dataclasses.replace(run, network_config=dataclasses.replace(run.network_config, score_mode=score_mode))
     arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
     thresholds = {}

@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-batch", type=int, default=None,
                    help="tiles per forward pass written into the manifest (default: the training run's); e.g. 2 "
                         "for CPU workers when the run trained on a GPU with 16: the same boxes, less memory")
+    p.add_argument("--score-mode", choices=("class", "lesion"), default=None,
+                   help="detector box score written into the manifest (default: the run's): class (a box per class, "
+                        "its probability; the paper's) or lesion (a box per proposal, 1 - P(background)); choose it "
+                        "and --score-thresh in that mode with 'mccad evaluate --score-mode' on validation images")
     p.set_defaults(func=run)
 
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace, settings) -> int:
         out = export_run(args.run, args.out, name=args.name, version=args.version, training_data=args.training_data,
                          synthetic_only=args.synthetic_only, metrics_json=args.metrics, dtype=args.dtype,
                          which=args.checkpoint, score_thresh=args.score_thresh,
-                         tile_batch=args.tile_batch)
+                         tile_batch=args.tile_batch, score_mode=args.score_mode)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(out)

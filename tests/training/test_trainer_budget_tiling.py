@@ -359,3 +359,10 @@ def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
         export_run(tmp_path / "run", tmp_path / "auto", dtype="float32", score_thresh="auto")
     with pytest.raises(ValueError, match="tile by tile"):  # a whole-image model has no tiles to batch
         export_run(tmp_path / "run", tmp_path / "tiles", dtype="float32", tile_batch=2)
+    # a score mode chosen on validation images after training is written with the threshold chosen in that mode
+    export_run(tmp_path / "run", tmp_path / "lesion", dtype="float32", score_thresh=0.7, score_mode="lesion")
+    assert load_manifest(tmp_path / "lesion").input_spec["detector"]["score_mode"] == "lesion"
+    assert load_detector(tmp_path / "lesion")[1].score_mode == "lesion"
+    assert load_manifest(tmp_path / "chosen").input_spec["detector"]["score_mode"] == "class"  # the run's own
+    with pytest.raises(ValueError, match="class scores"):  # the run's operating point was measured per class
+        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", score_mode="lesion")
