@@ -12,6 +12,11 @@ FROC) then ranks by lesion-ness; the benign/malignant call stays the likelier cl
 image is malignant if a malignant box is found") needs. The mode is a setting of the detector's manifest
 (``DetectorConfig.score_mode``): the network is the same, only its post-processing differs, so a model trained
 either way runs either way. Measured on the shipped model: ``models/weights/default/MODEL_CARD.md``.
+
+Not yet carried: the class split of a lesion box. The pipeline reads a box's probability of malignancy as its score
+(malignant box) or one minus it (benign box), the two-class reading that suits ``class`` scores; under ``lesion``
+scores that reading is rough (a malignant box of lesion score 0.9 may be 0.5 / 0.4 malignant / benign): to be carried
+through before a model ships with ``lesion`` scores.
 """
 from __future__ import annotations
 

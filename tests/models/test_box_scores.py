@@ -90,3 +90,15 @@ def test_score_mode_travels_through_the_manifest_and_older_manifests_mean_class(
     with pytest.raises(ValueError, match="score_mode"):
         set_score_mode(net, "max")
     assert math.isclose(loaded.score_thresh, config.score_thresh)
+
+
+def test_the_cli_offers_exactly_the_score_modes():
+    """``mccad evaluate`` and ``mccad export`` spell the modes out (importing torch to parse arguments would slow
+    every command); they must stay the modes the detector knows."""
+    from mccad.cli import build_parser
+    from models.box_scores import SCORE_MODES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command in ("evaluate", "export"):
+        option = next(a for a in sub.choices[command]._actions if a.dest == "score_mode")
+        assert tuple(option.choices) == SCORE_MODES
