@@ -252,11 +252,12 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     mask = breast_mask(pixels, spacing, view=view, laterality=laterality)
     # the background's own pixel noise: a cluster's peak contrast over it says how faint the cluster is
     # (``training.subgroups`` counts clusters found by that ratio)
-    record["noise_sigma"] = round(image_noise_sigma(pixels, mask), 6)
+    noise_sigma = image_noise_sigma(pixels, mask)
+    record["noise_sigma"] = round(noise_sigma, 6)
     low, high = recipe.clusters_per_image
     count = int(rng.integers(low, high + 1))
     clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns)
-    image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask)
+    image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask, noise_sigma=noise_sigma)
     distractors: list[InsertedLesion] = []
     if recipe.distractors_per_image[1] > 0:
         # a generator of their own: a set made without distractors stays byte for byte what it was

@@ -153,13 +153,15 @@ def _fits(mask: np.ndarray, points: np.ndarray, box: tuple[float, float, float, 
 def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Cluster], rng: np.random.Generator,
                     breast_mask: np.ndarray | None = None, *, view: str | None = None,
                     laterality: str | None = None, contrast_scale: float = 1.0,
-                    ) -> tuple[np.ndarray, list[InsertedLesion]]:
+                    noise_sigma: float | None = None) -> tuple[np.ndarray, list[InsertedLesion]]:
     """Insert ``clusters`` at random places of the breast of ``image`` (float in [0, 1], bright = dense).
 
     Each cluster is turned so that its duct axis (+x) points to the nipple, then placed where every calcification
     lies inside ``breast_mask`` (computed with :func:`training.simulate_background.breast_mask` when None) and its box
     overlaps no other inserted box; a cluster that finds no such place in ``PLACEMENT_TRIES`` draws is left out
-    (the returned list says what was inserted). Returns a new float32 image and one ``InsertedLesion`` per cluster.
+    (the returned list says what was inserted). ``noise_sigma``: the image's pixel noise when the caller has measured
+    it (:func:`training.simulate_background.image_noise_sigma` over ``breast_mask``), else measured here. Returns a
+    new float32 image and one ``InsertedLesion`` per cluster.
     """
     base = np.asarray(image, dtype=np.float32)
     if base.ndim != 2:
@@ -172,7 +174,7 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
     if candidates.size == 0 or not clusters:
         return out, []
     nipple = nipple_position(mask)
-    sigma_noise = image_noise_sigma(base, mask)
+    sigma_noise = image_noise_sigma(base, mask) if noise_sigma is None else float(noise_sigma)
     smooth_sigma = max(1.0 / spacing_mm, 1.0)
     lesions: list[InsertedLesion] = []
     taken: list[tuple[float, float, float, float]] = []
