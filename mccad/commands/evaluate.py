@@ -134,13 +134,10 @@ def run(args: argparse.Namespace, settings) -> int:
     summary = {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
                for lvl, b in metrics["levels"].items()}
     printed: dict = {"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}
-    if "subgroups" in metrics:  # a simulated set: which patterns were found at the operating point
-        printed["clusters_found_by_pattern"] = {
-            name: f"{g['found']['operating_point']}/{g['clusters']}"
-            for name, g in metrics["subgroups"]["by_pattern"].items()}
-        if "by_contrast_to_noise" in metrics["subgroups"]:  # faint (low CNR) against visible clusters
-            printed["clusters_found_by_contrast_to_noise"] = {
-                name: f"{g['found']['operating_point']}/{g['clusters']}"
-                for name, g in metrics["subgroups"]["by_contrast_to_noise"].items()}
+    # a simulated set: clusters found at the operating point by pattern and, where recorded, by contrast-to-noise
+    for key in ("by_pattern", "by_contrast_to_noise"):
+        if key in metrics.get("subgroups", {}):
+            printed[f"clusters_found_{key}"] = {name: f"{g['found']['operating_point']}/{g['clusters']}"
+                                                for name, g in metrics["subgroups"][key].items()}
     print(json.dumps(printed, indent=2, default=str))
     return 0
