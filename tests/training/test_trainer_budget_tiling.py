@@ -230,7 +230,9 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     from training.evaluate import froc_metrics
 
     (pred_a, pred_b) = predict(load_model(tmp_path / "run"), samples[2:])
-    expected = froc_metrics(samples[2:], [pred_a, pred_b])["all"]["threshold_at_fp_per_image"]["1.0"]
+    curve = froc_metrics(samples[2:], [pred_a, pred_b])["all"]
+    expected = curve["threshold_at_fp_per_image"]["1.0"]
+    assert row["val_froc_mean_sens"] == pytest.approx(curve["mean_sensitivity"], abs=1e-6)  # the tie-break
     assert row["val_threshold_at_1fp"] == pytest.approx(expected if expected is not None else math.nan, nan_ok=True,
                                                         abs=1e-5)
     # mccad export --score-thresh auto writes that operating point into the manifest

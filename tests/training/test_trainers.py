@@ -134,6 +134,22 @@ def test_early_stopping_follows_the_validation_metric():
         True, True, False, False]
     assert stopper.should_stop and stopper.best == 0.6 and stopper.best_epoch == 2
     assert not EarlyStopping(patience=None, best=0.9, bad_epochs=50).should_stop
+
+
+def test_epochs_tied_on_the_monitor_are_told_apart_by_the_tie_break():
+    """0.77 at 1 FP on epochs 1, 2 and 4: epoch 2 is better on the rest of its curve (tie-break 0.8 > 0.7), epoch 4 is
+    not (0.75); without tie-break values the first tied epoch stays, as before."""
+    from training.trainers.common import EarlyStopping
+
+    stopper = EarlyStopping(patience=None)
+    steps = [(0.77, 0.70), (0.77, 0.80), (0.70, 0.95), (0.77, 0.75), (0.77, float("nan"))]
+    assert [stopper.update(v, e, t) for e, (v, t) in enumerate(steps, start=1)] == [True, True, False, False, False]
+    assert stopper.best_epoch == 2 and stopper.tie == 0.8 and stopper.bad_epochs == 3
+    plain = EarlyStopping(patience=None)
+    assert [plain.update(v, e) for e, (v, _) in enumerate(steps, start=1)] == [True, False, False, False, False]
+    assert plain.best_epoch == 1
+    first_without = EarlyStopping(patience=None)  # an epoch with a tie-break value beats a tied one without
+    assert first_without.update(0.5, 1) and first_without.update(0.5, 2, 0.1) and first_without.best_epoch == 2
     with pytest.raises(ValueError, match="monitor"):
         DetectorTrainConfig(epochs=1, monitor="val_loss")
     with pytest.raises(ValueError, match="unknown detector settings"):

@@ -142,20 +142,29 @@ def config_defaults(cfg: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ early stopping
 @dataclass
 class EarlyStopping:
-    """Stop when the monitored validation metric (higher is better) has not improved for ``patience`` epochs."""
+    """Stop when the monitored validation metric (higher is better) has not improved for ``patience`` epochs.
+
+    ``tie`` is the best epoch's tie-break value: an epoch that equals the best monitored value and beats it there is
+    better (a FROC sensitivity on a few dozen validation images takes few distinct values, so epochs often tie on
+    it; without a tie-break the first of them stood, whatever the rest of its curve)."""
 
     patience: int | None
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
+    tie: float | None = None
 
-    def update(self, value: float | None, epoch: int) -> bool:
-        """Record an epoch's value; True when it is the best so far (a NaN or missing value never is)."""
+    def update(self, value: float | None, epoch: int, tie: float | None = None) -> bool:
+        """Record an epoch's value (and tie-break value); True when it is the best so far (a NaN or missing value
+        never is)."""
         if value is None or not math.isfinite(value):
             self.bad_epochs += 1
             return False
-        if self.best is None or value > self.best:
-            self.best, self.best_epoch, self.bad_epochs = float(value), epoch, 0
+        tie = tie if tie is not None and math.isfinite(tie) else None
+        ties_better = (self.best is not None and value == self.best and tie is not None
+                       and (self.tie is None or tie > self.tie))
+        if self.best is None or value > self.best or ties_better:
+            self.best, self.best_epoch, self.bad_epochs, self.tie = float(value), epoch, 0, tie
             return True
         self.bad_epochs += 1
         return False
@@ -184,6 +193,8 @@ class LoopSpec:
     batch_loss: Callable[[Sequence[int], torch.Generator], dict[str, torch.Tensor]]
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     monitor: str = "val_auc"
+    #: the validation metric that decides between epochs tied on ``monitor`` (None: the first of them stays)
+    tie_break: str | None = None
     build_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -298,7 +309,7 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
             with torch.no_grad():
                 record.update(spec.validate(model))
         monitored = record.get(spec.monitor)
-        improved = stopper.update(monitored, epoch)
+        improved = stopper.update(monitored, epoch, record.get(spec.tie_break) if spec.tie_break else None)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(record)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -314,7 +325,7 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
             "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
             "scaler": scaler.state_dict() if use_amp else None,
             "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch,
-                               "bad_epochs": stopper.bad_epochs},
+                               "bad_epochs": stopper.bad_epochs, "tie": stopper.tie},
             "config": cfg_dict, "metrics": record, "build": spec.build_info,
         }, last_path)
         with open(log_path, "a") as fh:
