@@ -28,7 +28,7 @@ import numpy as np
 
 from models.fusion import ImageVerdict, breast_verdict, image_verdict, match_lesions, suppress_cross_class
 from training.datasets.samples import Sample
-from training.froc import FrocImage, froc
+from training.froc import FrocImage, froc, froc_bootstrap
 from training.metrics import (
     bootstrap_auc,
     calibration_curve,
@@ -206,13 +206,30 @@ def level_metrics(cases: LevelCases, *, n_boot: int = 1000, seed: int = 0) -> di
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "calibration": calib.to_dict()}
 
 
-def froc_metrics(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], hit_iou: float = 0.1) -> dict:
-    """FROC over all boxes the predictions hold (class-agnostic, and malignant lesions with malignant boxes)."""
-    pairs = _join(truth, predictions)
-    images = [FrocImage(gt_boxes=s.boxes, pred_boxes=p.boxes, pred_scores=p.scores, gt_labels=s.labels,
-                        pred_labels=p.labels) for s, p in pairs]
-    return {"all": froc(images, hit_iou=hit_iou).to_dict(),
-            "malignant": froc(images, hit_iou=hit_iou, label="malignant").to_dict(), "hit_iou": hit_iou}
+def froc_metrics(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], hit_iou: float = 0.1, *,
+                 n_boot: int = 0, seed: int = 0, groups: Sequence[str] | None = None) -> dict:
+    """FROC over all boxes the predictions hold (class-agnostic, and malignant lesions with malignant boxes); with
+    ``n_boot``, each curve's ``ci``: bootstrap intervals of its sensitivities, resampling ``groups`` of images
+    (``training.froc.froc_bootstrap``; each image alone when None)."""
+    images = _froc_images(_join(truth, predictions))
+    out: dict[str, Any] = {"hit_iou": hit_iou}
+    for name, label in (("all", None), ("malignant", "malignant")):
+        out[name] = froc(images, hit_iou=hit_iou, label=label).to_dict()
+        if n_boot > 0:
+            out[name]["ci"] = froc_bootstrap(images, groups, n_boot=n_boot, seed=seed, hit_iou=hit_iou,
+                                             label=label).to_dict()
+    return out
+
+
+def _froc_images(pairs: Sequence[tuple[Sample, ImagePrediction]]) -> list[FrocImage]:
+    return [FrocImage(gt_boxes=s.boxes, pred_boxes=p.boxes, pred_scores=p.scores, gt_labels=s.labels,
+                      pred_labels=p.labels) for s, p in pairs]
+
+
+def _froc_groups(truth: Sequence[Sample], simulation: dict[str, dict[str, Any]] | None) -> list[str]:
+    from training.subgroups import resampling_group
+
+    return [resampling_group(s, simulation) for s in truth]
 
 
 def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
@@ -227,7 +244,8 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
     out: dict[str, Any] = {"operating_point": op.__dict__, "n_images": len(truth),
                            "levels": {name: level_metrics(c, n_boot=n_boot, seed=seed) for name, c in cases.items()}}
     if "lesion" in cases:
-        out["froc"] = froc_metrics(truth, predictions)
+        out["froc"] = froc_metrics(truth, predictions, n_boot=n_boot, seed=seed,
+                                   groups=_froc_groups(truth, simulation))
         if simulation is not None:
             breakdown = subgroup_metrics(_join(truth, predictions), simulation, op.score_thresh)
             if breakdown is not None:
@@ -236,9 +254,13 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
 
 
 def compare(truth: Sequence[Sample], a: Sequence[ImagePrediction], b: Sequence[ImagePrediction], *,
-            op: OperatingPoint = OperatingPoint()) -> dict[str, Any]:
+            op: OperatingPoint = OperatingPoint(), n_boot: int = 1000, seed: int = 0,
+            simulation: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """DeLong's test per level between two models scored on the same images (image and breast levels; the lesion
-    level pairs only when both models matched the same lesions)."""
+    level pairs only when both models matched the same lesions); for two detectors also ``froc``: the difference of
+    their FROC sensitivities (A - B) with a paired bootstrap interval over the same groups of images as
+    ``froc_metrics`` (which of two models finds more clusters at 1 false positive per image is then a figure with an
+    interval, not a count of 117 against 118)."""
     ca, cb = level_cases(truth, a, op), level_cases(truth, b, op)
     out = {}
     for level in ("image", "breast", "lesion"):
@@ -256,6 +278,13 @@ def compare(truth: Sequence[Sample], a: Sequence[ImagePrediction], b: Sequence[I
         if len(set(yt)) < 2:
             continue
         out[level] = {**delong_test(yt, sa, sb).to_dict(), "n": len(yt)}
+    if "lesion" in ca and "lesion" in cb and n_boot > 0:
+        images_a, images_b = _froc_images(_join(truth, a)), _froc_images(_join(truth, b))
+        at_a, at_b = froc(images_a).at_rates, froc(images_b).at_rates
+        diff = {str(r): at_a[r] - at_b[r] for r in at_a}
+        interval = froc_bootstrap(images_a, _froc_groups(truth, simulation), compare_to=images_b, n_boot=n_boot,
+                                  seed=seed)
+        out["froc"] = {"difference_at_fp_per_image": diff, **interval.to_dict()}
     return out
 
 

@@ -128,17 +128,38 @@ def _table2(metrics: dict[str, Any], model_name: str) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _with_interval(value: float, interval: list[float] | None) -> str:
+    return _num(value) + (f" ({_num(interval[0])} to {_num(interval[1])})" if interval else "")
+
+
 def _froc_table(froc: dict[str, Any]) -> str:
     rates = list(froc["all"]["sensitivity_at_fp_per_image"])
     head = "".join(f"<th>{r} FP/image</th>" for r in rates)
     rows = []
     for name in ("all", "malignant"):
         vals = froc[name]["sensitivity_at_fp_per_image"]
+        ci = froc[name].get("ci", {})
+        cis = ci.get("sensitivity_ci_at_fp_per_image", {})
         rows.append(f"<tr><td>{name} (n={froc[name]['n_lesions']})</td>"
-                    + "".join(f"<td>{_num(vals[r])}</td>" for r in rates)
-                    + f"<td>{_num(froc[name]['mean_sensitivity'])}</td></tr>")
+                    + "".join(f"<td>{_with_interval(vals[r], cis.get(r))}</td>" for r in rates)
+                    + f"<td>{_with_interval(froc[name]['mean_sensitivity'], ci.get('mean_sensitivity_ci'))}</td></tr>")
+    ci = froc["all"].get("ci")
+    note = (f" In brackets: {round(100 * ci['level'])}% percentile bootstrap intervals, {ci['n_boot']} resamples of "
+            f"{ci['n_groups']} groups of images (patients; for a simulated set, backgrounds)." if ci else "")
     return (f"<table><tr><th>lesions</th>{head}<th>mean</th></tr>{''.join(rows)}</table>"
-            f"<p>A box finds a lesion at IoU &ge; {froc['hit_iou']}.</p>")
+            f"<p>A box finds a lesion at IoU &ge; {froc['hit_iou']}.{note}</p>")
+
+
+def _froc_difference_table(froc: dict[str, Any], names: tuple[str, str]) -> str:
+    rates = list(froc["difference_at_fp_per_image"])
+    cis = froc["sensitivity_ci_at_fp_per_image"]
+    share = froc.get("share_of_resamples_not_above", {})
+    rows = "".join(f"<tr><td>{r}</td><td>{_with_interval(froc['difference_at_fp_per_image'][r], cis.get(r))}</td>"
+                   f"<td>{_num(share.get(r))}</td></tr>" for r in rates)
+    return (f"<table><tr><th>FP/image</th><th>sensitivity {html.escape(names[0])} - {html.escape(names[1])} "
+            f"(95% CI)</th><th>share of resamples with no gain</th></tr>{rows}</table>"
+            f"<p>Paired bootstrap: {froc['n_boot']} resamples of {froc['n_groups']} groups of images, the same images "
+            "for both models.</p>")
 
 
 def _kfold_table(folds: dict[str, Any], model_name: str) -> str:
@@ -159,7 +180,7 @@ def _delong_table(comparison: dict[str, Any], names: tuple[str, str]) -> str:
     rows = "".join(
         f"<tr><td>{lvl}</td><td>{r['n']}</td><td>{_num(r['auc_a'])}</td><td>{_num(r['auc_b'])}</td>"
         f"<td>{_num(r['difference'])} ({_num(r['ci_low'])} to {_num(r['ci_high'])})</td><td>{_num(r['z'])}</td>"
-        f"<td>{_num(r['p_value'])}</td></tr>" for lvl, r in comparison.items())
+        f"<td>{_num(r['p_value'])}</td></tr>" for lvl, r in comparison.items() if lvl != "froc")
     return (f"<table><tr><th>Level</th><th>n</th><th>AUC {html.escape(names[0])}</th>"
             f"<th>AUC {html.escape(names[1])}</th><th>difference (95% CI)</th><th>z</th><th>p (DeLong)</th></tr>"
             f"{rows}</table>")
@@ -195,6 +216,9 @@ def write_report(metrics: dict[str, Any], out_dir: Path, *, title: str = "mccad 
         body.append("<h2>Detection (FROC)</h2>" + _froc_table(metrics["froc"]))
     if comparison:
         body.append("<h2>Model comparison (DeLong)</h2>" + _delong_table(comparison, comparison_names))
+        if "froc" in comparison:
+            body.append("<h2>Model comparison (FROC)</h2>" + _froc_difference_table(comparison["froc"],
+                                                                                   comparison_names))
     if metrics.get("kfold"):
         body.append(f"<h2>{len(next(iter(metrics['kfold'].values()))['folds'])}-fold cross-validation "
                     "(Table 3 layout)</h2>" + _kfold_table(metrics["kfold"], model_name))

@@ -57,6 +57,18 @@ def simulation_records(data: Path | str) -> dict[str, dict[str, Any]] | None:
         return None  # not a simulation record of ours: no breakdown rather than a failed evaluation
 
 
+def resampling_group(sample: Sample, records: dict[str, dict[str, Any]] | None) -> str:
+    """The unit a bootstrap resamples ``sample`` with (``training.froc.froc_bootstrap``): for a simulated image its
+    background (every image made on one real background shares that background's own structures and so its false
+    positives; a phantom is one synthetic woman), for any other image its patient."""
+    record = records.get(sample.image_id) if records else None
+    if record is None:
+        return f"patient {sample.patient_id}"
+    if record.get("source") == "real":
+        return background_of(record)
+    return f"phantom {record.get('phantom_patient', sample.patient_id)}"
+
+
 def background_of(record: dict[str, Any]) -> str:
     """``phantom``, or ``real <index>`` (with the file's name when the background came from a folder)."""
     if record.get("source") != "real":

@@ -20,6 +20,13 @@ import sys
 from pathlib import Path
 
 
+def _with_intervals(values: dict[str, float], ci: dict | None) -> dict[str, str]:
+    """``{"1.0": "0.772 (0.651 to 0.870)"}``: each FROC figure with its interval, for the printed summary."""
+    cis = (ci or {}).get("sensitivity_ci_at_fp_per_image", {})
+    return {rate: f"{v:.3f}" + (f" ({cis[rate][0]:.3f} to {cis[rate][1]:.3f})" if rate in cis else "")
+            for rate, v in values.items()}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model or saved predictions against annotated ground truth")
     p.add_argument("--truth", "--data", dest="truth", type=Path, required=True, help="annotation file (ground truth)")
@@ -31,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", type=Path, default=None, help="second model (predictions, model or run folder)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--score-thresh", type=float, default=None, help="operating score threshold (default: model's)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for AUC intervals")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for AUC and FROC intervals")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-breast-gate", dest="breast_gate", action="store_false",
                    help="run detectors without the breast gate their manifest or run asks for (boxes centred outside "
@@ -115,8 +122,8 @@ def run(args: argparse.Namespace, settings) -> int:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
         all_truth = [s for f in fold_preds for s in f[0]]
         all_preds = [p for f in fold_preds for p in f[1]]
-        metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot,
-                           simulation=simulation_records(args.truth))
+        simulation = simulation_records(args.truth)
+        metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
         if len(fold_preds) > 1:
             per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]
             metrics["kfold"] = evaluate_folds(per_fold)
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace, settings) -> int:
         if args.compare is not None:
             other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
                                                    args.breast_gate, args.score_mode)
-            comparison = compare(all_truth, all_preds, other, op=op)
+            comparison = compare(all_truth, all_preds, other, op=op, n_boot=args.n_boot, simulation=simulation)
             names = (fold_preds[0][3], other_name)
     except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:
         raise UserError(str(exc)) from exc
@@ -134,6 +141,12 @@ def run(args: argparse.Namespace, settings) -> int:
     summary = {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
                for lvl, b in metrics["levels"].items()}
     printed: dict = {"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}
+    if "froc" in metrics:  # sensitivity at each FP rate, with its bootstrap interval when one was drawn
+        curve = metrics["froc"]["all"]
+        printed["froc_sensitivity"] = _with_intervals(curve["sensitivity_at_fp_per_image"], curve.get("ci"))
+    if comparison and "froc" in comparison:
+        printed["froc_difference"] = _with_intervals(comparison["froc"]["difference_at_fp_per_image"],
+                                                     comparison["froc"])
     # a simulated set: clusters found at the operating point by pattern and, where recorded, by contrast-to-noise
     for key in ("by_pattern", "by_contrast_to_noise"):
         if key in metrics.get("subgroups", {}):

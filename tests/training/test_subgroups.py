@@ -113,11 +113,19 @@ def test_mccad_evaluate_writes_the_breakdown_for_a_simulated_set_only(simulated,
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert metrics["subgroups"]["thresholds"]["operating_point"] == 0.85
+    low, high = metrics["froc"]["all"]["ci"]["sensitivity_ci_at_fp_per_image"]["1.0"]
+    assert printed["froc_sensitivity"]["1.0"] == (
+        f"{metrics['froc']['all']['sensitivity_at_fp_per_image']['1.0']:.3f} ({low:.3f} to {high:.3f})")
     assert printed["clusters_found_by_pattern"] == {
         name: f"{g['found']['operating_point']}/{g['clusters']}" for name, g in metrics["subgroups"]["by_pattern"].items()}
     assert printed["clusters_found_by_contrast_to_noise"] == {
         name: f"{g['found']['operating_point']}/{g['clusters']}"
         for name, g in metrics["subgroups"]["by_contrast_to_noise"].items()}
+
+    # a detector compared with itself: no difference, in every resample
+    assert main(["evaluate", "--predictions", str(path), "--compare", str(path), "--truth", str(csv),
+                 "--out", str(tmp_path / "rep-same"), "--n-boot", "10"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["froc_difference"].values()) == {"0.000 (0.000 to 0.000)"}
 
     tiny = write_tiny_samples(tmp_path / "tiny", 2)  # an annotated set of another origin: no simulated.json
     tiny_csv = write_paper_csv(tmp_path / "tiny" / "annotations.csv", {
