@@ -6,6 +6,7 @@ Ways in:
   mccad evaluate --predictions P.json --truth CSV --out DIR         evaluate saved predictions
   mccad evaluate --predictions F1.json F2.json ... --truth CSV      one file per fold: Table 3 plus pooled metrics
   mccad evaluate --kfold RUN --data CSV --out DIR                    every fold of 'mccad train --folds k'
+  mccad evaluate --model MODEL --data A.csv B.csv --out DIR          several sets pooled into one evaluation
   add --compare OTHER (predictions file, model or run folder) for DeLong's test between two models.
   add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect;
   add --score-mode class|lesion to run detectors with another box score than their manifest's (``models.box_scores``).
@@ -29,7 +30,9 @@ def _with_intervals(values: dict[str, float], ci: dict | None) -> dict[str, str]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model or saved predictions against annotated ground truth")
-    p.add_argument("--truth", "--data", dest="truth", type=Path, required=True, help="annotation file (ground truth)")
+    p.add_argument("--truth", "--data", dest="truth", type=Path, nargs="+", required=True,
+                   help="annotation file(s) (ground truth); several are pooled into one evaluation, each image named "
+                        "<its file's folder>/<its name> (e.g. two simulated validation sets: narrower intervals)")
     p.add_argument("--format", default="paper_csv", help="dataset format of --truth (default paper_csv)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", type=Path, nargs="+", help="predictions file(s); several = one per fold")
@@ -76,6 +79,35 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     return preds, op, f"{loaded.description['name']} {loaded.description['version']}"
 
 
+def _read_truths(paths: list[Path], fmt: str) -> tuple[list, dict | None]:
+    """The samples of one or several annotation files, and their ``simulated.json`` records (None unless every file
+    has them). Pooled files prefix each image's name with its file's folder (made unique), since two sets made by
+    ``mccad simulate`` both name their first image ``images/000000.png``; a background shared by two simulated sets
+    stays one background (``training.subgroups.background_of``), so its false positives are counted together."""
+    from training.datasets.readers import read_dataset
+    from training.subgroups import simulation_records
+
+    if len(paths) == 1:
+        return read_dataset(paths[0], fmt), simulation_records(paths[0])
+    samples: list = []
+    records: dict | None = {}
+    prefixes: set[str] = set()
+    for k, path in enumerate(paths):
+        prefix = path.resolve().parent.name or f"set{k + 1}"
+        if prefix in prefixes:
+            prefix = f"{prefix}-{k + 1}"
+        prefixes.add(prefix)
+        sim = simulation_records(path)
+        for sample in read_dataset(path, fmt):
+            name = f"{prefix}/{sample.image_id}"
+            samples.append(dataclasses.replace(sample, image_id=name))
+            if sim is not None and records is not None and sample.image_id in sim:
+                records[name] = sim[sample.image_id]
+        if sim is None:
+            records = None
+    return samples, records
+
+
 def _device(device: str) -> str:
     import torch
 
@@ -84,18 +116,18 @@ def _device(device: str) -> str:
 
 def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
-    from training.datasets.readers import read_dataset
     from models.errors import RegistryError
     from training.datasets.samples import DatasetError
     from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds
     from training.report import write_report
-    from training.subgroups import simulation_records
     from training.trainers.common import TrainingError
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     try:
-        truth = read_dataset(args.truth, args.format)
+        if args.kfold is not None and len(args.truth) > 1:
+            raise UserError("--kfold evaluates the annotation file the folds were made from: give one --data")
+        truth, simulation = _read_truths(args.truth, args.format)
         by_id = {s.image_id: s for s in truth}
         fold_preds = []
         if args.kfold is not None:
@@ -122,7 +154,6 @@ def run(args: argparse.Namespace, settings) -> int:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
         all_truth = [s for f in fold_preds for s in f[0]]
         all_preds = [p for f in fold_preds for p in f[1]]
-        simulation = simulation_records(args.truth)
         metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
         if len(fold_preds) > 1:
             per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]

@@ -159,3 +159,32 @@ def test_false_positives_at_the_same_place_of_a_real_background_are_counted_as_r
     # below the operating point nothing counts
     assert subgroup_metrics(list(zip(samples, predictions)), records, 0.95)["false_positives_by_background"][
         background_of(next(iter(records.values())))]["recurring_at_operating_point"] == 0
+
+
+def test_mccad_evaluate_pools_several_simulated_sets(tmp_path, capsys):
+    """Two sets made by `mccad simulate` both name their images images/000000.png ...: pooled, each image is named by
+    its set's folder, the breakdown covers both, and a real background both sets use is one resampling group."""
+    from mccad.cli import main
+
+    csvs, predictions = [], []
+    for name, seed in (("val-a", 5), ("val-b", 6)):
+        csv = make_simulated_dataset(tmp_path / name, 4, seed=seed, sources=("real",), real_images=[5],
+                                     spacing_mm=0.4, clusters_per_image=(1, 1))
+        csvs.append(str(csv))
+        predictions += [ImagePrediction(f"{name}/{s.image_id}", np.asarray([s.lesions[0].box]), ["malignant"],
+                                        np.asarray([0.9])) for s in read_dataset(csv)]
+    path = write_predictions(tmp_path / "pooled.json", predictions)
+    assert main(["evaluate", "--predictions", str(path), "--truth", *csvs, "--out", str(tmp_path / "rep"),
+                 "--n-boot", "10"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics["n_images"] == 8 and metrics["froc"]["all"]["n_lesions"] == 8
+    assert metrics["froc"]["all"]["ci"]["n_groups"] == 1  # both sets drew every image from real background 5
+    assert metrics["subgroups"]["false_positives_by_background"]["real 5"]["images"] == 8
+    # predictions named as one set names its images do not match the pooled sets
+    single = write_predictions(tmp_path / "single.json", [
+        ImagePrediction(p.image_id.split("/", 1)[1], p.boxes, p.labels, p.scores) for p in predictions[:4]])
+    assert main(["evaluate", "--predictions", str(single), "--truth", *csvs, "--out", str(tmp_path / "rep2")]) == 2
+    assert "no prediction" in capsys.readouterr().err
+    assert main(["evaluate", "--kfold", str(tmp_path), "--truth", *csvs, "--out", str(tmp_path / "rep3")]) == 2
+    assert "give one --data" in capsys.readouterr().err
