@@ -118,11 +118,16 @@ class DetectorConfig(ManifestConfig):
 
 @dataclass
 class Detections:
-    """The boxes of one image in model-input pixels (x0, y0, x1, y1), label ids 1 benign / 2 malignant."""
+    """The boxes of one image in model-input pixels (x0, y0, x1, y1), label ids 1 benign / 2 malignant.
+
+    ``malignancy``: per box, P(malignant) / (P(benign) + P(malignant)) of the box head, carried under ``lesion``
+    scores (``models.box_scores``), where the score says how likely a lesion is, not which class; None under
+    ``class`` scores, whose score is itself the class probability."""
 
     boxes: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
+    malignancy: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -130,7 +135,16 @@ class Detections:
     def take(self, indices: np.ndarray) -> "Detections":
         """The boxes at ``indices``, in that order (a filter's survivors)."""
         return Detections(boxes=np.asarray(self.boxes)[indices].reshape(-1, 4), labels=np.asarray(self.labels)[indices],
-                          scores=np.asarray(self.scores)[indices])
+                          scores=np.asarray(self.scores)[indices],
+                          malignancy=None if self.malignancy is None else np.asarray(self.malignancy)[indices])
+
+    def malignancy_probability(self, k: int) -> float:
+        """Box ``k``'s P(malignant): the carried class split, else the paper's two-class reading of its score (the
+        score of a malignant box, one minus that of a benign one)."""
+        if self.malignancy is not None:
+            return float(self.malignancy[k])
+        score = float(self.scores[k])
+        return score if int(self.labels[k]) == CLASS_NAMES.index("malignant") else 1.0 - score
 
 
 def build_detector(
@@ -240,16 +254,18 @@ def detect(model: FasterRCNN, images: list[torch.Tensor], config: DetectorConfig
     apply_thresholds(model, config)
     model.eval()
     device = model_device(model)
+    model.roi_heads.mccad_malignancy = None  # lesion scores leave the class split of this pass here
     with torch.inference_mode():
         batch = [to_three_channels(img.to(device=device, dtype=torch.float32)) for img in images]
         outputs = model(batch)
+    split = model.roi_heads.mccad_malignancy if config.score_mode == "lesion" else None
     results = []
-    for out in outputs:
-        boxes = out["boxes"].float().cpu().numpy().astype(np.float32)
-        labels = out["labels"].cpu().numpy().astype(np.int64)
-        scores = out["scores"].float().cpu().numpy().astype(np.float32)
-        if config.cross_class_suppression and len(boxes):
-            keep = suppress_cross_class(boxes, labels, scores, iou=config.cross_class_iou)
-            boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
-        results.append(Detections(boxes=boxes.reshape(-1, 4), labels=labels, scores=scores))
+    for k, out in enumerate(outputs):
+        det = Detections(boxes=out["boxes"].float().cpu().numpy().astype(np.float32).reshape(-1, 4),
+                         labels=out["labels"].cpu().numpy().astype(np.int64),
+                         scores=out["scores"].float().cpu().numpy().astype(np.float32),
+                         malignancy=None if split is None else split[k].float().cpu().numpy().astype(np.float32))
+        if config.cross_class_suppression and len(det):
+            det = det.take(suppress_cross_class(det.boxes, det.labels, det.scores, iou=config.cross_class_iou))
+        results.append(det)
     return results

@@ -201,8 +201,8 @@ class Pipeline:
             for k, (box, label_id, score) in enumerate(zip(boxes, det.labels, det.scores)):
                 lesion_counter += 1
                 label = CLASS_NAMES[int(label_id)]
-                # two-class reading of the box score, as the paper's image rule does: P(malignant) = 1 - P(benign)
-                malignant_score = float(score) if label == "malignant" else 1.0 - float(score)
+                # the box head's class split under lesion scores, else the paper's two-class reading of the score
+                malignant_score = det.malignancy_probability(k)
                 lesions.append(LesionResult(
                     lesion_id=lesion_counter, box=BoxXYXY(x0=float(box[0]), y0=float(box[1]), x1=float(box[2]),
                                                            y1=float(box[3])),

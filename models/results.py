@@ -36,7 +36,9 @@ class LesionResult(BaseModel):
     box: BoxXYXY
     label: Label
     probability: float = Field(ge=0.0, le=1.0, description="detector score of the predicted class")
-    malignancy_probability: float = Field(ge=0.0, le=1.0, description="P(malignant): the box score if malignant, else 1 - its benign score")
+    malignancy_probability: float = Field(
+        ge=0.0, le=1.0, description="P(malignant): the box score if malignant, else 1 - its benign score (class "
+                                    "scores); the box head's P(malignant) / (P(benign) + P(malignant)) (lesion scores)")
     invasive_incl_microinvasion_probability: float | None = Field(
         default=None, description="P(invasive incl. microinvasion) vs pure DCIS; malignant lesions only")
     invasive_excl_microinvasion_probability: float | None = Field(

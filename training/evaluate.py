@@ -57,13 +57,25 @@ class ImagePrediction:
     labels: list[str] = field(default_factory=list)  # 'benign' / 'malignant' per box
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     image_probability: float | None = None  # an image classifier's P(malignant), e.g. SPPNet
+    #: per box, the detector's class split P(malignant) / (P(benign) + P(malignant)) under lesion scores
+    #: (``models.detector.Detections.malignancy``); None: read P(malignant) off the score (class scores)
+    malignancy: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"image_id": self.image_id, "boxes": np.asarray(self.boxes).reshape(-1, 4).tolist(),
                              "labels": list(self.labels), "scores": np.asarray(self.scores).reshape(-1).tolist()}
         if self.image_probability is not None:
             d["image_probability"] = float(self.image_probability)
+        if self.malignancy is not None:
+            d["malignancy"] = np.asarray(self.malignancy).reshape(-1).tolist()
         return d
+
+    def malignancy_probability(self, k: int) -> float:
+        """Box ``k``'s P(malignant), as the pipeline reports it (``models.detector.Detections``)."""
+        if self.malignancy is not None:
+            return float(self.malignancy[k])
+        score = float(self.scores[k])
+        return score if self.labels[k] == "malignant" else 1.0 - score
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImagePrediction":
@@ -74,7 +86,12 @@ class ImagePrediction:
             raise EvaluationError(f"prediction for {d.get('image_id')!r}: {len(boxes)} boxes, {len(labels)} labels "
                                   f"and {len(scores)} scores must match")
         p = d.get("image_probability")
-        return cls(str(d["image_id"]), boxes, labels, scores, None if p is None else float(p))
+        split = d.get("malignancy")
+        malignancy = None if split is None else np.asarray(split, dtype=np.float64).reshape(-1)
+        if malignancy is not None and len(malignancy) != len(scores):
+            raise EvaluationError(f"prediction for {d.get('image_id')!r}: {len(malignancy)} malignancy values for "
+                                  f"{len(scores)} boxes")
+        return cls(str(d["image_id"]), boxes, labels, scores, None if p is None else float(p), malignancy)
 
 
 def write_predictions(path: Path, predictions: Sequence[ImagePrediction], meta: dict[str, Any] | None = None) -> Path:
@@ -102,16 +119,23 @@ class OperatingPoint:
     cross_class_iou: float = 0.5
 
 
-def kept_boxes(pred: ImagePrediction, op: OperatingPoint) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The boxes that survive the score threshold and the cross-class suppression."""
+def kept_indices(pred: ImagePrediction, op: OperatingPoint) -> np.ndarray:
+    """Indices of the boxes that survive the score threshold and the cross-class suppression."""
     boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
     keep = np.flatnonzero(scores >= op.score_thresh)
-    boxes, scores, labels = boxes[keep], scores[keep], [pred.labels[i] for i in keep]
-    if op.cross_class_suppression and len(boxes):
-        idx = suppress_cross_class(boxes, labels, scores, iou=op.cross_class_iou)
-        boxes, scores, labels = boxes[idx], scores[idx], [labels[i] for i in idx]
-    return boxes, labels, scores
+    if op.cross_class_suppression and len(keep):
+        idx = suppress_cross_class(boxes[keep], [pred.labels[i] for i in keep], scores[keep], iou=op.cross_class_iou)
+        keep = keep[np.asarray(idx, dtype=np.int64)]
+    return keep
+
+
+def kept_boxes(pred: ImagePrediction, op: OperatingPoint) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The boxes that survive the score threshold and the cross-class suppression."""
+    keep = kept_indices(pred, op)
+    boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)[keep]
+    scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)[keep]
+    return boxes, [pred.labels[i] for i in keep], scores
 
 
 def image_level_verdict(pred: ImagePrediction, op: OperatingPoint) -> ImageVerdict:
@@ -167,15 +191,15 @@ def level_cases(truth: Sequence[Sample], predictions: Sequence[ImagePrediction],
         breasts[sample.breast_key].append((sample, verdict))
         if not has_boxes or not sample.lesions:
             continue
-        boxes, labels, scores = kept_boxes(pred, op)
-        matches = match_lesions(sample.boxes, boxes)
+        keep = kept_indices(pred, op)
+        matches = match_lesions(sample.boxes, np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)[keep])
         for k, (les, j) in enumerate(zip(sample.lesions, matches)):
             if j is None:
                 lesion.unmatched += 1
                 continue
-            p_malignant = float(scores[j]) if labels[j] == "malignant" else 1.0 - float(scores[j])
-            lesion.add(int(les.label == "malignant"), p_malignant, int(labels[j] == "malignant"),
-                       sample.patient_id, f"{sample.image_id}#{k + 1}")
+            box = int(keep[j])
+            lesion.add(int(les.label == "malignant"), pred.malignancy_probability(box),
+                       int(pred.labels[box] == "malignant"), sample.patient_id, f"{sample.image_id}#{k + 1}")
     for (patient, side), members in sorted(breasts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         cc = _strongest([v for s, v in members if (s.view or "").upper() in CC_VIEWS])
         mlo = _strongest([v for s, v in members if (s.view or "").upper() in MLO_VIEWS])

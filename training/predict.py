@@ -105,7 +105,8 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
                 det = gate.apply(det, prep.pixels, gate_spacing)
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))
             out.append(ImagePrediction(sample.image_id, boxes, [LABEL_NAMES[int(v)] for v in det.labels],
-                                       det.scores.astype(np.float64)))
+                                       det.scores.astype(np.float64),
+                                       malignancy=None if det.malignancy is None else det.malignancy.astype(np.float64)))
         elif loaded.kind == "sppnet":
             p = float(classify(loaded.model, [tensor], loaded.network_config)[0, 1])
             out.append(ImagePrediction(sample.image_id, image_probability=p))

@@ -51,6 +51,8 @@ def test_lesion_mode_gives_one_box_per_proposal_scored_by_one_minus_background(m
     assert labels[0][order].tolist()[1] == 2  # the likelier class names the box (0.4 malignant over 0.1 benign)
     assert labels[0][order].tolist()[0] in (1, 2)  # a tie: either class, one box
     torch.testing.assert_close(boxes[0][order], torch.tensor([[10.0, 10.0, 30.0, 30.0], [60.0, 60.0, 90.0, 80.0]]))
+    # each box keeps its class split P(malignant) / (P(benign) + P(malignant)): 0.45 / 0.9 and 0.4 / 0.5
+    torch.testing.assert_close(heads.mccad_malignancy[0][order], torch.tensor([0.5, 0.8]))
     # at 0.6 the ambiguous lesion still stands (0.9); per class it would be gone (0.45 each)
     heads.score_thresh = 0.6
     assert len(heads.postprocess_detections(*_heads_inputs())[0][0]) == 1
@@ -71,6 +73,17 @@ def test_detect_follows_the_configs_score_mode_and_lesion_scores_bound_class_sco
     assert lesion.scores.max() >= per_class.scores.max() - 1e-6
     assert len(lesion) <= len(per_class)  # one box per proposal instead of one per class
     assert model.mccad_config.score_mode == "lesion"  # detect applied the config to the model
+    # lesion boxes carry their class split, and it agrees with their label; class boxes carry none (their score is it)
+    assert per_class.malignancy is None and lesion.malignancy is not None and len(lesion.malignancy) == len(lesion)
+    assert ((lesion.malignancy >= 0.5) == (lesion.labels == 2)).all()
+    assert [lesion.malignancy_probability(k) for k in range(len(lesion))] == lesion.malignancy.tolist()
+    assert per_class.malignancy_probability(0) == pytest.approx(
+        per_class.scores[0] if per_class.labels[0] == 2 else 1 - per_class.scores[0])
+    # the cross-class suppression keeps each survivor's own split
+    suppressed = detect(model, [image], DetectorConfig(**{**loose.to_dict(), "score_mode": "lesion",
+                                                          "cross_class_suppression": True}))[0]
+    pairs = {tuple(b.round(3)): m for b, m in zip(lesion.boxes, lesion.malignancy)}
+    assert all(pairs[tuple(b.round(3))] == m for b, m in zip(suppressed.boxes, suppressed.malignancy))
 
 
 def test_score_mode_travels_through_the_manifest_and_older_manifests_mean_class(tmp_path):

@@ -157,3 +157,25 @@ def test_a_bundle_with_the_breast_gate_drops_boxes_centred_outside_the_breast(ti
     override = Pipeline(plain.detector, plain.detector_config, plain.detector_manifest, explain=False,
                         breast_gate=BreastGate(0.0))
     assert _centres(override.analyze([image]).result) == kept
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_lesion_scored_boxes_report_the_box_heads_class_split(tiny_model_dir, tmp_path) -> None:
+    """Under lesion scores a box's score is P(lesion), so its P(malignant) is the box head's class split, which the
+    label follows (the likelier class), not the score or one minus it; under class scores the paper's reading stays."""
+    import json
+
+    folder = _gated_bundle(tiny_model_dir, tmp_path / "lesion", {"margin_mm": 0.0})
+    manifest = json.loads((folder / "detector" / "manifest.json").read_text())
+    manifest["input_spec"]["detector"]["score_mode"] = "lesion"
+    (folder / "detector" / "manifest.json").write_text(json.dumps(manifest))
+    image, _ = _breast_with_label()
+    lesions = Pipeline.from_model_dir(folder, device="cpu", explain=False).analyze([image]).result.images[0].lesions
+    assert len(lesions) >= 2
+    assert all((les.malignancy_probability >= 0.5) == (les.label == "malignant") for les in lesions)
+    assert any(all(abs(les.malignancy_probability - p) > 1e-3 for p in (les.probability, 1 - les.probability))
+               for les in lesions)
+    plain = Pipeline.from_model_dir(_gated_bundle(tiny_model_dir, tmp_path / "class", None), device="cpu",
+                                    explain=False).analyze([image]).result.images[0].lesions
+    assert plain and all(les.malignancy_probability == pytest.approx(
+        les.probability if les.label == "malignant" else 1 - les.probability) for les in plain)

@@ -119,6 +119,29 @@ def test_cross_class_suppression_and_the_detection_cap_apply_after_merging():
     assert len(merge_tile_detections([(LEFT, _dets([], [], []))], (256, 448), CONFIG)) == 0
 
 
+def test_the_class_split_of_lesion_boxes_travels_with_them():
+    """Under lesion scores each box carries P(malignant | lesion): a joined lesion keeps its best piece's, NMS and the
+    cross-class suppression keep each survivor's own; tiles that carry none give a merge that carries none."""
+    def split(boxes, labels, scores, malignancy):
+        return Detections(boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
+                          scores=np.asarray(scores, np.float32), malignancy=np.asarray(malignancy, np.float32))
+
+    merged = merge_tile_detections([
+        (LEFT, split([[230, 50, 256, 80], [10, 10, 60, 60]], [1, 1], [0.9, 0.7], [0.2, 0.1])),
+        (RIGHT, split([[38, 52, 108, 81], [20, 100, 50, 130]], [1, 2], [0.5, 0.8], [0.4, 0.95])),
+        ((0, 0, 256, 256), split([[12, 10, 62, 60]], [2], [0.6], [0.7])),  # drops the benign box at 10-60
+    ], (256, 448), CONFIG, join=True)
+    got = {tuple(np.round(b).astype(int)): (int(l), float(m)) for b, l, m in
+           zip(merged.boxes, merged.labels, merged.malignancy)}
+    assert got == {(230, 50, 300, 81): (1, pytest.approx(0.2)),  # joined: the 0.9 piece's split, not the 0.5 one's
+                   (212, 100, 242, 130): (2, pytest.approx(0.95)), (12, 10, 62, 60): (2, pytest.approx(0.7))}
+    assert [merged.malignancy_probability(k) for k in range(len(merged))] == merged.malignancy.tolist()
+    mixed = merge_tile_detections([(LEFT, split([[10, 10, 60, 60]], [2], [0.9], [0.8])),
+                                   (RIGHT, _dets([[20, 100, 50, 130]], [2], [0.8]))], (256, 448), CONFIG)
+    assert len(mixed) == 2 and mixed.malignancy is None
+    assert mixed.malignancy_probability(1) == pytest.approx(0.8)  # class scores: the malignant box's score
+
+
 def test_tiny_detector_runs_tile_by_tile_at_native_resolution():
     torch.manual_seed(0)
     config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,

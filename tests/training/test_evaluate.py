@@ -11,6 +11,7 @@ import pytest
 from mccad.cli import main
 from training.datasets.samples import Lesion, Sample
 from training.evaluate import (
+    EvaluationError,
     ImagePrediction,
     OperatingPoint,
     compare,
@@ -149,3 +150,23 @@ def test_cli_evaluates_saved_predictions(tmp_path, capsys):
     saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert saved["levels"]["image"]["table"]["accuracy"] == 1.0 and saved["levels"]["breast"]["n"] == 12
     assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_lesion_level_reads_the_carried_class_split_and_predictions_keep_it(tmp_path):
+    """A box scored by lesion-ness (0.9) with a class split of 0.2: the lesion level scores P(malignant) = 0.2, not
+    0.9; without the split the paper's reading stands; a predictions file keeps the split and refuses a wrong one."""
+    truth = _truth(2)
+    sample = next(s for s in truth if s.lesions)
+    box = np.asarray([sample.lesions[0].box])
+    with_split = ImagePrediction(sample.image_id, box, ["malignant"], np.asarray([0.9]), malignancy=np.asarray([0.2]))
+    without = ImagePrediction(sample.image_id, box, ["malignant"], np.asarray([0.9]))
+    assert level_cases([sample], [with_split])["lesion"].y_score == [pytest.approx(0.2)]
+    assert level_cases([sample], [without])["lesion"].y_score == [pytest.approx(0.9)]
+    path = write_predictions(tmp_path / "p.json", [with_split, without])
+    again, _ = read_predictions(path)
+    assert again[0].malignancy.tolist() == [0.2] and again[1].malignancy is None
+    broken = json.loads(path.read_text())
+    broken["images"][0]["malignancy"] = [0.2, 0.3]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(EvaluationError, match="malignancy"):
+        read_predictions(tmp_path / "broken.json")
