@@ -113,6 +113,8 @@ def write_figures(metrics: dict[str, Any], out_dir: Path, prefix: str = "") -> d
                                                         f"{level} level (normalised)").name
     if "froc" in metrics:
         figs["froc"] = plot_froc(metrics["froc"], out_dir / f"{prefix}froc.png", "FROC").name
+    if metrics.get("false_positive_sheet"):  # drawn from the images by training.false_positive_sheet
+        figs["false_positives"] = metrics["false_positive_sheet"]["file"]
     return figs
 
 

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--score-thresh", type=float, default=None, help="operating score threshold (default: model's)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for AUC and FROC intervals")
+    p.add_argument("--false-positives", type=int, default=30, metavar="N",
+                   help="draw a detector's N best-scored false positives at the operating point as a contact sheet "
+                        "(false_positives.png, listed in metrics.json; 0: none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-breast-gate", dest="breast_gate", action="store_false",
                    help="run detectors without the breast gate their manifest or run asks for (boxes centred outside "
@@ -155,6 +158,15 @@ def run(args: argparse.Namespace, settings) -> int:
         all_truth = [s for f in fold_preds for s in f[0]]
         all_preds = [p for f in fold_preds for p in f[1]]
         metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
+        if "froc" in metrics and args.false_positives > 0:
+            from training.false_positive_sheet import write_false_positive_sheet
+
+            by_pred = {p.image_id: p for p in all_preds}
+            sheet = write_false_positive_sheet([(s, by_pred[s.image_id]) for s in all_truth if s.image_id in by_pred],
+                                               op.score_thresh, out / "false_positives.png",
+                                               limit=args.false_positives)
+            if sheet is not None:
+                metrics["false_positive_sheet"] = sheet
         if len(fold_preds) > 1:
             per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]
             metrics["kfold"] = evaluate_folds(per_fold)

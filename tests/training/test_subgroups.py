@@ -188,3 +188,36 @@ def test_mccad_evaluate_pools_several_simulated_sets(tmp_path, capsys):
     assert "no prediction" in capsys.readouterr().err
     assert main(["evaluate", "--kfold", str(tmp_path), "--truth", *csvs, "--out", str(tmp_path / "rep3")]) == 2
     assert "give one --data" in capsys.readouterr().err
+
+
+def test_mccad_evaluate_draws_the_strongest_false_positives(simulated, tmp_path, capsys):
+    """The fixture puts one false box (0.8) on each real background: at 0.5 the sheet shows exactly those, best
+    first, each tile centred on its box; boxes on clusters are never on it; above every false box there is no sheet."""
+    from PIL import Image
+
+    from mccad.cli import main
+    from training.false_positive_sheet import TILE_PX, false_positives, write_false_positive_sheet
+
+    _, csv, samples, records, predictions = simulated
+    pairs = list(zip(samples, predictions))
+    expected = sum(records[s.image_id]["source"] == "real" for s in samples)
+    entries = false_positives(pairs, 0.5, limit=100)
+    assert len(entries) == expected > 0 and all(e["score"] == pytest.approx(0.8) for e in entries)
+    assert len(false_positives(pairs, 0.5, limit=1)) == 1
+    info = write_false_positive_sheet(pairs, 0.5, tmp_path / "fp.png", columns=3)
+    with Image.open(tmp_path / "fp.png") as sheet:
+        assert sheet.size[0] == 3 * (TILE_PX + 4) and sheet.size[1] == -(-expected // 3) * (TILE_PX + 4)
+        tile = np.asarray(sheet)[:TILE_PX, :TILE_PX]
+    assert info["false_positives"] == entries and info["file"] == "fp.png"
+    assert tile.max() == 255 and tile.std() > 0  # image content and the white outline
+    assert write_false_positive_sheet(pairs, 0.85, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+    path = write_predictions(tmp_path / "pred.json", predictions)
+    assert main(["evaluate", "--predictions", str(path), "--truth", str(csv), "--score-thresh", "0.5",
+                 "--out", str(tmp_path / "rep"), "--n-boot", "0", "--false-positives", "2"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert len(metrics["false_positive_sheet"]["false_positives"]) == min(2, expected)
+    assert metrics["figures"]["false_positives"] == "false_positives.png"
+    assert "false_positives.png" in (tmp_path / "rep" / "report.html").read_text()
