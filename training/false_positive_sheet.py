@@ -72,29 +72,29 @@ def write_false_positive_sheet(pairs: Sequence[tuple[Sample, Any]], threshold: f
     rows = -(-len(entries) // columns)
     sheet = Image.new("L", (columns * (TILE_PX + GAP_PX), rows * (TILE_PX + GAP_PX)), 0)
     draw = ImageDraw.Draw(sheet)
-    cache: dict[str, tuple[np.ndarray, float]] = {}
+    by_image: dict[str, list[int]] = {}
     for k, entry in enumerate(entries):
-        image_id = entry["image_id"]
-        if image_id not in cache:
-            sample = samples[image_id]
-            spacing = pixel_spacing(sample)
-            cache = {image_id: (load_pixels(sample), float(np.mean(spacing)) if spacing else ASSUMED_SPACING_MM)}
-        pixels, spacing_mm = cache[image_id]
+        by_image.setdefault(entry["image_id"], []).append(k)
+    for image_id, ranks in by_image.items():  # each image decoded once (a DICOM mammogram takes seconds)
+        sample = samples[image_id]
+        spacing = pixel_spacing(sample)
+        spacing_mm = float(np.mean(spacing)) if spacing else ASSUMED_SPACING_MM
+        pixels = load_pixels(sample)
         side_px = max(8, int(round(side_mm / spacing_mm)))
-        tile = Image.fromarray(_tile(pixels, entry["box"], side_px)).resize((TILE_PX, TILE_PX), Image.NEAREST)
-        left, top = (k % columns) * (TILE_PX + GAP_PX), (k // columns) * (TILE_PX + GAP_PX)
-        sheet.paste(tile, (left, top))
         scale = TILE_PX / side_px
-        cx, cy = (entry["box"][0] + entry["box"][2]) / 2, (entry["box"][1] + entry["box"][3]) / 2
-        x0 = left + (entry["box"][0] - cx) * scale + TILE_PX / 2
-        y0 = top + (entry["box"][1] - cy) * scale + TILE_PX / 2
-        x1 = left + (entry["box"][2] - cx) * scale + TILE_PX / 2
-        y1 = top + (entry["box"][3] - cy) * scale + TILE_PX / 2
-        draw.rectangle([max(x0, left), max(y0, top), min(x1, left + TILE_PX - 1), min(y1, top + TILE_PX - 1)],
-                       outline=255)
-        caption = f"{k + 1}  {entry['score']:.2f}"
-        draw.rectangle(draw.textbbox((left + 3, top + 2), caption), fill=0)  # legible on bright tissue too
-        draw.text((left + 3, top + 2), caption, fill=255)
+        for k in ranks:
+            box = entries[k]["box"]
+            tile = Image.fromarray(_tile(pixels, box, side_px)).resize((TILE_PX, TILE_PX), Image.NEAREST)
+            left, top = (k % columns) * (TILE_PX + GAP_PX), (k // columns) * (TILE_PX + GAP_PX)
+            sheet.paste(tile, (left, top))
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            x0, y0 = left + (box[0] - cx) * scale + TILE_PX / 2, top + (box[1] - cy) * scale + TILE_PX / 2
+            x1, y1 = left + (box[2] - cx) * scale + TILE_PX / 2, top + (box[3] - cy) * scale + TILE_PX / 2
+            draw.rectangle([max(x0, left), max(y0, top), min(x1, left + TILE_PX - 1), min(y1, top + TILE_PX - 1)],
+                           outline=255)
+            caption = f"{k + 1}  {entries[k]['score']:.2f}"
+            draw.rectangle(draw.textbbox((left + 3, top + 2), caption), fill=0)  # legible on bright tissue too
+            draw.text((left + 3, top + 2), caption, fill=255)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
