@@ -41,7 +41,7 @@ from models.backbones import load_backbone_weights
 from models.box_scores import SCORE_MODES, set_score_mode
 from models.efficientnet_lite import efficientnet_lite_fpn, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
-from models.fusion import suppress_cross_class
+from models.fusion import box_malignancy, suppress_cross_class
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,8 @@ class Detections:
     def malignancy_probability(self, k: int) -> float:
         """Box ``k``'s P(malignant): the carried class split, else the paper's two-class reading of its score (the
         score of a malignant box, one minus that of a benign one)."""
-        if self.malignancy is not None:
-            return float(self.malignancy[k])
-        score = float(self.scores[k])
-        return score if int(self.labels[k]) == CLASS_NAMES.index("malignant") else 1.0 - score
+        return box_malignancy(int(self.labels[k]), float(self.scores[k]),
+                              None if self.malignancy is None else float(self.malignancy[k]))
 
 
 def build_detector(

@@ -56,6 +56,15 @@ def label_name(label: int | str) -> str:
     return LABEL_IDS[value]
 
 
+def box_malignancy(label: int | str, score: float, class_split: float | None = None) -> float:
+    """A box's P(malignant): its carried class split P(malignant) / (P(benign) + P(malignant)) when the detector
+    scores by lesion-ness (``models.box_scores``), else the paper's two-class reading of its class score (the score
+    of a malignant box, one minus that of a benign one)."""
+    if class_split is not None:
+        return float(class_split)
+    return float(score) if label_name(label) == MALIGNANT else 1.0 - float(score)
+
+
 def _verdict(label: str, malignancy_probability: float, image_id: str) -> ImageVerdict:
     p = float(min(max(malignancy_probability, 0.0), 1.0))
     confidence = p if label == MALIGNANT else 1.0 - p

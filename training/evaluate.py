@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from models.fusion import ImageVerdict, breast_verdict, image_verdict, match_lesions, suppress_cross_class
+from models.fusion import (ImageVerdict, box_malignancy, breast_verdict, image_verdict, match_lesions,
+                           suppress_cross_class)
 from training.datasets.samples import Sample
 from training.froc import FrocImage, froc, froc_bootstrap
 from training.metrics import (
@@ -71,11 +72,9 @@ class ImagePrediction:
         return d
 
     def malignancy_probability(self, k: int) -> float:
-        """Box ``k``'s P(malignant), as the pipeline reports it (``models.detector.Detections``)."""
-        if self.malignancy is not None:
-            return float(self.malignancy[k])
-        score = float(self.scores[k])
-        return score if self.labels[k] == "malignant" else 1.0 - score
+        """Box ``k``'s P(malignant), as the pipeline reports it (``models.fusion.box_malignancy``)."""
+        return box_malignancy(self.labels[k], float(self.scores[k]),
+                              None if self.malignancy is None else float(self.malignancy[k]))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImagePrediction":
@@ -168,7 +167,9 @@ class LevelCases:
         self.ids.append(case_id)
 
 
-def _join(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]) -> list[tuple[Sample, ImagePrediction]]:
+def join_predictions(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]
+                     ) -> list[tuple[Sample, ImagePrediction]]:
+    """(ground truth, prediction) per image in the order of ``truth``; an image without a prediction is an error."""
     by_id = {p.image_id: p for p in predictions}
     missing = [s.image_id for s in truth if s.image_id not in by_id]
     if missing:
@@ -180,7 +181,7 @@ def _join(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]) -> li
 def level_cases(truth: Sequence[Sample], predictions: Sequence[ImagePrediction],
                 op: OperatingPoint = OperatingPoint()) -> dict[str, LevelCases]:
     """The cases of the image, breast and lesion levels (lesion level only when predictions carry boxes)."""
-    pairs = _join(truth, predictions)
+    pairs = join_predictions(truth, predictions)
     image, breast, lesion = LevelCases(), LevelCases(), LevelCases()
     breasts: dict[tuple[str, str | None], list[tuple[Sample, ImageVerdict]]] = defaultdict(list)
     has_boxes = any(len(p.boxes) for _, p in pairs) or all(p.image_probability is None for _, p in pairs)
@@ -235,7 +236,7 @@ def froc_metrics(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]
     """FROC over all boxes the predictions hold (class-agnostic, and malignant lesions with malignant boxes); with
     ``n_boot``, each curve's ``ci``: bootstrap intervals of its sensitivities, resampling ``groups`` of images
     (``training.froc.froc_bootstrap``; each image alone when None)."""
-    images = _froc_images(_join(truth, predictions))
+    images = _froc_images(join_predictions(truth, predictions))
     out: dict[str, Any] = {"hit_iou": hit_iou}
     for name, label in (("all", None), ("malignant", "malignant")):
         out[name] = froc(images, hit_iou=hit_iou, label=label).to_dict()
@@ -271,7 +272,7 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
         out["froc"] = froc_metrics(truth, predictions, n_boot=n_boot, seed=seed,
                                    groups=_froc_groups(truth, simulation))
         if simulation is not None:
-            breakdown = subgroup_metrics(_join(truth, predictions), simulation, op.score_thresh)
+            breakdown = subgroup_metrics(join_predictions(truth, predictions), simulation, op.score_thresh)
             if breakdown is not None:
                 out["subgroups"] = breakdown
     return out
@@ -303,7 +304,8 @@ def compare(truth: Sequence[Sample], a: Sequence[ImagePrediction], b: Sequence[I
             continue
         out[level] = {**delong_test(yt, sa, sb).to_dict(), "n": len(yt)}
     if "lesion" in ca and "lesion" in cb and n_boot > 0:
-        images_a, images_b = _froc_images(_join(truth, a)), _froc_images(_join(truth, b))
+        images_a = _froc_images(join_predictions(truth, a))
+        images_b = _froc_images(join_predictions(truth, b))
         at_a, at_b = froc(images_a).at_rates, froc(images_b).at_rates
         diff = {str(r): at_a[r] - at_b[r] for r in at_a}
         interval = froc_bootstrap(images_a, _froc_groups(truth, simulation), compare_to=images_b, n_boot=n_boot,

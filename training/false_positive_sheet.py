@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from models.preprocess import StandardiseConfig
 from training.datasets.samples import Sample
 from training.froc import DEFAULT_HIT_IOU, hit_scores
 
-#: assumed pixel spacing (mm) of an image that states none: digitised film of the CBIS-DDSM kind
-ASSUMED_SPACING_MM = 0.05
+#: pixel spacing (mm) taken for an image that states none: the product's assumption (digitised film)
+ASSUMED_SPACING_MM = StandardiseConfig().assumed_spacing_mm
 TILE_PX = 196
 GAP_PX = 4
 
@@ -49,7 +50,8 @@ def _tile(pixels: np.ndarray, box: Sequence[float], side_px: int) -> np.ndarray:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     x0, y0 = int(round(cx - side_px / 2)), int(round(cy - side_px / 2))
     out = np.zeros((side_px, side_px), np.float32)
-    ys, xs = slice(max(y0, 0), min(y0 + side_px, pixels.shape[0])), slice(max(x0, 0), min(x0 + side_px, pixels.shape[1]))
+    ys = slice(max(y0, 0), min(y0 + side_px, pixels.shape[0]))
+    xs = slice(max(x0, 0), min(x0 + side_px, pixels.shape[1]))
     if ys.stop > ys.start and xs.stop > xs.start:
         out[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = pixels[ys, xs]
     lo, hi = np.percentile(out, [1.0, 99.8])

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
     from models.errors import RegistryError
     from training.datasets.samples import DatasetError
-    from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds
+    from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds, join_predictions
     from training.report import write_report
     from training.trainers.common import TrainingError
 
@@ -161,10 +161,8 @@ def run(args: argparse.Namespace, settings) -> int:
         if "froc" in metrics and args.false_positives > 0:
             from training.false_positive_sheet import write_false_positive_sheet
 
-            by_pred = {p.image_id: p for p in all_preds}
-            sheet = write_false_positive_sheet([(s, by_pred[s.image_id]) for s in all_truth if s.image_id in by_pred],
-                                               op.score_thresh, out / "false_positives.png",
-                                               limit=args.false_positives)
+            sheet = write_false_positive_sheet(join_predictions(all_truth, all_preds), op.score_thresh,
+                                               out / "false_positives.png", limit=args.false_positives)
             if sheet is not None:
                 metrics["false_positive_sheet"] = sheet
         if len(fold_preds) > 1:
