@@ -35,17 +35,20 @@ from training.simulate_morphology import (
     BENIGN_PATTERNS,
     DISTRIBUTIONS,
     MALIGNANT_PATTERNS,
+    MIN_CLUSTER_CALCIFICATIONS,
     PATTERNS,
     Calcification,
     Cluster,
     Ellipsoid,
     SimulationError,
+    calcification_count_range,
     label_of,
     simulate_cluster,
 )
 
 __all__ = [
-    "BENIGN_PATTERNS", "DISTRIBUTIONS", "MALIGNANT_PATTERNS", "PATTERNS", "REAL_SAMPLE_SPACING_MM", "Calcification",
-    "Cluster", "Ellipsoid", "InsertedLesion", "SimulationError", "breast_mask", "cluster_box", "image_noise_sigma",
-    "insert_clusters", "label_of", "make_simulated_dataset", "nipple_position", "render_signal", "simulate_cluster",
+    "BENIGN_PATTERNS", "DISTRIBUTIONS", "MALIGNANT_PATTERNS", "MIN_CLUSTER_CALCIFICATIONS", "PATTERNS",
+    "REAL_SAMPLE_SPACING_MM", "Calcification", "Cluster", "Ellipsoid", "InsertedLesion", "SimulationError",
+    "breast_mask", "calcification_count_range", "cluster_box", "image_noise_sigma", "insert_clusters", "label_of",
+    "make_simulated_dataset", "nipple_position", "render_signal", "simulate_cluster",
 ]

