@@ -34,13 +34,16 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
                       f'monitor = "val_froc_sens_at_1fp"\n[train.detector]\nmin_size = 256\nmax_size = 256\n{detector}')
     out = tmp_path / "out"
     env = dict(os.environ, KIT=str(kit), OUT=str(out), WORK=str(tmp_path / "work"), N_TRAIN="4", N_VAL="1",
-               WORKERS="1", CONFIGS=str(config), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+               WORKERS="1", CONFIGS=str(config), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               TRAIN_TIMEOUT="100000", DEADLINE="100000")  # the deadline, less the export's reserve, wins
     done = subprocess.run(["bash", str(REPO / "training/recipes/gpu-detector.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     data = json.loads((out / "data.json").read_text())
     assert data["train_crops"] == 4 and data["val_images"] == 1 and data["workers"] == 1
+    assert data["min_calcifications"] == 3
+    assert 100000 - 40 - 300 < data["train_timeout_s"] <= 100000 - 40 - data["train_seconds"]
     made = json.loads((tmp_path / "work" / "train" / "simulated.json").read_text())
     assert made["backgrounds"] == str((kit / "bg-train").resolve())
     assert {r["source"] for r in made["images"]} <= {"real", "phantom"}
@@ -63,6 +66,27 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
     with safe_open(str(model / "model.safetensors"), "pt") as f:
         dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
     assert "torch.float16" in dtypes and "torch.float32" not in dtypes
+
+
+def test_the_gpu_recipe_stops_before_training_when_the_data_leaves_no_time(tmp_path):
+    """A deadline the data already used up: no training that a machine's command limit would cut before the export,
+    but a clear message and the data record."""
+    from training.simulate_dataset import real_sample_paths
+
+    kit = tmp_path / "kit"
+    for folder in ("bg-train", "bg-val"):
+        (kit / folder).mkdir(parents=True)
+        shutil.copy(real_sample_paths()[0], kit / folder / "a.dcm")
+    out = tmp_path / "out"
+    env = dict(os.environ, KIT=str(kit), OUT=str(out), WORK=str(tmp_path / "work"), N_TRAIN="1", N_VAL="1",
+               WORKERS="1", CONFIGS="training/experiments/sim-detector-lite0-gpu-min3-ft.toml", DEADLINE="30",
+               EXPORT_RESERVE="30", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["bash", str(REPO / "training/recipes/gpu-detector.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "no time left to train" in done.stderr and "DEADLINE=30" in done.stderr
+    assert json.loads((out / "data.json").read_text())["train_timeout_s"] <= 0
+    assert not (tmp_path / "work" / "sim-detector-lite0-gpu-min3-ft").exists()
 
 
 def test_block_average_means_whole_blocks_in_the_stored_type():

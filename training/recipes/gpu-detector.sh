@@ -20,7 +20,10 @@
 # processes for the data (all cores), CONFIGS experiment files trained side by side on the one GPU (default
 # sim-detector-lite0-gpu.toml and its fine-tuning twin), TRAIN_TIMEOUT seconds after which training is stopped
 # (its last finished epoch stays in the run folder), EXPORT_TILE_BATCH tiles per forward pass written into the exported
-# manifests (default 2, what a CPU worker wants; the GPU trains and validates with its own tile_batch), MIN_CALCS the
+# manifests (default 2, what a CPU worker wants; the GPU trains and validates with its own tile_batch), DEADLINE
+# seconds the whole script may take (unset: no limit): training then stops EXPORT_RESERVE seconds (default 40) before
+# it, whatever TRAIN_TIMEOUT says, so the export still runs inside a leased machine's command limit (the 0.5.0
+# candidate's call took 582 of its 600 s); MIN_CALCS the
 # fewest calcifications of an annotated cluster (default 3, `mccad simulate --min-calcifications`; 1 makes 0.4.0's
 # data again).
 set -euo pipefail
@@ -37,6 +40,8 @@ VERSION=${VERSION:-0.4.0}
 EXPORT_TILE_BATCH=${EXPORT_TILE_BATCH:-2}
 SITE=${SITE:-/tmp/mccad-site}
 MIN_CALCS=${MIN_CALCS:-3}
+DEADLINE=${DEADLINE:-}
+EXPORT_RESERVE=${EXPORT_RESERVE:-40}
 
 mkdir -p "$OUT" "$WORK"
 if compgen -G "$KIT/whl/*.whl" > /dev/null; then
@@ -53,8 +58,18 @@ mccad simulate --out "$WORK/train" --images "$N_TRAIN" --crop 256 --spacing 0.1 
 train_s=$((SECONDS - start))
 mccad simulate --out "$WORK/val" --images "$N_VAL" --spacing 0.1 --seed 32 \
     --backgrounds "$KIT/bg-val" --distractors 0-2 --min-calcifications "$MIN_CALCS" --workers "$WORKERS" > /dev/null
-printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d, "min_calcifications": %d}\n' \
-    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" "$MIN_CALCS" | tee "$OUT/data.json"
+if [ -n "$DEADLINE" ]; then
+    left=$((DEADLINE - SECONDS - EXPORT_RESERVE))
+    if [ "$left" -lt "$TRAIN_TIMEOUT" ]; then TRAIN_TIMEOUT=$left; fi
+fi
+printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d, "min_calcifications": %d, "train_timeout_s": %d}\n' \
+    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" "$MIN_CALCS" "$TRAIN_TIMEOUT" \
+    | tee "$OUT/data.json"
+if [ "$TRAIN_TIMEOUT" -lt 1 ]; then
+    echo "gpu-detector.sh: no time left to train: $SECONDS s of DEADLINE=$DEADLINE s gone after the data" \
+         "(EXPORT_RESERVE=$EXPORT_RESERVE s kept for the export); raise DEADLINE or make less data (N_TRAIN)" >&2
+    exit 3
+fi
 
 pids=()
 for config in $CONFIGS; do
