@@ -91,7 +91,8 @@ def _unflipped_centres(boxes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     return centres
 
 
-def _cnr_bin(ratio: float) -> str:
+def cnr_bin(ratio: float) -> str:
+    """The contrast-to-noise band (``CNR_BINS``) a ratio falls in, as reports name it ("5-8", ">=8")."""
     for lo, hi in zip(CNR_BINS[:-1], CNR_BINS[1:]):
         if lo <= ratio < hi:
             return f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
@@ -102,13 +103,13 @@ def _found_by_contrast_to_noise(records: Sequence[dict[str, Any]],
                                 found: Sequence[np.ndarray]) -> dict[str, list[float]]:
     """Cluster scores (as ``hit_scores`` gives them) grouped by CNR bin, bins in ``CNR_BINS`` order; empty when any
     image's record lacks ``noise_sigma`` (sets written before it was recorded)."""
-    grouped: dict[str, list[float]] = {_cnr_bin(lo): [] for lo in CNR_BINS[:-1]}
+    grouped: dict[str, list[float]] = {cnr_bin(lo): [] for lo in CNR_BINS[:-1]}
     for record, scores in zip(records, found):
         noise = float(record.get("noise_sigma") or 0.0)
         if noise <= 0.0:
             return {}
         for lesion, score in zip(record["lesions"], scores):
-            grouped[_cnr_bin(float(lesion["peak_contrast"]) / noise)].append(float(score))
+            grouped[cnr_bin(float(lesion["peak_contrast"]) / noise)].append(float(score))
     return {name: scores for name, scores in grouped.items() if scores}
 
 
