@@ -338,9 +338,8 @@ COUNTS: dict[str, tuple[int, int]] = {
     "diffuse": (12, 30), "amorphous": (8, 25), "coarse_heterogeneous": (5, 16), "fine_pleomorphic": (10, 35),
     "fine_linear_branching": (8, 30),
 }
-#: The fewest calcifications an annotated cluster holds. A cluster is several calcifications within 1 cm (the CAD
-#: literature counts one from three); a lone calcification, however coarse, is a benign finding that a calcification
-#: CAD does not box, and the unannotated ``solitary`` look-alike (``training.simulate_distractors``) teaches exactly
+#: The fewest calcifications an annotated cluster holds. A cluster is several calcifications within about 1 cm (here:
+#: three or more); a lone calcification, however coarse, is a benign finding that a calcification CAD does not box, and the unannotated ``solitary`` look-alike (``training.simulate_distractors``) teaches exactly
 #: that. With 1, ``coarse`` and ``rim`` clusters could be a single calcification, annotated, so the training data
 #: labelled a lone popcorn calcification both ways: the rule of every set made for detectors up to 0.4.0
 #: (``--min-calcifications 1`` makes those sets again, file for file).

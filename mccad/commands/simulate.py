@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
-    from training.simulate import SimulationError, make_simulated_dataset
+    from training.simulate import MIN_CLUSTER_CALCIFICATIONS, SimulationError, make_simulated_dataset
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     if not 0.0 <= args.malignant_fraction <= 1.0:
@@ -120,8 +120,7 @@ def run(args: argparse.Namespace, settings) -> int:
                                           bit_depth=args.bits,
                                           workers=args.workers, real_images=args.real_images,
                                           distractors_per_image=args.distractors, backgrounds=args.backgrounds,
-                                          **({} if args.min_calcifications is None
-                                             else {"min_calcifications": args.min_calcifications}))
+                                          min_calcifications=args.min_calcifications or MIN_CLUSTER_CALCIFICATIONS)
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)
