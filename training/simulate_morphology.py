@@ -339,10 +339,11 @@ COUNTS: dict[str, tuple[int, int]] = {
     "fine_linear_branching": (8, 30),
 }
 #: The fewest calcifications an annotated cluster holds. A cluster is several calcifications within about 1 cm (here:
-#: three or more); a lone calcification, however coarse, is a benign finding that a calcification CAD does not box, and the unannotated ``solitary`` look-alike (``training.simulate_distractors``) teaches exactly
-#: that. With 1, ``coarse`` and ``rim`` clusters could be a single calcification, annotated, so the training data
-#: labelled a lone popcorn calcification both ways: the rule of every set made for detectors up to 0.4.0
-#: (``--min-calcifications 1`` makes those sets again, file for file).
+#: three or more); a lone calcification, however coarse, is a benign finding that a calcification CAD does not box,
+#: and the unannotated ``solitary`` look-alike (``training.simulate_distractors``) teaches exactly that. With 1,
+#: ``coarse`` and ``rim`` clusters could be a single calcification, annotated, so the training data labelled a lone
+#: popcorn calcification both ways: the rule of every set made for detectors up to 0.4.0 (``--min-calcifications 1``
+#: makes those sets again, file for file).
 MIN_CLUSTER_CALCIFICATIONS = 3
 
 
