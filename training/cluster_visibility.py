@@ -6,8 +6,8 @@ amorphous; ``training.subgroups``), and they alone hold FROC sensitivity at 1 fa
 out of the breast's own structure decides where GPU time goes. Pixel noise (the CNR) does not answer it: breast
 texture also makes calcification-sized bright blobs. This measures the clusters against the texture.
 
-Method: a scale-normalised Laplacian of Gaussian at calcification scales (``SIGMAS_PX``, bright blobs of 0.2-0.3 mm
-at 0.1 mm pixels) over the image, standardised by its median and MAD over the breast away from its border and the
+Method: the simulator's own blob filter (``training.simulate_visibility``: a scale-normalised Laplacian of Gaussian
+at calcification scales, bright blobs of 0.2-0.3 mm) over the image, standardised by its median and MAD over the breast away from its border and the
 clusters: ``z``. Local maxima above ``Z_PEAK`` are calcification-like blobs. A cluster box holding ``k`` of them,
 where the rest of the breast holds ``d`` per pixel, is compared with windows of its area, which hold Poisson(d x
 area) by chance: ``chance_windows_per_image`` = P(N >= k) x (breast area / box area), the number of windows as
@@ -38,15 +38,19 @@ import numpy as np
 from scipy import ndimage, stats
 
 from training.simulate_background import breast_mask
+from training.simulate_visibility import (
+    BORDER_MM,
+    SIGMAS_MM,
+    Z_VISIBLE,
+    blob_response,
+    peak_window_px,
+    texture_statistics,
+)
 from training.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
 
-#: Gaussian scales (pixels) of the blob filter: calcifications of 0.1-0.4 mm at 0.1 mm pixels
-SIGMAS_PX: tuple[float, ...] = (1.0, 1.5)
-#: a blob is a local maximum (``PEAK_WINDOW_PX`` square) of the standardised response above this
-Z_PEAK = 4.0
-PEAK_WINDOW_PX = 5
-#: the breast's border band left out of the texture statistics (pixels): the skin line is an edge, not texture
-BORDER_PX = 10
+#: a blob is a local maximum (``simulate_visibility.PEAK_WINDOW_MM`` square) above this many texture spreads: the
+#: simulator's own visibility threshold, so a set made under its annotation rule and this measure agree
+Z_PEAK = Z_VISIBLE
 #: clusters' boxes grown by this much (pixels) before they are left out of the texture statistics
 CLUSTER_MARGIN_PX = 5
 
@@ -61,15 +65,11 @@ class ClusterVisibility:
     chance_windows_per_image: float  # windows of the image as crowded as the box, by chance
 
 
-def blob_z(pixels: np.ndarray, texture: np.ndarray) -> np.ndarray:
-    """The bright-blob response of ``pixels`` standardised over the ``texture`` pixels (median 0, MAD-sigma 1)."""
-    image = np.asarray(pixels, np.float32)
-    response = np.max([-ndimage.gaussian_laplace(image, s) * s * s for s in SIGMAS_PX], axis=0)
-    values = response[texture]
-    if values.size == 0:
-        raise ValueError("no texture pixels to standardise the blob response against")
-    median = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - median)))
+def blob_z(pixels: np.ndarray, texture: np.ndarray, spacing_mm: float = 0.1) -> np.ndarray:
+    """The bright-blob response of ``pixels`` (``training.simulate_visibility.blob_response``) standardised over
+    the ``texture`` pixels (median 0, MAD-sigma 1)."""
+    response = blob_response(pixels, spacing_mm)
+    median, spread = texture_statistics(response, texture)
     return (response - median) / max(spread, 1e-12)
 
 
@@ -80,15 +80,15 @@ def _box_mask(shape: tuple[int, int], box: Sequence[float], grow: int = 0) -> np
     return out
 
 
-def cluster_visibility(pixels: np.ndarray, breast: np.ndarray, boxes: Sequence[Sequence[float]]
-                       ) -> list[ClusterVisibility]:
-    """Visibility of each box (x0, y0, x1, y1 in pixels) of one image whose breast is ``breast``; every box is left
-    out of the texture the others are measured against."""
-    texture = ndimage.binary_erosion(breast, iterations=BORDER_PX)
+def cluster_visibility(pixels: np.ndarray, breast: np.ndarray, boxes: Sequence[Sequence[float]],
+                       spacing_mm: float = 0.1) -> list[ClusterVisibility]:
+    """Visibility of each box (x0, y0, x1, y1 in pixels) of one image at ``spacing_mm`` whose breast is ``breast``;
+    every box is left out of the texture the others are measured against."""
+    texture = ndimage.binary_erosion(breast, iterations=max(1, round(BORDER_MM / spacing_mm)))
     for box in boxes:
         texture &= ~_box_mask(breast.shape, box, CLUSTER_MARGIN_PX)
-    z = blob_z(pixels, texture)
-    peaks = (z == ndimage.maximum_filter(z, size=PEAK_WINDOW_PX)) & (z > Z_PEAK)
+    z = blob_z(pixels, texture, spacing_mm)
+    peaks = (z == ndimage.maximum_filter(z, size=peak_window_px(spacing_mm))) & (z > Z_PEAK)
     density = float(peaks[texture].sum()) / float(texture.sum())
     out = []
     for box in boxes:
@@ -140,7 +140,7 @@ def simulated_set_visibility(folder: Path | str, records: dict[str, dict[str, An
         pixels = _read_png(folder / record["image"])
         breast = breast_mask(pixels, record["spacing_mm"], view=record.get("view"),
                              laterality=record.get("laterality"))
-        found = cluster_visibility(pixels, breast, [les["box"] for les in lesions])
+        found = cluster_visibility(pixels, breast, [les["box"] for les in lesions], record["spacing_mm"])
         sigma = float(record.get("noise_sigma") or 0.0)
         for k, (lesion, vis) in enumerate(zip(lesions, found)):
             cnr = lesion["peak_contrast"] / sigma if sigma > 0 else None
@@ -198,7 +198,7 @@ def summarise(rows: Sequence[dict[str, Any]], found_at: float | None = None) -> 
                        **(found(members) if found_at is not None else {})}
                 for name, members in sorted(out.items())}
 
-    return {"clusters": len(rows), "z_peak": Z_PEAK, "sigmas_px": list(SIGMAS_PX),
+    return {"clusters": len(rows), "z_peak": Z_PEAK, "sigmas_mm": list(SIGMAS_MM),
             **({"detector_threshold_at_1fp": round(found_at, 4)} if found_at is not None else {}),
             "all": group(lambda r: "all")["all"] if rows else {},
             "by_contrast_to_noise": group(lambda r: "unknown" if r["contrast_to_noise"] is None

@@ -12,6 +12,8 @@ synthetic phantoms of :mod:`training.synth`. The pieces, one module each:
 * :mod:`training.simulate_insert`: rendering at the image's pixel spacing with Beer-Lambert attenuation contrast
   relative to the local background, the detector's point spread, pixel-aperture averaging and the image's own noise
   level. :func:`insert_clusters`.
+* :mod:`training.simulate_visibility`: the annotation rule, a cluster is annotated only when a reader would see
+  three of its calcifications above the breast's texture; fainter draws are drawn again.
 * :mod:`training.simulate_background`: where clusters may go (breast mask without pectoral muscle, background,
   labels or skin margin), the nipple (ducts and therefore linear and segmental clusters point to it), and the
   image's noise.
@@ -45,9 +47,11 @@ from training.simulate_morphology import (
     label_of,
     simulate_cluster,
 )
+from training.simulate_visibility import MIN_VISIBLE_CALCIFICATIONS
 
 __all__ = [
-    "BENIGN_PATTERNS", "DISTRIBUTIONS", "MALIGNANT_PATTERNS", "MIN_CLUSTER_CALCIFICATIONS", "PATTERNS",
+    "BENIGN_PATTERNS", "DISTRIBUTIONS", "MALIGNANT_PATTERNS", "MIN_CLUSTER_CALCIFICATIONS",
+    "MIN_VISIBLE_CALCIFICATIONS", "PATTERNS",
     "REAL_SAMPLE_SPACING_MM", "Calcification", "Cluster", "Ellipsoid", "InsertedLesion", "SimulationError",
     "breast_mask", "calcification_count_range", "cluster_box", "image_noise_sigma", "insert_clusters", "label_of",
     "make_simulated_dataset", "nipple_position", "render_signal", "simulate_cluster",

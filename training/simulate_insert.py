@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from training.simulate_background import breast_mask, image_noise_sigma, nipple_position
 from training.simulate_morphology import Calcification, Cluster, LesionLabel
+from training.simulate_visibility import visible_calcifications
 
 PSF_SIGMA_MM = 0.07
 DISPLAY_GAIN = 0.38
@@ -42,6 +43,8 @@ MIN_SLOPE = 0.35
 FINE_PITCH_MM = 0.025
 BOX_MARGIN_MM = 0.5
 PLACEMENT_TRIES = 60
+#: a cluster no reader would see (``training.simulate_visibility``) is drawn again at most this many times, then left out
+VISIBILITY_REDRAWS = 20
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class InsertedLesion:
     spacing_mm: float
     peak_contrast: float
     n_calcifications: int
+    #: calcifications standing out of the texture (``training.simulate_visibility``); None where not measured
+    visible_calcifications: int | None = None
+    #: clusters of its pattern drawn until one was visible (1: the first; always 1 without the visibility rule)
+    draws: int = 1
 
 
 def _supersampling(spacing_mm: float) -> int:
@@ -153,19 +160,31 @@ def _fits(mask: np.ndarray, points: np.ndarray, box: tuple[float, float, float, 
 def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Cluster], rng: np.random.Generator,
                     breast_mask: np.ndarray | None = None, *, view: str | None = None,
                     laterality: str | None = None, contrast_scale: float = 1.0,
-                    noise_sigma: float | None = None) -> tuple[np.ndarray, list[InsertedLesion]]:
+                    noise_sigma: float | None = None, texture_spread: float | None = None,
+                    min_visible: int = 0, redraw: Callable[[Cluster], Cluster] | None = None
+                    ) -> tuple[np.ndarray, list[InsertedLesion]]:
     """Insert ``clusters`` at random places of the breast of ``image`` (float in [0, 1], bright = dense).
 
     Each cluster is turned so that its duct axis (+x) points to the nipple, then placed where every calcification
     lies inside ``breast_mask`` (computed with :func:`training.simulate_background.breast_mask` when None) and its box
     overlaps no other inserted box; a cluster that finds no such place in ``PLACEMENT_TRIES`` draws is left out
     (the returned list says what was inserted). ``noise_sigma``: the image's pixel noise when the caller has measured
-    it (:func:`training.simulate_background.image_noise_sigma` over ``breast_mask``), else measured here. Returns a
-    new float32 image and one ``InsertedLesion`` per cluster.
+    it (:func:`training.simulate_background.image_noise_sigma` over ``breast_mask``), else measured here.
+
+    ``texture_spread`` (:func:`training.simulate_visibility.texture_spread` of this background) has each cluster's
+    visible calcifications counted and recorded; with ``min_visible`` > 0 a placed cluster showing fewer is not
+    inserted but replaced by ``redraw(cluster)`` (a fresh draw of its pattern) and placed again, at most
+    ``VISIBILITY_REDRAWS`` times, then left out: the reader's annotation rule of ``training.simulate_visibility``.
+    With ``min_visible`` 0 the random draws are exactly those of the simulator before the rule.
+    Returns a new float32 image and one ``InsertedLesion`` per cluster.
     """
     base = np.asarray(image, dtype=np.float32)
     if base.ndim != 2:
         raise ValueError(f"insert_clusters expects a 2-D image, got shape {base.shape}")
+    if min_visible < 0:
+        raise ValueError(f"min_visible must be 0 or more, got {min_visible}")
+    if min_visible and (texture_spread is None or redraw is None):
+        raise ValueError("min_visible needs the background's texture_spread and a redraw of a cluster's pattern")
     out = base.copy()
     mask = breast_mask if breast_mask is not None else _default_mask(base, spacing_mm, view, laterality)
     if mask.shape != base.shape:
@@ -178,41 +197,61 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
     smooth_sigma = max(1.0 / spacing_mm, 1.0)
     lesions: list[InsertedLesion] = []
     taken: list[tuple[float, float, float, float]] = []
-    for cluster in clusters:
-        for _ in range(PLACEMENT_TRIES):
-            flat = int(candidates[rng.integers(candidates.size)])
-            cy, cx = divmod(flat, base.shape[1])
-            centre = (cx + float(rng.random()), cy + float(rng.random()))
-            towards_nipple = math.atan2(nipple[1] - centre[1], nipple[0] - centre[0])
-            turned = cluster.rotated(towards_nipple + float(rng.normal(0.0, 0.15)))
-            box = cluster_box(turned, spacing_mm, centre)
-            if _fits(mask, _calc_points_px(turned, spacing_mm, centre), box, taken):
-                break
-        else:
-            continue
-        signal, (row0, col0) = render_signal(turned, spacing_mm, centre)
-        r0, c0 = max(row0, 0), max(col0, 0)
-        r1, c1 = min(row0 + signal.shape[0], out.shape[0]), min(col0 + signal.shape[1], out.shape[1])
-        sig = signal[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
-        window = out[r0:r1, c0:c1]
-        pad = int(math.ceil(3 * smooth_sigma))
-        context = base[max(r0 - pad, 0):r1 + pad, max(c0 - pad, 0):c1 + pad]
-        local = ndimage.gaussian_filter(context, smooth_sigma, mode="nearest")
-        local = local[r0 - max(r0 - pad, 0):r0 - max(r0 - pad, 0) + sig.shape[0],
-                      c0 - max(c0 - pad, 0):c0 - max(c0 - pad, 0) + sig.shape[1]]
-        slope = np.maximum(4.0 * local * (1.0 - local), MIN_SLOPE)
-        added = np.float32(DISPLAY_GAIN * contrast_scale) * slope * sig
-        extra_sd = np.float32(sigma_noise) * np.sqrt(np.expm1(sig))
-        noise = rng.standard_normal(sig.shape, dtype=np.float32) * extra_sd
-        window += added + noise
-        np.clip(window, 0.0, 1.0, out=window)
-        taken.append(box)
-        lesions.append(InsertedLesion(
-            box=tuple(float(v) for v in box), label=cluster.label, pattern=cluster.pattern,
-            distribution=cluster.distribution, centre=(float(centre[0]), float(centre[1])),
-            spacing_mm=float(spacing_mm), peak_contrast=float(added.max()),
-            n_calcifications=len(cluster.calcifications)))
+    for drawn in clusters:
+        cluster = drawn
+        for attempt in range(1 + (VISIBILITY_REDRAWS if min_visible else 0)):
+            if attempt:
+                cluster = redraw(cluster)
+            placed = _place(cluster, spacing_mm, rng, candidates, base.shape[1], nipple, mask, taken)
+            if placed is None:
+                break  # no room for it: left out, as before the visibility rule
+            turned, centre, box = placed
+            signal, (row0, col0) = render_signal(turned, spacing_mm, centre)
+            r0, c0 = max(row0, 0), max(col0, 0)
+            r1, c1 = min(row0 + signal.shape[0], out.shape[0]), min(col0 + signal.shape[1], out.shape[1])
+            sig = signal[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+            pad = int(math.ceil(3 * smooth_sigma))
+            context = base[max(r0 - pad, 0):r1 + pad, max(c0 - pad, 0):c1 + pad]
+            local = ndimage.gaussian_filter(context, smooth_sigma, mode="nearest")
+            local = local[r0 - max(r0 - pad, 0):r0 - max(r0 - pad, 0) + sig.shape[0],
+                          c0 - max(c0 - pad, 0):c0 - max(c0 - pad, 0) + sig.shape[1]]
+            slope = np.maximum(4.0 * local * (1.0 - local), MIN_SLOPE)
+            added = np.float32(DISPLAY_GAIN * contrast_scale) * slope * sig
+            visible = (None if texture_spread is None
+                       else visible_calcifications(added, spacing_mm, texture_spread))
+            if min_visible and visible < min_visible:
+                continue  # no reader would have annotated it: draw the pattern again
+            extra_sd = np.float32(sigma_noise) * np.sqrt(np.expm1(sig))
+            noise = rng.standard_normal(sig.shape, dtype=np.float32) * extra_sd
+            window = out[r0:r1, c0:c1]
+            window += added + noise
+            np.clip(window, 0.0, 1.0, out=window)
+            taken.append(box)
+            lesions.append(InsertedLesion(
+                box=tuple(float(v) for v in box), label=cluster.label, pattern=cluster.pattern,
+                distribution=cluster.distribution, centre=(float(centre[0]), float(centre[1])),
+                spacing_mm=float(spacing_mm), peak_contrast=float(added.max()),
+                n_calcifications=len(cluster.calcifications), visible_calcifications=visible,
+                draws=attempt + 1))
+            break
     return out, lesions
+
+
+def _place(cluster: Cluster, spacing_mm: float, rng: np.random.Generator, candidates: np.ndarray, width: int,
+           nipple: tuple[float, float], mask: np.ndarray, taken: list[tuple[float, float, float, float]]
+           ) -> tuple[Cluster, tuple[float, float], tuple[float, float, float, float]] | None:
+    """A place for ``cluster`` (turned towards the nipple, inside the breast, clear of the ``taken`` boxes): the
+    turned cluster, its centre and box; None when ``PLACEMENT_TRIES`` draws find none."""
+    for _ in range(PLACEMENT_TRIES):
+        flat = int(candidates[rng.integers(candidates.size)])
+        cy, cx = divmod(flat, width)
+        centre = (cx + float(rng.random()), cy + float(rng.random()))
+        towards_nipple = math.atan2(nipple[1] - centre[1], nipple[0] - centre[0])
+        turned = cluster.rotated(towards_nipple + float(rng.normal(0.0, 0.15)))
+        box = cluster_box(turned, spacing_mm, centre)
+        if _fits(mask, _calc_points_px(turned, spacing_mm, centre), box, taken):
+            return turned, centre, box
+    return None
 
 
 def _default_mask(image: np.ndarray, spacing_mm: float, view: str | None, laterality: str | None) -> np.ndarray:

