@@ -21,6 +21,10 @@ For one cluster at pixel spacing ``s`` (mm):
    the image's own noise level (:func:`training.simulate_background.image_noise_sigma`) scaled by
    ``sqrt(exp(signal) - 1)`` is added as extra noise. Background noise already in the image stays as it is.
 
+6. Visibility (optional, the simulator's default through ``training.simulate_dataset``): the noise-free added signal's
+   calcifications standing out of the breast's texture are counted (``training.simulate_visibility``); a cluster
+   showing fewer than ``min_visible`` is not inserted but drawn again, as a reader would not have annotated it.
+
 The ground-truth box of a cluster is the extent of its calcifications' outlines plus ``BOX_MARGIN_MM`` and the PSF
 reach, in pixels of the image; boxes are x0, y0, x1, y1 (x = column), pixel ``i`` covering ``[i, i + 1)``.
 """
