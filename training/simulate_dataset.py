@@ -65,6 +65,10 @@ REAL_SAMPLE_COUNT = 8
 MAX_UPSAMPLING = 2.0
 
 _real_cache: dict[tuple[str, int, float], tuple[np.ndarray, str | None, str | None, tuple[float, float]]] = {}
+#: the texture spread (``training.simulate_visibility.texture_spread``) of each real background as drawn (folder,
+#: index, spacing, flipped): the same pixels give the same figure, and the filter over a whole breast costs more than
+#: inserting the image's clusters, so it is measured once per process, not once per image drawn on that background
+_real_spread_cache: dict[tuple[str, int, float, bool], float] = {}
 
 
 def real_sample_paths() -> list[Path]:
@@ -250,9 +254,11 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
             pixels = np.ascontiguousarray(pixels[:, ::-1])
             laterality = {"L": "R", "R": "L"}.get(laterality or "", laterality)
         record.update(real_index=case, flipped=flip)
+        spread_key: tuple[str, int, float, bool] | None = (recipe.backgrounds or "", case, spacing, flip)
     else:
         pixels, laterality, view, patient = _phantom_background(rng, recipe.seed, spacing)
         record.update(phantom_patient=patient)
+        spread_key = None  # every phantom is drawn anew
     record.update(laterality=laterality, view=view)
     mask = breast_mask(pixels, spacing, view=view, laterality=laterality)
     # the background's own pixel noise: a cluster's peak contrast over it says how faint the cluster is
@@ -264,7 +270,12 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns,
                               recipe.min_calcifications)
     # the blob filter's spread over this breast: the unit a calcification's visibility is counted in
-    spread = texture_spread(pixels, mask, spacing)
+    if spread_key is None:
+        spread = texture_spread(pixels, mask, spacing)
+    else:
+        if spread_key not in _real_spread_cache:
+            _real_spread_cache[spread_key] = texture_spread(pixels, mask, spacing)
+        spread = _real_spread_cache[spread_key]
     record["texture_spread"] = round(spread, 8)
 
     def redraw(cluster: Cluster) -> Cluster:
