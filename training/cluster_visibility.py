@@ -39,11 +39,11 @@ from scipy import ndimage, stats
 
 from training.simulate_background import breast_mask
 from training.simulate_visibility import (
-    BORDER_MM,
     SIGMAS_MM,
     Z_VISIBLE,
     blob_response,
     peak_window_px,
+    texture_mask,
     texture_statistics,
 )
 from training.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
@@ -84,7 +84,7 @@ def cluster_visibility(pixels: np.ndarray, breast: np.ndarray, boxes: Sequence[S
                        spacing_mm: float = 0.1) -> list[ClusterVisibility]:
     """Visibility of each box (x0, y0, x1, y1 in pixels) of one image at ``spacing_mm`` whose breast is ``breast``;
     every box is left out of the texture the others are measured against."""
-    texture = ndimage.binary_erosion(breast, iterations=max(1, round(BORDER_MM / spacing_mm)))
+    texture = texture_mask(breast, spacing_mm)
     for box in boxes:
         texture &= ~_box_mask(breast.shape, box, CLUSTER_MARGIN_PX)
     z = blob_z(pixels, texture, spacing_mm)

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from training.simulate_background import breast_mask, image_noise_sigma, nipple_position
 from training.simulate_morphology import Calcification, Cluster, LesionLabel
-from training.simulate_visibility import visible_calcifications
+from training.simulate_visibility import check_min_visible, visible_calcifications
 
 PSF_SIGMA_MM = 0.07
 DISPLAY_GAIN = 0.38
@@ -185,9 +185,7 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
     base = np.asarray(image, dtype=np.float32)
     if base.ndim != 2:
         raise ValueError(f"insert_clusters expects a 2-D image, got shape {base.shape}")
-    if min_visible < 0:
-        raise ValueError(f"min_visible must be 0 or more, got {min_visible}")
-    if min_visible and (texture_spread is None or redraw is None):
+    if check_min_visible(min_visible) and (texture_spread is None or redraw is None):
         raise ValueError("min_visible needs the background's texture_spread and a redraw of a cluster's pattern")
     out = base.copy()
     mask = breast_mask if breast_mask is not None else _default_mask(base, spacing_mm, view, laterality)
@@ -201,8 +199,7 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
     smooth_sigma = max(1.0 / spacing_mm, 1.0)
     lesions: list[InsertedLesion] = []
     taken: list[tuple[float, float, float, float]] = []
-    for drawn in clusters:
-        cluster = drawn
+    for cluster in clusters:
         for attempt in range(1 + (VISIBILITY_REDRAWS if min_visible else 0)):
             if attempt:
                 cluster = redraw(cluster)
@@ -210,24 +207,14 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
             if placed is None:
                 break  # no room for it: left out, as before the visibility rule
             turned, centre, box = placed
-            signal, (row0, col0) = render_signal(turned, spacing_mm, centre)
-            r0, c0 = max(row0, 0), max(col0, 0)
-            r1, c1 = min(row0 + signal.shape[0], out.shape[0]), min(col0 + signal.shape[1], out.shape[1])
-            sig = signal[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
-            pad = int(math.ceil(3 * smooth_sigma))
-            context = base[max(r0 - pad, 0):r1 + pad, max(c0 - pad, 0):c1 + pad]
-            local = ndimage.gaussian_filter(context, smooth_sigma, mode="nearest")
-            local = local[r0 - max(r0 - pad, 0):r0 - max(r0 - pad, 0) + sig.shape[0],
-                          c0 - max(c0 - pad, 0):c0 - max(c0 - pad, 0) + sig.shape[1]]
-            slope = np.maximum(4.0 * local * (1.0 - local), MIN_SLOPE)
-            added = np.float32(DISPLAY_GAIN * contrast_scale) * slope * sig
+            window, sig, added = _added_contrast(base, out, turned, spacing_mm, centre, smooth_sigma,
+                                                 contrast_scale)
             visible = (None if texture_spread is None
                        else visible_calcifications(added, spacing_mm, texture_spread))
             if min_visible and visible < min_visible:
                 continue  # no reader would have annotated it: draw the pattern again
             extra_sd = np.float32(sigma_noise) * np.sqrt(np.expm1(sig))
             noise = rng.standard_normal(sig.shape, dtype=np.float32) * extra_sd
-            window = out[r0:r1, c0:c1]
             window += added + noise
             np.clip(window, 0.0, 1.0, out=window)
             taken.append(box)
@@ -239,6 +226,24 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
                 draws=attempt + 1))
             break
     return out, lesions
+
+
+def _added_contrast(base: np.ndarray, out: np.ndarray, turned: Cluster, spacing_mm: float,
+                    centre: tuple[float, float], smooth_sigma: float, contrast_scale: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1-4 for a placed cluster: the view of ``out`` it falls on (clipped to the image), its log signal there
+    and the display contrast it adds, scaled by the characteristic curve's slope on the background ``base``."""
+    signal, (row0, col0) = render_signal(turned, spacing_mm, centre)
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row0 + signal.shape[0], out.shape[0]), min(col0 + signal.shape[1], out.shape[1])
+    sig = signal[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    pad = int(math.ceil(3 * smooth_sigma))
+    context = base[max(r0 - pad, 0):r1 + pad, max(c0 - pad, 0):c1 + pad]
+    local = ndimage.gaussian_filter(context, smooth_sigma, mode="nearest")
+    local = local[r0 - max(r0 - pad, 0):r0 - max(r0 - pad, 0) + sig.shape[0],
+                  c0 - max(c0 - pad, 0):c0 - max(c0 - pad, 0) + sig.shape[1]]
+    slope = np.maximum(4.0 * local * (1.0 - local), MIN_SLOPE)
+    return out[r0:r1, c0:c1], sig, np.float32(DISPLAY_GAIN * contrast_scale) * slope * sig
 
 
 def _place(cluster: Cluster, spacing_mm: float, rng: np.random.Generator, candidates: np.ndarray, width: int,

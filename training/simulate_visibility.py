@@ -65,11 +65,15 @@ def texture_statistics(response: np.ndarray, texture: np.ndarray) -> tuple[float
     return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
+def texture_mask(breast: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """The breast without its ``BORDER_MM`` border band: where the texture is measured."""
+    return ndimage.binary_erosion(breast, iterations=max(1, round(BORDER_MM / spacing_mm)))
+
+
 def texture_spread(pixels: np.ndarray, breast: np.ndarray, spacing_mm: float) -> float:
     """The spread (MAD-sigma) of the blob filter over the breast of a lesion-free background, its border left out:
     the unit a calcification's visibility is measured in."""
-    texture = ndimage.binary_erosion(breast, iterations=max(1, round(BORDER_MM / spacing_mm)))
-    _, spread = texture_statistics(blob_response(pixels, spacing_mm), texture)
+    _, spread = texture_statistics(blob_response(pixels, spacing_mm), texture_mask(breast, spacing_mm))
     return spread
 
 
