@@ -24,10 +24,19 @@ probability of cancer where the network says 0.51. Measured on the shipped weigh
 validation images, 70 matched clusters, BI-RADS proxy labels): lesion-level AUC 0.944 (0.900-0.984) with the split,
 0.953 (0.906-0.989) with the two-class reading, the same within their intervals; the two-class reading has the lower
 Brier score (0.096 against 0.122), since it reports confidently found lesions as confidently malignant or benign.
+
+``malignant_logit_offset`` (``DetectorConfig``; 0 by default) adds a constant to the malignant logit of every
+proposal before either mode's softmax: the prior-shift correction ("logit adjustment") for a network whose training
+data made it call too much malignant (or benign). A fine-tune on clusters whose suspicious patterns are all visible
+moved the shipped detector's calls towards malignant (model card, "Latest"); the offset puts the split back without
+retraining, chosen on validation images like the operating point, and like it a setting of the manifest. It acts at
+inference only (``postprocess_detections``), so training losses are unchanged.
 """
 from __future__ import annotations
 
+import math
 import types
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +45,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 SCORE_MODES = ("class", "lesion")
+MALIGNANT = 2  # the box head's class index of malignant (0 background, 1 benign)
+MAX_LOGIT_OFFSET = 10.0  # beyond this a class is all but switched off: a typo, not a calibration
 
 
 def lesion_postprocess(self: RoIHeads, class_logits: torch.Tensor, box_regression: torch.Tensor,
@@ -66,12 +77,35 @@ def lesion_postprocess(self: RoIHeads, class_logits: torch.Tensor, box_regressio
     return all_boxes, all_scores, all_labels
 
 
-def set_score_mode(model: FasterRCNN, mode: str) -> None:
-    """Make ``model`` score its boxes by ``mode`` (``SCORE_MODES``); holds no weights, so it can change any time."""
+def with_malignant_offset(postprocess: Callable, offset: float) -> Callable:
+    """``postprocess`` (torchvision's or ``lesion_postprocess``) run on class logits whose malignant column is
+    shifted by ``offset``; the logits the caller passed are left as they are."""
+    def shifted(self: RoIHeads, class_logits: torch.Tensor, box_regression: torch.Tensor,
+                proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]):
+        adjusted = class_logits.clone()
+        adjusted[:, MALIGNANT] += offset
+        return postprocess(self, adjusted, box_regression, proposals, image_shapes)
+    return shifted
+
+
+def check_malignant_offset(offset: float) -> float:
+    """``offset`` as a float, refused when it is not finite or larger than ``MAX_LOGIT_OFFSET`` either way."""
+    offset = float(offset)
+    if not math.isfinite(offset) or abs(offset) > MAX_LOGIT_OFFSET:
+        raise ValueError(f"malignant_logit_offset must be finite and within +-{MAX_LOGIT_OFFSET:g}, got {offset}")
+    return offset
+
+
+def set_score_mode(model: FasterRCNN, mode: str, malignant_logit_offset: float = 0.0) -> None:
+    """Make ``model`` score its boxes by ``mode`` (``SCORE_MODES``), its malignant logits shifted by
+    ``malignant_logit_offset``; holds no weights, so it can change any time."""
     if mode not in SCORE_MODES:
         raise ValueError(f"unknown score_mode {mode!r}; choose one of {', '.join(SCORE_MODES)}")
+    offset = check_malignant_offset(malignant_logit_offset)
     heads = model.roi_heads
-    if mode == "lesion":
-        heads.postprocess_detections = types.MethodType(lesion_postprocess, heads)
-    else:
-        heads.__dict__.pop("postprocess_detections", None)  # torchvision's own method again
+    heads.__dict__.pop("postprocess_detections", None)  # torchvision's own method again
+    postprocess = lesion_postprocess if mode == "lesion" else RoIHeads.postprocess_detections
+    if offset:
+        postprocess = with_malignant_offset(postprocess, offset)
+    if postprocess is not RoIHeads.postprocess_detections:
+        heads.postprocess_detections = types.MethodType(postprocess, heads)

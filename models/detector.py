@@ -15,6 +15,8 @@ Input resolution and anchors, chosen for lesions a few millimetres across:
 - ``score_mode``: "class" (torchvision's and the paper's: a box per class, scored by that class's probability) or
   "lesion" (a box per proposal scored by ``1 - P(background)``, labelled with the likelier class):
   ``models.box_scores``.
+- ``malignant_logit_offset``: a constant added to every proposal's malignant logit at inference (0 by default), the
+  calibration of the benign/malignant split on validation images: ``models.box_scores``.
 
 Boxes are returned in model-input pixels (the tensor given to ``detect``): torchvision maps them back from its
 internal resize; the pipeline maps them on to the original DICOM pixels.
@@ -38,7 +40,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from models.backbones import load_backbone_weights
-from models.box_scores import SCORE_MODES, set_score_mode
+from models.box_scores import SCORE_MODES, check_malignant_offset, set_score_mode
 from models.efficientnet_lite import efficientnet_lite_fpn, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
 from models.fusion import box_malignancy, suppress_cross_class
@@ -73,6 +75,8 @@ class DetectorConfig(ManifestConfig):
     cross_class_suppression: bool = True
     cross_class_iou: float = 0.5
     score_mode: str = "class"  # models.box_scores: "class" (the paper's) or "lesion" (1 - P(background))
+    # models.box_scores: added to each proposal's malignant logit at inference (0: the network's own split)
+    malignant_logit_offset: float = 0.0
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     rpn_batch_size_per_image: int = 256
@@ -103,6 +107,7 @@ class DetectorConfig(ManifestConfig):
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.score_mode not in SCORE_MODES:
             raise ValueError(f"unknown score_mode {self.score_mode!r}; choose one of {', '.join(SCORE_MODES)}")
+        object.__setattr__(self, "malignant_logit_offset", check_malignant_offset(self.malignant_logit_offset))
         if self.detections_per_img < 1:
             raise ValueError("detections_per_img must be at least 1")
         if not 0 <= self.trainable_backbone_layers <= 5:
@@ -189,7 +194,7 @@ def build_detector(
         box_nms_thresh=config.nms_thresh,
         box_detections_per_img=config.detections_per_img,
     )
-    set_score_mode(model, config.score_mode)
+    set_score_mode(model, config.score_mode, config.malignant_logit_offset)
     model.mccad_config = config  # type: ignore[assignment]
     log.info(
         "built %s: backbone weights %s, min_size %d, max_size %d, anchors %s",
@@ -221,7 +226,7 @@ def _backbone(config: DetectorConfig, backbone_weights: str | Path | None,
 def apply_thresholds(model: FasterRCNN, config: DetectorConfig) -> None:
     """Set the inference-time thresholds, proposal counts and score mode of a built model from ``config`` (they hold
     no weights)."""
-    set_score_mode(model, config.score_mode)
+    set_score_mode(model, config.score_mode, config.malignant_logit_offset)
     model.roi_heads.score_thresh = config.score_thresh
     model.roi_heads.nms_thresh = config.nms_thresh
     model.roi_heads.detections_per_img = config.detections_per_img

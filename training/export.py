@@ -110,7 +110,8 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
                dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
-               tile_batch: int | None = None, score_mode: str | None = None) -> Path:
+               tile_batch: int | None = None, score_mode: str | None = None,
+               malignant_offset: float | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -122,7 +123,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     will run, when not the training host's (a GPU run's 16 tiles at once costs a CPU worker memory and buys it
     nothing; the boxes are the same); refused for a model without tiling. ``score_mode``: how the detector scores
     its boxes (``models.box_scores``) when not as it was validated, chosen on validation images with
-    ``mccad evaluate --score-mode``; the operating point must then be chosen in that mode too.
+    ``mccad evaluate --score-mode``; the operating point must then be chosen in that mode too. ``malignant_offset``:
+    the detector's malignant logit offset (``models.box_scores``) calibrated on validation images with ``mccad
+    evaluate --malignant-offset``; likewise refused with the run's own (``auto``) operating point.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -147,6 +150,15 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
             raise ValueError(f"{run_dir}: the run validated its operating point with {run.network_config.score_mode} "
                              f"scores, not {score_mode} ones: give --score-thresh chosen in {score_mode} mode")
         run = dataclasses.replace(run, network_config=dataclasses.replace(run.network_config, score_mode=score_mode))
+    if malignant_offset is not None:
+        if run.kind != "detector":
+            raise ValueError(f"{run_dir}: malignant_offset is a detector setting; this run trained a {run.kind}")
+        if score_thresh == AUTO_THRESHOLD and malignant_offset != run.network_config.malignant_logit_offset:
+            raise ValueError(f"{run_dir}: the run validated its operating point with malignant offset "
+                             f"{run.network_config.malignant_logit_offset:g}, not {malignant_offset:g}: give "
+                             f"--score-thresh chosen with that offset")
+        run = dataclasses.replace(run, network_config=dataclasses.replace(
+            run.network_config, malignant_logit_offset=malignant_offset))
     arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
     thresholds = {}

@@ -9,7 +9,8 @@ Ways in:
   mccad evaluate --model MODEL --data A.csv B.csv --out DIR          several sets pooled into one evaluation
   add --compare OTHER (predictions file, model or run folder) for DeLong's test between two models.
   add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect;
-  add --score-mode class|lesion to run detectors with another box score than their manifest's (``models.box_scores``).
+  add --score-mode class|lesion to run detectors with another box score than their manifest's (``models.box_scores``),
+  add --malignant-offset X to run them with another malignant logit offset (its calibration on validation images).
 """
 from __future__ import annotations
 
@@ -53,14 +54,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run detectors with this box score instead of their manifest's: class (a box per class, its "
                         "probability; the paper's) or lesion (a box per proposal, 1 - P(background)); to choose a "
                         "model's score_mode on validation images. Saved predictions files are used as they are")
+    p.add_argument("--malignant-offset", type=float, default=None, metavar="X",
+                   help="run detectors with this constant added to each proposal's malignant logit instead of their "
+                        "manifest's (default 0): to calibrate a model's benign/malignant split on validation images "
+                        "('mccad export --malignant-offset'). Saved predictions files are used as they are")
     p.set_defaults(func=run)
 
 
+def _detector_overrides(args: argparse.Namespace) -> dict:
+    """The detector settings given on the command line (``--score-mode``, ``--malignant-offset``)."""
+    given = {"score_mode": args.score_mode, "malignant_logit_offset": args.malignant_offset}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, breast_gate: bool = True,
-                    score_mode: str | None = None):
+                    overrides: dict | None = None):
     """(predictions, operating point, name) from a predictions file or a model/run folder (``breast_gate`` False:
-    a detector runs without its breast gate; ``score_mode``: a detector scores its boxes so, whatever its manifest
-    says)."""
+    a detector runs without its breast gate; ``overrides``: detector settings, such as ``score_mode``, that replace
+    its manifest's)."""
     from training.evaluate import OperatingPoint, read_predictions, write_predictions
     from training.predict import load_model, predict
 
@@ -71,11 +82,12 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     loaded = load_model(source, device=_device(device))
     if not breast_gate:
         loaded.breast_gate = None
-    if score_mode is not None and loaded.kind == "detector":
-        loaded.network_config = dataclasses.replace(loaded.network_config, score_mode=score_mode)
+    if overrides and loaded.kind == "detector":
+        loaded.network_config = dataclasses.replace(loaded.network_config, **overrides)
     preds = predict(loaded, samples, progress=True)
     op = loaded.operating_point
-    gate = ({"breast_gate": loaded.breast_gate, "score_mode": loaded.network_config.score_mode}
+    gate = ({"breast_gate": loaded.breast_gate, "score_mode": loaded.network_config.score_mode,
+             "malignant_logit_offset": loaded.network_config.malignant_logit_offset}
             if loaded.kind == "detector" else {})
     write_predictions(out / f"predictions{tag}.json", preds,
                       {**loaded.description, **gate, "operating_point": op.__dict__})
@@ -127,6 +139,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    overrides = _detector_overrides(args)
     try:
         if args.kfold is not None and len(args.truth) > 1:
             raise UserError("--kfold evaluates the annotation file the folds were made from: give one --data")
@@ -141,17 +154,17 @@ def run(args: argparse.Namespace, settings) -> int:
             for i, (name, ids) in enumerate(sorted(folds.items()), start=1):
                 samples = [by_id[x] for x in ids if x in by_id]
                 fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}",
-                                                             args.breast_gate, args.score_mode)))
+                                                             args.breast_gate, overrides)))
         elif args.predictions and len(args.predictions) > 1:
             for path in args.predictions:
                 preds, op, name = _predictions_of(path, truth, args.device, out, "", args.breast_gate,
-                                                  args.score_mode)
+                                                  overrides)
                 ids = {p.image_id for p in preds}
                 fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
         else:
             source = args.model if args.model is not None else args.predictions[0]
             fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "", args.breast_gate,
-                                                       args.score_mode)))
+                                                       overrides)))
         op = fold_preds[0][2]
         if args.score_thresh is not None:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
@@ -171,7 +184,7 @@ def run(args: argparse.Namespace, settings) -> int:
         comparison, names = None, (fold_preds[0][3], "")
         if args.compare is not None:
             other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
-                                                   args.breast_gate, args.score_mode)
+                                                   args.breast_gate, overrides)
             comparison = compare(all_truth, all_preds, other, op=op, n_boot=args.n_boot, simulation=simulation)
             names = (fold_preds[0][3], other_name)
     except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:

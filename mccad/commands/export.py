@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="detector box score written into the manifest (default: the run's): class (a box per class, "
                         "its probability; the paper's) or lesion (a box per proposal, 1 - P(background)); choose it "
                         "and --score-thresh in that mode with 'mccad evaluate --score-mode' on validation images")
+    p.add_argument("--malignant-offset", type=float, default=None, metavar="X",
+                   help="constant added to each proposal's malignant logit, written into the manifest (default: the "
+                        "run's, 0): the benign/malignant split calibrated on validation images with 'mccad evaluate "
+                        "--malignant-offset'; give --score-thresh chosen with the same offset")
     p.set_defaults(func=run)
 
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace, settings) -> int:
         out = export_run(args.run, args.out, name=args.name, version=args.version, training_data=args.training_data,
                          synthetic_only=args.synthetic_only, metrics_json=args.metrics, dtype=args.dtype,
                          which=args.checkpoint, score_thresh=args.score_thresh,
-                         tile_batch=args.tile_batch, score_mode=args.score_mode)
+                         tile_batch=args.tile_batch, score_mode=args.score_mode,
+                         malignant_offset=args.malignant_offset)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(out)

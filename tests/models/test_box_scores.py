@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.box_scores import set_score_mode
+from models.box_scores import MAX_LOGIT_OFFSET, set_score_mode
 from models.detector import DetectorConfig, build_detector, detect
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
@@ -86,6 +86,45 @@ def test_detect_follows_the_configs_score_mode_and_lesion_scores_bound_class_sco
     assert all(pairs[tuple(b.round(3))] == m for b, m in zip(suppressed.boxes, suppressed.malignancy))
 
 
+def test_a_malignant_offset_moves_the_class_split_in_both_modes_and_leaves_the_logits_alone(model):
+    heads = model.roi_heads
+    heads.score_thresh, heads.nms_thresh, heads.detections_per_img = 0.3, 0.3, 100
+    logits, regression, proposals, shapes = _heads_inputs()
+    before = logits.clone()
+    # log 0.5 halves every proposal's malignant odds: (0.1, 0.45, 0.45) -> (0.129, 0.581, 0.290), and
+    # (0.5, 0.1, 0.4) -> (0.625, 0.125, 0.25): only the first proposal's benign box passes 0.3
+    set_score_mode(model, "class", math.log(0.5))
+    boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, shapes)
+    assert labels[0].tolist() == [1] and scores[0].tolist() == pytest.approx([0.45 / 0.775], abs=1e-5)
+    torch.testing.assert_close(logits, before)  # the caller's logits are not shifted in place
+    # under lesion scores the offset changes both the lesion-ness and the split: 1 - 0.1 / 0.775, and 0.225 / 0.675
+    set_score_mode(model, "lesion", math.log(0.5))
+    boxes, scores, labels = heads.postprocess_detections(logits, regression, proposals, shapes)
+    first = int(scores[0].argmax())
+    assert float(scores[0][first]) == pytest.approx(1 - 0.1 / 0.775, abs=1e-5)
+    assert int(labels[0][first]) == 1 and float(heads.mccad_malignancy[0][first]) == pytest.approx(1 / 3, abs=1e-5)
+    # a positive offset calls more malignant; 0 is torchvision's own method again
+    set_score_mode(model, "class", 1.0)
+    assert set(heads.postprocess_detections(logits, regression, proposals, shapes)[2][0].tolist()) == {2}
+    set_score_mode(model, "class", 0.0)
+    assert "postprocess_detections" not in vars(heads)
+
+
+def test_detect_applies_the_configs_malignant_offset(model):
+    torch.manual_seed(1)
+    image = torch.rand(1, 128, 128)
+    loose = DetectorConfig(**TINY, score_thresh=0.0, nms_thresh=1.0, cross_class_suppression=False,
+                           detections_per_img=1000)
+    plain = detect(model, [image], loose)[0]
+    benign_leaning = detect(model, [image], DetectorConfig(**{**loose.to_dict(), "malignant_logit_offset": -3.0}))[0]
+    assert model.mccad_config.malignant_logit_offset == -3.0
+    share = lambda det: float((det.labels == 2).mean())  # noqa: E731
+    top = lambda det, label: float(det.scores[det.labels == label].max())  # noqa: E731
+    assert top(benign_leaning, 2) < top(plain, 2) and top(benign_leaning, 1) > top(plain, 1)
+    assert share(benign_leaning) <= share(plain)
+    set_score_mode(model, "class")
+
+
 def test_score_mode_travels_through_the_manifest_and_older_manifests_mean_class(tmp_path):
     from models.registry import ModelManifest, load_detector, save_model
 
@@ -102,6 +141,16 @@ def test_score_mode_travels_through_the_manifest_and_older_manifests_mean_class(
         DetectorConfig(score_mode="objectness")
     with pytest.raises(ValueError, match="score_mode"):
         set_score_mode(net, "max")
+    # the malignant offset travels alike; older manifests mean none; absurd ones are refused
+    assert loaded.malignant_logit_offset == 0.0
+    older = {k: v for k, v in config.to_dict().items() if k != "malignant_logit_offset"}
+    assert DetectorConfig.from_dict(older).malignant_logit_offset == 0.0
+    assert DetectorConfig.from_dict({**config.to_dict(), "malignant_logit_offset": -1}).malignant_logit_offset == -1.0
+    for absurd in (float("nan"), float("inf"), MAX_LOGIT_OFFSET + 1):
+        with pytest.raises(ValueError, match="malignant_logit_offset"):
+            DetectorConfig(malignant_logit_offset=absurd)
+        with pytest.raises(ValueError, match="malignant_logit_offset"):
+            set_score_mode(net, "class", absurd)
     assert math.isclose(loaded.score_thresh, config.score_thresh)
 
 
@@ -115,3 +164,4 @@ def test_the_cli_offers_exactly_the_score_modes():
     for command in ("evaluate", "export"):
         option = next(a for a in sub.choices[command]._actions if a.dest == "score_mode")
         assert tuple(option.choices) == SCORE_MODES
+        assert any(a.dest == "malignant_offset" for a in sub.choices[command]._actions)

@@ -113,6 +113,18 @@ def test_predict_drops_the_boxes_the_gate_drops_and_no_breast_gate_keeps_them(ru
         assert img["scores"] == pytest.approx(pred.scores.tolist(), abs=1e-6)
     assert by_lesion["images"] != on["images"]
 
+    # --malignant-offset likewise: the saved predictions are the model's run with that offset, and say which
+    shifted = tmp_path / "shifted"
+    assert main(["evaluate", "--model", str(root / "gated"), "--data", str(csv), "--out", str(shifted),
+                 "--n-boot", "10", "--malignant-offset=-2"]) == 0
+    by_offset = json.loads((shifted / "predictions.json").read_text())
+    assert on["meta"]["malignant_logit_offset"] == 0 and by_offset["meta"]["malignant_logit_offset"] == -2
+    expected = predict(dataclasses.replace(loaded, network_config=dataclasses.replace(
+        loaded.network_config, malignant_logit_offset=-2.0)), samples)
+    for img, pred in zip(by_offset["images"], expected, strict=True):
+        assert img["scores"] == pytest.approx(pred.scores.tolist(), abs=1e-6)
+    assert by_offset["images"] != on["images"]
+
 
 def test_runs_made_before_the_setting_load_and_resume_with_its_default(runs, tmp_path):
     from training.export import load_run

@@ -368,3 +368,12 @@ def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
     assert load_manifest(tmp_path / "chosen").input_spec["detector"]["score_mode"] == "class"  # the run's own
     with pytest.raises(ValueError, match="class scores"):  # the run's operating point was measured per class
         export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", score_mode="lesion")
+    # a malignant offset calibrated on validation images likewise, with the threshold chosen under it
+    export_run(tmp_path / "run", tmp_path / "offset", dtype="float32", score_thresh=0.5, malignant_offset=-0.75)
+    assert load_manifest(tmp_path / "offset").input_spec["detector"]["malignant_logit_offset"] == -0.75
+    assert load_detector(tmp_path / "offset")[1].malignant_logit_offset == -0.75
+    assert load_manifest(tmp_path / "chosen").input_spec["detector"]["malignant_logit_offset"] == 0  # the run's own
+    with pytest.raises(ValueError, match="malignant offset 0, not -0.75"):
+        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", malignant_offset=-0.75)
+    with pytest.raises(ValueError, match="malignant_logit_offset"):
+        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh=0.5, malignant_offset=50)
