@@ -183,9 +183,11 @@ def run(args: argparse.Namespace, settings) -> int:
             metrics["kfold"] = evaluate_folds(per_fold)
         comparison, names = None, (fold_preds[0][3], "")
         if args.compare is not None:
-            other, _, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
-                                                   args.breast_gate, overrides)
-            comparison = compare(all_truth, all_preds, other, op=op, n_boot=args.n_boot, simulation=simulation)
+            other, other_op, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
+                                                          args.breast_gate, overrides)
+            # each model at its own operating point (--score-thresh sets the evaluated model's only)
+            comparison = compare(all_truth, all_preds, other, op=op, op_b=other_op, n_boot=args.n_boot,
+                                 simulation=simulation)
             names = (fold_preds[0][3], other_name)
     except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:
         raise UserError(str(exc)) from exc

@@ -121,6 +121,15 @@ def test_compare_and_kfold_and_report(tmp_path):
              for s in truth]
     comparison = compare(truth, perfect, noisy)
     assert comparison["image"]["auc_a"] == 1.0 and comparison["image"]["difference"] > 0
+    # each detector is read at its own operating point: B's image AUC is the one its own evaluation gives
+    boxed = [ImagePrediction(s.image_id, np.array([[0, 0, 10, 10]]), ["malignant"],
+                             np.array([0.5 if s.target else 0.45 + 0.1 * (k % 2)]))
+             for k, s in enumerate(truth)]
+    strict, loose = OperatingPoint(score_thresh=0.52), OperatingPoint(score_thresh=0.3)
+    own = evaluate(truth, boxed, op=strict, n_boot=0)["levels"]["image"]["auc"]["auc"]
+    assert own != pytest.approx(evaluate(truth, boxed, op=loose, n_boot=0)["levels"]["image"]["auc"]["auc"])
+    assert compare(truth, perfect, boxed, op=loose, op_b=strict)["image"]["auc_b"] == pytest.approx(own)
+    assert compare(truth, perfect, boxed, op=strict)["image"]["auc_b"] == pytest.approx(own)  # default: A's
     folds = [evaluate(truth[:24], perfect[:24], n_boot=0), evaluate(truth[24:], noisy[24:], n_boot=0)]
     table = evaluate_folds(folds)
     assert table["image"]["folds"][0]["accuracy"] == 1.0
