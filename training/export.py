@@ -222,10 +222,12 @@ def _json_safe(value: Any) -> Any:
 
 
 def _fmt(value: Any) -> str:
+    """A card's table cell: floats to four significant digits (four decimals printed a learning rate of 5e-05 as
+    0.0001)."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:.4f}"
+        return "n/a" if value != value else f"{value:.4g}"
     return str(value)
 
 
