@@ -25,6 +25,14 @@ def _heads_inputs():
     return logits, torch.zeros(3, 3 * 4), proposals, [(128, 128)]
 
 
+def _noise_image_and_loose_config() -> tuple[torch.Tensor, DetectorConfig]:
+    """A noise image and a config that keeps every box (no threshold, no suppression): what the network gives."""
+    torch.manual_seed(1)
+    loose = DetectorConfig(**TINY, score_thresh=0.0, nms_thresh=1.0, cross_class_suppression=False,
+                           detections_per_img=1000)
+    return torch.rand(1, 128, 128), loose
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -62,10 +70,7 @@ def test_lesion_mode_gives_one_box_per_proposal_scored_by_one_minus_background(m
 
 
 def test_detect_follows_the_configs_score_mode_and_lesion_scores_bound_class_scores(model):
-    torch.manual_seed(1)
-    image = torch.rand(1, 128, 128)
-    loose = DetectorConfig(**TINY, score_thresh=0.0, nms_thresh=1.0, cross_class_suppression=False,
-                           detections_per_img=1000)
+    image, loose = _noise_image_and_loose_config()
     per_class = detect(model, [image], loose)[0]
     lesion = detect(model, [image], DetectorConfig(**{**loose.to_dict(), "score_mode": "lesion"}))[0]
     assert len(per_class) > 0 and len(lesion) > 0
@@ -111,10 +116,7 @@ def test_a_malignant_offset_moves_the_class_split_in_both_modes_and_leaves_the_l
 
 
 def test_detect_applies_the_configs_malignant_offset(model):
-    torch.manual_seed(1)
-    image = torch.rand(1, 128, 128)
-    loose = DetectorConfig(**TINY, score_thresh=0.0, nms_thresh=1.0, cross_class_suppression=False,
-                           detections_per_img=1000)
+    image, loose = _noise_image_and_loose_config()
     plain = detect(model, [image], loose)[0]
     benign_leaning = detect(model, [image], DetectorConfig(**{**loose.to_dict(), "malignant_logit_offset": -3.0}))[0]
     assert model.mccad_config.malignant_logit_offset == -3.0
