@@ -107,6 +107,14 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
     return breast_gate_spec(cfg.get("breast_gate", config_defaults(DetectorTrainConfig)["breast_gate"]))
 
 
+# detector settings chosen on validation images after training (models.box_scores), and what an operating point the
+# run validated under its own value is refused with: it must be chosen again under the new one
+AFTER_TRAINING = {
+    "score_mode": "{old} scores, not {new} ones: give --score-thresh chosen in {new} mode",
+    "malignant_logit_offset": "malignant offset {old:g}, not {new:g}: give --score-thresh chosen with that offset",
+}
+
+
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
                dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
@@ -143,22 +151,17 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
         if not 1 <= int(tile_batch) <= 256:
             raise ValueError(f"tile_batch must lie in 1-256, got {tile_batch}")
         tiling["batch"] = int(tile_batch)
-    if score_mode is not None:
+    chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
+              if v is not None}
+    if chosen:
         if run.kind != "detector":
-            raise ValueError(f"{run_dir}: score_mode is a detector setting; this run trained a {run.kind}")
-        if score_thresh == AUTO_THRESHOLD and score_mode != run.network_config.score_mode:
-            raise ValueError(f"{run_dir}: the run validated its operating point with {run.network_config.score_mode} "
-                             f"scores, not {score_mode} ones: give --score-thresh chosen in {score_mode} mode")
-        run = dataclasses.replace(run, network_config=dataclasses.replace(run.network_config, score_mode=score_mode))
-    if malignant_offset is not None:
-        if run.kind != "detector":
-            raise ValueError(f"{run_dir}: malignant_offset is a detector setting; this run trained a {run.kind}")
-        if score_thresh == AUTO_THRESHOLD and malignant_offset != run.network_config.malignant_logit_offset:
-            raise ValueError(f"{run_dir}: the run validated its operating point with malignant offset "
-                             f"{run.network_config.malignant_logit_offset:g}, not {malignant_offset:g}: give "
-                             f"--score-thresh chosen with that offset")
-        run = dataclasses.replace(run, network_config=dataclasses.replace(
-            run.network_config, malignant_logit_offset=malignant_offset))
+            raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
+        for name, value in chosen.items():
+            validated = getattr(run.network_config, name)
+            if score_thresh == AUTO_THRESHOLD and value != validated:
+                raise ValueError(f"{run_dir}: the run validated its operating point with "
+                                 f"{AFTER_TRAINING[name].format(old=validated, new=value)}")
+        run = dataclasses.replace(run, network_config=dataclasses.replace(run.network_config, **chosen))
     arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
     thresholds = {}
