@@ -3,8 +3,9 @@
 Why: no detector trained here finds the faintest simulated clusters (peak contrast-to-noise ratio below 8, almost all
 amorphous; ``training.subgroups``), and they alone hold FROC sensitivity at 1 false positive per image below issue
 8's 0.9 (model card, section "The reader's annotation rule"). Whether that is a model that could learn more or
-clusters that do not stand out of the breast's own structure decides where GPU time goes. Pixel noise (the CNR) does not answer it: breast
-texture also makes calcification-sized bright blobs. This measures the clusters against the texture.
+clusters that do not stand out of the breast's own structure decides where GPU time goes. Pixel noise (the CNR) does
+not answer it: breast texture also makes calcification-sized bright blobs. This measures the clusters against the
+texture.
 
 Method: the simulator's own blob filter (``training.simulate_visibility``: a scale-normalised Laplacian of Gaussian
 at calcification scales, bright blobs of 0.2-0.3 mm) over the image, standardised by its median and MAD over the breast away from its border and the

@@ -5,11 +5,11 @@ outlined; a cluster whose calcifications are no brighter than the breast's own t
 draws contrast from physics (size, density, attenuation, the background's characteristic curve), so a small share of
 its clusters, almost all amorphous, come out at texture level: not one of them stands out of its breast to a blob
 detector (``training.cluster_visibility``; model card, section "The reader's annotation rule"), and every detector
-trained here missed every one. Annotating them made the simulated truth hold findings no reader would have marked. With this rule a
-cluster is annotated (inserted at all) only when at least ``min_visible`` of its calcifications show as bright
-blobs of at least ``Z_VISIBLE`` texture spreads; a cluster that does not is drawn again (same pattern, so the mix of
-morphologies stays as drawn) and placed again. The physics of each calcification is unchanged: the rule selects
-which draws a reader would have annotated, as annotation does.
+trained here missed every one. Annotating them made the simulated truth hold findings no reader would have marked.
+With this rule a cluster is annotated (inserted at all) only when at least ``min_visible`` of its calcifications show
+as bright blobs of at least ``Z_VISIBLE`` texture spreads; a cluster that does not is drawn again (same pattern, so
+the mix of morphologies stays as drawn) and placed again. The physics of each calcification is unchanged: the rule
+selects which draws a reader would have annotated, as annotation does.
 
 The measure is the one ``training.cluster_visibility`` reports: a scale-normalised Laplacian of Gaussian at
 calcification scales (``SIGMAS_MM``: 0.1 and 0.15 mm, bright blobs of 0.2-0.3 mm), standardised by its median and
