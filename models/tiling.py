@@ -18,6 +18,8 @@ How:
    ``JOIN_ALONG_SEAM`` of the shorter one. Then class-aware NMS at ``nms_thresh`` removes the duplicates that both
    tiles of an overlap saw whole, the released code's cross-class suppression runs as in ``detect``
    (``models.fusion.suppress_cross_class``), and the ``detections_per_img`` best boxes are kept.
+4. :class:`TilingSpec` with ``hflip``: steps 1-3 on the image and on its mirror, the two readings fused box by box
+   (``models.flip_fusion``), then the thresholds, NMS and cross-class suppression of step 3.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from models.detector import Detections, DetectorConfig, detect
+from models.flip_fusion import READING_SCORE_FLOOR, fuse_readings, mirror
 from models.fusion import suppress_cross_class
 
 Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), image pixels
@@ -151,6 +154,14 @@ def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_sha
                                      np.concatenate(cuts))
         merged = Detections(boxes=b, labels=l, scores=s,
                             malignancy=None if merged.malignancy is None else merged.malignancy[best])
+    return _suppress(merged, config)
+
+
+def _suppress(merged: Detections, config: DetectorConfig) -> Detections:
+    """Class-aware NMS at ``config.nms_thresh``, cross-class suppression when the config asks for it, the
+    ``config.detections_per_img`` best boxes by falling score."""
+    if len(merged) == 0:
+        return _empty()
     keep = batched_nms(torch.from_numpy(merged.boxes), torch.from_numpy(merged.scores),
                        torch.from_numpy(merged.labels), config.nms_thresh).numpy()
     merged = merged.take(keep)
@@ -211,12 +222,25 @@ class TilingSpec:
     overlap: int = 128
     batch: int = 4
     join: bool = False  # seam joining of box pieces (merge_tile_detections): off unless the model asks
+    # test-time flip (models.flip_fusion): the mirrored image is read too and both readings fused; twice the time
+    hflip: bool = False
 
     def detect(self, model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig,
                batch: int | None = None) -> Detections:
-        """``detect_tiled`` with these settings (``batch`` overrides the tiles per forward pass)."""
-        return detect_tiled(model, image, config, tile=self.tile, overlap=self.overlap, batch=batch or self.batch,
-                            join=self.join)
+        """``detect_tiled`` with these settings (``batch`` overrides the tiles per forward pass); with ``hflip``,
+        on the image and its mirror, the two readings fused and then thresholded as ``config`` says."""
+        def read(pixels: torch.Tensor, cfg: DetectorConfig) -> Detections:
+            return detect_tiled(model, pixels, cfg, tile=self.tile, overlap=self.overlap, batch=batch or self.batch,
+                                join=self.join)
+
+        if not self.hflip:
+            return read(image, config)
+        reading = replace(config, score_thresh=min(config.score_thresh, READING_SCORE_FLOOR),
+                          cross_class_suppression=False)
+        width = int(image.shape[-1])
+        fused = fuse_readings([read(image, reading), mirror(read(torch.flip(image, dims=[-1]), reading), width)],
+                              iou=config.nms_thresh)
+        return _suppress(fused.take(np.flatnonzero(fused.scores >= config.score_thresh)), config)
 
 
 def _tile_config(config: DetectorConfig) -> DetectorConfig:

@@ -10,7 +10,8 @@ Ways in:
   add --compare OTHER (predictions file, model or run folder) for DeLong's test between two models.
   add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect;
   add --score-mode class|lesion to run detectors with another box score than their manifest's (``models.box_scores``),
-  add --malignant-offset X to run them with another malignant logit offset (its calibration on validation images).
+  add --malignant-offset X to run them with another malignant logit offset (its calibration on validation images),
+  add --test-time-flip on|off to run a tiled detector with or without its mirrored second reading (``models.flip_fusion``).
 """
 from __future__ import annotations
 
@@ -58,12 +59,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run detectors with this constant added to each proposal's malignant logit instead of their "
                         "manifest's (default 0): to calibrate a model's benign/malignant split on validation images "
                         "('mccad export --malignant-offset'). Saved predictions files are used as they are")
+    p.add_argument("--test-time-flip", choices=("on", "off"), default=None,
+                   help="run tiled detectors with (on) or without (off) a second reading of the mirrored image, the "
+                        "two fused (models.flip_fusion), instead of as their manifest says; to choose it on validation "
+                        "images. Saved predictions files are used as they are")
     p.set_defaults(func=run)
 
 
 def _detector_overrides(args: argparse.Namespace) -> dict:
-    """The detector settings given on the command line (``--score-mode``, ``--malignant-offset``)."""
-    given = {"score_mode": args.score_mode, "malignant_logit_offset": args.malignant_offset}
+    """The detector settings given on the command line (``--score-mode``, ``--malignant-offset``, and
+    ``--test-time-flip`` as ``"tiling.hflip"``, a setting of how the network runs on whole images)."""
+    flip = None if args.test_time_flip is None else args.test_time_flip == "on"
+    given = {"score_mode": args.score_mode, "malignant_logit_offset": args.malignant_offset, "tiling.hflip": flip}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -72,6 +79,7 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     """(predictions, operating point, name) from a predictions file or a model/run folder (``breast_gate`` False:
     a detector runs without its breast gate; ``overrides``: detector settings, such as ``score_mode``, that replace
     its manifest's)."""
+    from mccad.cli import UserError
     from training.evaluate import OperatingPoint, read_predictions, write_predictions
     from training.predict import load_model, predict
 
@@ -83,11 +91,18 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     if not breast_gate:
         loaded.breast_gate = None
     if overrides and loaded.kind == "detector":
-        loaded.network_config = dataclasses.replace(loaded.network_config, **overrides)
+        network = {k: v for k, v in overrides.items() if not k.startswith("tiling.")}
+        loaded.network_config = dataclasses.replace(loaded.network_config, **network)
+        if "tiling.hflip" in overrides:
+            if not loaded.tiling:
+                raise UserError(f"{source}: --test-time-flip is for detectors run tile by tile; this one reads "
+                                "whole images")
+            loaded.tiling = {**loaded.tiling, "hflip": overrides["tiling.hflip"]}
     preds = predict(loaded, samples, progress=True)
     op = loaded.operating_point
     gate = ({"breast_gate": loaded.breast_gate, "score_mode": loaded.network_config.score_mode,
-             "malignant_logit_offset": loaded.network_config.malignant_logit_offset}
+             "malignant_logit_offset": loaded.network_config.malignant_logit_offset,
+             "test_time_flip": bool((loaded.tiling or {}).get("hflip", False))}
             if loaded.kind == "detector" else {})
     write_predictions(out / f"predictions{tag}.json", preds,
                       {**loaded.description, **gate, "operating_point": op.__dict__})

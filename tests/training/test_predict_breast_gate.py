@@ -125,6 +125,10 @@ def test_predict_drops_the_boxes_the_gate_drops_and_no_breast_gate_keeps_them(ru
         assert img["scores"] == pytest.approx(pred.scores.tolist(), abs=1e-6)
     assert by_offset["images"] != on["images"]
 
+    # the test-time flip is a way of reading whole images tile by tile: a whole-image detector refuses it
+    assert main(["evaluate", "--model", str(root / "gated"), "--data", str(csv), "--out", str(tmp_path / "flip"),
+                 "--n-boot", "10", "--test-time-flip", "on"]) == 2
+
 
 def test_runs_made_before_the_setting_load_and_resume_with_its_default(runs, tmp_path):
     from training.export import load_run

@@ -209,6 +209,31 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     np.testing.assert_allclose(again.boxes, pred.boxes, atol=1e-3)
 
 
+def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_path):
+    pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
+    from mccad.cli import main
+    from training.predict import load_model, predict
+
+    samples = native_resolution_samples(tmp_path / "img", 3, seed=4)
+    train_detector(samples[:2], None, crops_config(), tmp_path / "run", progress=False)
+    from training.paper_csv import PaperBox, write_paper_csv
+
+    csv = write_paper_csv(tmp_path / "img" / "eval.csv", {
+        s.image_id: [PaperBox.from_corners(les.box, les.label) for les in s.lesions] for s in samples[2:]})
+    reports = {flag: tmp_path / f"flip-{flag}" for flag in ("on", "off")}
+    for flag, out in reports.items():
+        assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(csv), "--out", str(out),
+                     "--n-boot", "10", "--false-positives", "0", "--test-time-flip", flag]) == 0
+    on, off = (json.loads((reports[f] / "predictions.json").read_text()) for f in ("on", "off"))
+    assert on["meta"]["test_time_flip"] is True and off["meta"]["test_time_flip"] is False
+    loaded = load_model(tmp_path / "run")
+    (flipped,) = predict(dataclasses.replace(loaded, tiling={**TILING, "hflip": True}), samples[2:])
+    (plain,) = predict(loaded, samples[2:])
+    assert on["images"][0]["scores"] == pytest.approx(flipped.scores.tolist(), abs=1e-6)
+    assert off["images"][0]["scores"] == pytest.approx(plain.scores.tolist(), abs=1e-6)
+    assert on["images"][0]["scores"] != pytest.approx(off["images"][0]["scores"], abs=1e-6)
+
+
 def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_path):
     """A crops-trained run validated on whole images (larger than a tile) scores them tile by tile behind the breast
     gate, as ``training.predict`` runs the exported model: the same boxes and scores, not the model's own resize of
