@@ -136,9 +136,14 @@ def save_model(folder: Path, model: nn.Module, manifest: ModelManifest, dtype: t
     save_file(_storable_state(model, dtype), str(tmp), metadata={"name": manifest.name, "version": manifest.version})
     os.replace(tmp, weights)
     written = manifest.model_copy(update={"sha256": sha256_of(weights), "dtype": dtype_name, "input_spec": input_spec})
-    _atomic_write(folder / MANIFEST, (written.model_dump_json(indent=2) + "\n").encode())
+    write_manifest(folder, written)
     log.info("saved model %s %s to %s (sha256 %s)", written.name, written.version, folder, written.sha256[:12])
     return written
+
+
+def write_manifest(folder: Path, manifest: ModelManifest) -> None:
+    """Write ``folder/manifest.json`` atomically (a re-issued model's, whose weights file is already in place)."""
+    _atomic_write(Path(folder) / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
 
 
 def load_manifest(folder: Path) -> ModelManifest:

@@ -107,19 +107,39 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
     return breast_gate_spec(cfg.get("breast_gate", config_defaults(DetectorTrainConfig)["breast_gate"]))
 
 
-# detector settings chosen on validation images after training (models.box_scores), and what an operating point the
-# run validated under its own value is refused with: it must be chosen again under the new one
+# detector settings chosen on validation images after training (models.box_scores, models.flip_fusion), and what an
+# operating point the run validated under its own value is refused with: it must be chosen again under the new one
 AFTER_TRAINING = {
     "score_mode": "{old} scores, not {new} ones: give --score-thresh chosen in {new} mode",
     "malignant_logit_offset": "malignant offset {old:g}, not {new:g}: give --score-thresh chosen with that offset",
+    "hflip": "test-time flip {old}, not {new}: give --score-thresh chosen with 'mccad evaluate --test-time-flip'",
 }
+
+
+def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | None = None,
+                test_time_flip: bool | None = None) -> dict[str, Any] | None:
+    """A detector's ``input_spec["tiling"]`` with the tiles per pass and the test-time flip given (None: as it
+    was); refused for a detector that reads whole images, where neither applies."""
+    if tile_batch is None and test_time_flip is None:
+        return dict(tiling) if tiling else None
+    if not tiling:
+        raise ValueError(f"{source}: tile_batch and test_time_flip are for detectors run tile by tile; this one "
+                         "sees whole images")
+    out = dict(tiling)
+    if tile_batch is not None:
+        if not 1 <= int(tile_batch) <= 256:
+            raise ValueError(f"tile_batch must lie in 1-256, got {tile_batch}")
+        out["batch"] = int(tile_batch)
+    if test_time_flip is not None:
+        out["hflip"] = bool(test_time_flip)
+    return out
 
 
 def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
                dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
                tile_batch: int | None = None, score_mode: str | None = None,
-               malignant_offset: float | None = None) -> Path:
+               malignant_offset: float | None = None, test_time_flip: bool | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -134,6 +154,8 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     ``mccad evaluate --score-mode``; the operating point must then be chosen in that mode too. ``malignant_offset``:
     the detector's malignant logit offset (``models.box_scores``) calibrated on validation images with ``mccad
     evaluate --malignant-offset``; likewise refused with the run's own (``auto``) operating point.
+    ``test_time_flip``: whether the tiled detector reads each image a second time mirrored (``models.flip_fusion``),
+    chosen with ``mccad evaluate --test-time-flip``; likewise.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -144,23 +166,20 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     metrics = {"validation": {k: v for k, v in best_record.items() if isinstance(v, (int, float))}}
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
-    tiling = dict(run.tiling) if run.tiling else None
-    if tile_batch is not None:
-        if tiling is None:
-            raise ValueError(f"{run_dir}: tile_batch is for detectors run tile by tile; this run sees whole images")
-        if not 1 <= int(tile_batch) <= 256:
-            raise ValueError(f"tile_batch must lie in 1-256, got {tile_batch}")
-        tiling["batch"] = int(tile_batch)
+    tiling = tiling_with(run.tiling, run_dir, tile_batch, test_time_flip)
     chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
               if v is not None}
+    if chosen and run.kind != "detector":
+        raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
+    validated_with = {name: getattr(run.network_config, name) for name in chosen}
+    if test_time_flip is not None:
+        validated_with["hflip"] = bool((run.tiling or {}).get("hflip", False))
+    for name, validated in validated_with.items():
+        value = bool(test_time_flip) if name == "hflip" else chosen[name]
+        if score_thresh == AUTO_THRESHOLD and value != validated:
+            raise ValueError(f"{run_dir}: the run validated its operating point with "
+                             f"{AFTER_TRAINING[name].format(old=validated, new=value)}")
     if chosen:
-        if run.kind != "detector":
-            raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
-        for name, value in chosen.items():
-            validated = getattr(run.network_config, name)
-            if score_thresh == AUTO_THRESHOLD and value != validated:
-                raise ValueError(f"{run_dir}: the run validated its operating point with "
-                                 f"{AFTER_TRAINING[name].format(old=validated, new=value)}")
         run = dataclasses.replace(run, network_config=dataclasses.replace(run.network_config, **chosen))
     arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
@@ -182,9 +201,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
                     **({"tiling": tiling} if tiling else {}),
                     **({"breast_gate": run.breast_gate} if run.breast_gate is not None else {})},
         thresholds=thresholds, training_data=training_data, synthetic_only=synthetic_only,
-        metrics=_json_safe(metrics))
+        metrics=json_safe(metrics))
     written = save_model(out_dir, run.model, manifest, dtype=DTYPES[dtype])
-    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(evaluation or metrics), indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(json_safe(evaluation or metrics), indent=2))
     (out_dir / "MODEL_CARD.md").write_text(model_card(written.model_dump(), run, evaluation))
     log.info("exported %s run %s to %s", run.role, run_dir, out_dir)
     return out_dir
@@ -214,13 +233,13 @@ def headline_metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -232,6 +251,24 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if value != value else f"{value:.4g}"
     return str(value)
+
+
+def evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    """A card's evaluation table (``mccad evaluate``'s metrics.json): each level, FROC, the command."""
+    lines = ["| level | n | accuracy | AUC (95% CI) | sensitivity malignant | sensitivity benign |",
+             "|---|---|---|---|---|---|"]
+    for level, block in evaluation.get("levels", {}).items():
+        auc = block["auc"]
+        lines.append(f"| {level} | {block['n']} | {_fmt(block['table']['accuracy'])} | {_fmt(auc['auc'])} "
+                     f"({_fmt(auc['ci_low'])}-{_fmt(auc['ci_high'])}) | "
+                     f"{_fmt(block['table']['sensitivity']['malignant'])} | "
+                     f"{_fmt(block['table']['sensitivity']['benign'])} |")
+    if "froc" in evaluation:
+        rates = evaluation["froc"]["all"]["sensitivity_at_fp_per_image"]
+        lines += ["", "FROC sensitivity at " + ", ".join(f"{k} FP/image: {_fmt(v)}" for k, v in rates.items())]
+    if evaluation.get("command"):
+        lines += ["", f"Produced by: `{evaluation['command']}`"]
+    return lines
 
 
 def model_card(manifest: dict[str, Any], run: LoadedRun, evaluation: dict[str, Any] | None) -> str:
@@ -267,19 +304,7 @@ def model_card(manifest: dict[str, Any], run: LoadedRun, evaluation: dict[str, A
             lines.append(f"| {r['epoch']} | {_fmt(r.get('train_loss'))} | {_fmt(r.get('val_auc'))} |")
     lines += ["", "## Evaluation", ""]
     if evaluation:
-        lines += ["| level | n | accuracy | AUC (95% CI) | sensitivity malignant | sensitivity benign |",
-                  "|---|---|---|---|---|---|"]
-        for level, block in evaluation.get("levels", {}).items():
-            auc = block["auc"]
-            lines.append(f"| {level} | {block['n']} | {_fmt(block['table']['accuracy'])} | {_fmt(auc['auc'])} "
-                         f"({_fmt(auc['ci_low'])}-{_fmt(auc['ci_high'])}) | "
-                         f"{_fmt(block['table']['sensitivity']['malignant'])} | "
-                         f"{_fmt(block['table']['sensitivity']['benign'])} |")
-        if "froc" in evaluation:
-            rates = evaluation["froc"]["all"]["sensitivity_at_fp_per_image"]
-            lines += ["", "FROC sensitivity at " + ", ".join(f"{k} FP/image: {_fmt(v)}" for k, v in rates.items())]
-        if evaluation.get("command"):
-            lines += ["", f"Produced by: `{evaluation['command']}`"]
+        lines += evaluation_lines(evaluation)
     else:
         lines.append("No held-out evaluation was attached; the validation record of the checkpoint: "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in run.checkpoint.get("metrics", {}).items()))

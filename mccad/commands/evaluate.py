@@ -11,7 +11,8 @@ Ways in:
   add --no-breast-gate to run the models without their breast gate (``models.breast_gate``), to measure its effect;
   add --score-mode class|lesion to run detectors with another box score than their manifest's (``models.box_scores``),
   add --malignant-offset X to run them with another malignant logit offset (its calibration on validation images),
-  add --test-time-flip on|off to run a tiled detector with or without its mirrored second reading (``models.flip_fusion``).
+  add --test-time-flip on|off to run a tiled detector with or without its mirrored second reading
+  (``models.flip_fusion``).
 """
 from __future__ import annotations
 

@@ -233,6 +233,16 @@ def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_
     assert off["images"][0]["scores"] == pytest.approx(plain.scores.tolist(), abs=1e-6)
     assert on["images"][0]["scores"] != pytest.approx(off["images"][0]["scores"], abs=1e-6)
 
+    # export writes it with the operating point chosen under it; the run's own was validated without it
+    from models.registry import load_manifest
+    from training.export import export_run
+
+    export_run(tmp_path / "run", tmp_path / "flip", dtype="float32", score_thresh=0.4, test_time_flip=True)
+    assert load_manifest(tmp_path / "flip").input_spec["tiling"] == {**TILING, "hflip": True}
+    assert load_model(tmp_path / "flip").tiling == {**TILING, "hflip": True}
+    with pytest.raises(ValueError, match="test-time flip False, not True"):
+        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", test_time_flip=True)
+
 
 def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_path):
     """A crops-trained run validated on whole images (larger than a tile) scores them tile by tile behind the breast
@@ -386,6 +396,8 @@ def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
         export_run(tmp_path / "run", tmp_path / "auto", dtype="float32", score_thresh="auto")
     with pytest.raises(ValueError, match="tile by tile"):  # a whole-image model has no tiles to batch
         export_run(tmp_path / "run", tmp_path / "tiles", dtype="float32", tile_batch=2)
+    with pytest.raises(ValueError, match="tile by tile"):  # nor a tiled reading to mirror
+        export_run(tmp_path / "run", tmp_path / "tiles", dtype="float32", test_time_flip=True)
     # a score mode chosen on validation images after training is written with the threshold chosen in that mode
     export_run(tmp_path / "run", tmp_path / "lesion", dtype="float32", score_thresh=0.7, score_mode="lesion")
     assert load_manifest(tmp_path / "lesion").input_spec["detector"]["score_mode"] == "lesion"
