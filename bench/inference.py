@@ -607,6 +607,8 @@ def detector_cases(models: LoadedModels, resolutions: list[str], images: list[to
                                        "tiled: a cost figure, not a resolution the model was trained at"),
                 "tiles_per_image": len(tiles), "tile": models.tiling.tile, "tile_overlap": models.tiling.overlap,
                 "tile_batch": models.tiling.batch,
+                # the test-time flip (models.flip_fusion) reads every tile twice: the image and its mirror
+                "readings_per_image": 2 if models.tiling.hflip else 1,
             })
         fields["input"] = "x".join(map(str, pool[0].shape[-2:]))
         cases.append(DetectorCase(resolution, pool, config, models.tiling, fields, models.breast_gate, spacing))

@@ -95,6 +95,10 @@ def test_tiled_resolutions_follow_the_bundle_spacing() -> None:
     assert default.fields["tiles_per_image"] == 15  # 5 rows x 3 columns of 512 px tiles, 64 px overlap
     assert full.fields["input"] == "4096x2600" and full.fields["spacing_mm"] == 0.05
     assert full.fields["tiles_per_image"] == len(inference.tile_grid(4096, 2600, 512, 64))
+    assert default.fields["readings_per_image"] == 1
+    flipped = inference.LoadedModels(None, DetectorConfig(), None, None, {}, TilingSpec(tile=512, overlap=64, batch=2,
+                                                                                        hflip=True), 0.1)
+    assert inference.detector_cases(flipped, ["default"], images, notes)[0].fields["readings_per_image"] == 2
     assert not notes
     fine = inference.LoadedModels(None, DetectorConfig(), None, None, {}, tiling, 0.05)  # type: ignore[arg-type]
     (only,) = inference.detector_cases(fine, ["default", "full"], [torch.zeros(1, 256, 160)], notes)
