@@ -47,7 +47,8 @@ def test_tiled_bundle_rows_are_whole_mammograms_with_tiles_and_equality(tmp_path
                            "--threads", "1", "--model-dir", str(bundle), "--out", str(out)])
     doc = json.loads(out.read_text())
     assert code == 0, [r.get("error") for r in doc["rows"]]
-    assert doc["models"]["detector_mode"] == "tiled" and doc["models"]["tiling_bundle"] == {"join": False, **TILING}
+    assert doc["models"]["detector_mode"] == "tiled"
+    assert doc["models"]["tiling_bundle"] == {"join": False, "hflip": False, **TILING}
     assert doc["detector_resolutions"]["mode"] == "tiled"
     detector = {r["path"]: r for r in doc["rows"] if r["model"] == "detector"}
     assert set(detector) == {"eager", *paths.split(",")}

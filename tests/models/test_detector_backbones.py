@@ -102,6 +102,8 @@ def test_shipped_default_bundle_loads_as_its_manifest_says() -> None:
     pipeline = Pipeline(model, config, manifest, explain=False)
     assert pipeline.breast_gate == BreastGate.from_spec(manifest.input_spec["breast_gate"]) is not None
     assert pipeline.detector_config.score_thresh == manifest.thresholds["score_thresh"]
+    # 0.7.0: the test-time flip is read from the manifest's tiling, as the operating point was chosen with it
+    assert pipeline.tiling is not None and pipeline.tiling.hflip == manifest.input_spec["tiling"].get("hflip", False)
 
 
 def test_a_manifest_written_before_backbones_existed_loads_as_resnet50(tmp_path) -> None:
