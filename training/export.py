@@ -171,11 +171,11 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
               if v is not None}
     if chosen and run.kind != "detector":
         raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
-    validated_with = {name: getattr(run.network_config, name) for name in chosen}
+    # each setting given: (the value the run validated its operating point with, the new value)
+    given = {name: (getattr(run.network_config, name), value) for name, value in chosen.items()}
     if test_time_flip is not None:
-        validated_with["hflip"] = bool((run.tiling or {}).get("hflip", False))
-    for name, validated in validated_with.items():
-        value = bool(test_time_flip) if name == "hflip" else chosen[name]
+        given["hflip"] = (bool((run.tiling or {}).get("hflip", False)), bool(test_time_flip))
+    for name, (validated, value) in given.items():
         if score_thresh == AUTO_THRESHOLD and value != validated:
             raise ValueError(f"{run_dir}: the run validated its operating point with "
                              f"{AFTER_TRAINING[name].format(old=validated, new=value)}")
