@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test,lite,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,lite]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -337,6 +337,14 @@ class StorageSCP:
             raise RuntimeError("the storage SCP is not started")
         return int(self._server.server_address[1])
 
+    @property
+    def open_associations(self) -> int:
+        """Associations in progress now (0 when stopped): an association's clean-up, such as removing the temporary
+        file of an instance its peer abandoned, is done when it is no longer counted here."""
+        if self._server is None:
+            return 0
+        return len(self._server.active_associations)
+
     def __enter__(self) -> "StorageSCP":
         self.start()
         return self

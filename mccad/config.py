@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # models and images
     model_dir: Path = Field(default_factory=default_model_dir)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the detector's backbone on the CPU: ONNX Runtime when installed and checked equal at load (models.onnx_runtime)
+    detector_runtime: Literal["auto", "eager", "onnxruntime"] = "auto"
     explain: bool = True  # CAM heatmaps: about half the CPU time of a study; off on slow CPU-only sites
     max_pixels: int = Field(default=80_000_000, ge=1)
     threads: int | None = None

@@ -28,6 +28,7 @@ from models.detector import CLASS_NAMES, DetectorConfig, detect
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
 from models.registry import ModelManifest, load_classifier, load_detector, load_manifest
+from models.onnx_runtime import detection_model
 from models.tiling import TilingSpec, native_scale
 from models.results import (
     NOT_FOR_CLINICAL_USE,
@@ -102,9 +103,12 @@ class Pipeline:
     def __init__(self, detector: torch.nn.Module, detector_config: DetectorConfig, detector_manifest: ModelManifest,
                  *, sppnet: _Head | None = None, patch_heads: dict[str, _Head] | None = None,
                  device: torch.device | str = "cpu", explain: bool = True,
-                 tiling: TilingSpec | None = None, breast_gate: BreastGate | None = None) -> None:
+                 tiling: TilingSpec | None = None, breast_gate: BreastGate | None = None,
+                 runtime: str = "eager") -> None:
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
+        # detection may run the backbone in ONNX Runtime (models.onnx_runtime); explanations keep the eager model
+        self.detection_model, self.detector_runtime = detection_model(self.detector, runtime, self.device)
         self.detector_config = detector_config
         self.detector_manifest = detector_manifest
         self.standardise_config = _standardise_config(detector_manifest)
@@ -122,9 +126,11 @@ class Pipeline:
 
     # construction --------------------------------------------------------------------------------------------
     @classmethod
-    def from_model_dir(cls, model_dir: Path | str, device: str = "auto", *, explain: bool = True) -> "Pipeline":
+    def from_model_dir(cls, model_dir: Path | str, device: str = "auto", *, explain: bool = True,
+                       runtime: str = "eager") -> "Pipeline":
         """Load a bundle folder: ``detector/`` is required; ``sppnet/``, ``pathotype_incl/``, ``pathotype_excl/``
-        and ``er/`` are used when present. Every folder is hash-checked by the registry."""
+        and ``er/`` are used when present. Every folder is hash-checked by the registry. ``runtime`` is the
+        detector's (``models.onnx_runtime.RUNTIMES``; the CLI and workers pass ``Settings.detector_runtime``)."""
         root = Path(model_dir)
         if not (root / "detector" / "manifest.json").is_file():
             raise BundleError(f"{root} is not a model bundle: it has no detector/manifest.json "
@@ -137,7 +143,7 @@ class Pipeline:
                 model, cfg, manifest = load_classifier(root / role, device=str(dev))
                 heads[role] = _Head(model, cfg, manifest)
         return cls(detector, det_cfg, det_manifest, sppnet=heads.pop("sppnet", None), patch_heads=heads,
-                   device=dev, explain=explain)
+                   device=dev, explain=explain, runtime=runtime)
 
     def _cam_scale(self, tensor: torch.Tensor) -> AbstractContextManager:
         """A crops-trained (tiled) detector explains the whole image at ``TILED_CAM_SCALE`` of its native scale (one
@@ -147,7 +153,7 @@ class Pipeline:
         return native_scale(self.detector, int(tensor.shape[-2]), int(tensor.shape[-1]), TILED_CAM_SCALE)
 
     def model_infos(self) -> list[ModelInfo]:
-        infos = [_model_info("detector", self.detector_manifest)]
+        infos = [_model_info("detector", self.detector_manifest).model_copy(update={"runtime": self.detector_runtime})]
         if self.sppnet:
             infos.append(_model_info("sppnet", self.sppnet.manifest))
         infos += [_model_info(role, head.manifest) for role, head in sorted(self.patch_heads.items())]
@@ -169,9 +175,9 @@ class Pipeline:
         t = time.perf_counter()
         config = config_before_gate(self.detector_config, self.breast_gate)
         if self.tiling is None:  # the paper's whole-image mode
-            detections = detect(self.detector, tensors, config)
+            detections = detect(self.detection_model, tensors, config)
         else:
-            detections = [self.tiling.detect(self.detector, t, config) for t in tensors]
+            detections = [self.tiling.detect(self.detection_model, t, config) for t in tensors]
         timings["detect"] += time.perf_counter() - t
         if self.breast_gate is not None:
             t = time.perf_counter()

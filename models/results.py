@@ -85,6 +85,8 @@ class ModelInfo(BaseModel):
     version: str
     sha256: str
     synthetic_only: bool = False
+    runtime: str | None = Field(default=None, description="the detector's: eager (PyTorch) or onnxruntime (its "
+                                "backbone in ONNX Runtime, checked against PyTorch at load); None for other roles")
 
 
 class StudyResult(BaseModel):

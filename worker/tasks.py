@@ -41,18 +41,20 @@ class DeliveryError(RuntimeError):
 
 
 # --- per-process resources (a worker process loads each model bundle once) ------------------------------------------
-_PIPELINES: dict[tuple[str, str, bool], "Pipeline"] = {}
+_PIPELINES: dict[tuple[str, str, bool, str], "Pipeline"] = {}
 _PIPELINE_LOCK = threading.Lock()
 _LEDGERS: dict[str, Ledger] = {}
 #: The process the resources above belong to (see :func:`_after_fork`).
 _OWNER_PID = os.getpid()
 
 
-def pipeline_for(model_dir: Path, device: str, threads: int | None = None, explain: bool = True) -> "Pipeline":
-    """The loaded pipeline for a bundle, built on first use in this process (after any fork, so CUDA is safe)."""
+def pipeline_for(model_dir: Path, device: str, threads: int | None = None, explain: bool = True,
+                 runtime: str = "eager") -> "Pipeline":
+    """The loaded pipeline for a bundle, built on first use in this process (after any fork, so CUDA is safe, and
+    so an ONNX Runtime session's threads belong to the process that uses them)."""
     from models.pipeline import Pipeline
 
-    key = (str(Path(model_dir).resolve()), device, explain)
+    key = (str(Path(model_dir).resolve()), device, explain, runtime)
     with _PIPELINE_LOCK:
         if key not in _PIPELINES:
             started = time.monotonic()
@@ -60,8 +62,10 @@ def pipeline_for(model_dir: Path, device: str, threads: int | None = None, expla
                 import torch
 
                 torch.set_num_threads(threads)
-            _PIPELINES[key] = Pipeline.from_model_dir(Path(model_dir), device=device, explain=explain)
+            pipeline = Pipeline.from_model_dir(Path(model_dir), device=device, explain=explain, runtime=runtime)
+            _PIPELINES[key] = pipeline
             LOG.info("model bundle loaded", extra={"event": "model_loaded", "model_dir": key[0], "device": device,
+                                                   "runtime": pipeline.detector_runtime,
                                                    "seconds": round(time.monotonic() - started, 2)})
         return _PIPELINES[key]
 
@@ -139,7 +143,8 @@ def analyse_from_spool(settings: Settings, study_uid: str, model_dir: Path) -> l
         sources[image.meta.sop_instance_uid] = pydicom.dcmread(path, stop_before_pixels=True)
     if not images:
         raise PermanentStudyError(f"none of the {len(paths)} instances is a usable mammogram: {'; '.join(refused)}")
-    analysis = pipeline_for(model_dir, settings.device, settings.threads, settings.explain).analyze(images)
+    analysis = pipeline_for(model_dir, settings.device, settings.threads, settings.explain,
+                            settings.detector_runtime).analyze(images)
     outputs = write_study_outputs(analysis, images, out_dir, sources=sources, dicom=True)
     objects = list(outputs.dicom_objects)
     write_text_durably(record, json.dumps({"key": key, "model_dir": str(model_dir),

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, settings) -> int:
         print(f"skipped {path}: {why}", file=sys.stderr)
     try:
         pipeline = Pipeline.from_model_dir(args.model or settings.model_dir, device=settings.device,
-                                           explain=not args.no_explain)
+                                           explain=not args.no_explain, runtime=settings.detector_runtime)
     except (BundleError, OSError) as exc:
         raise UserError(str(exc)) from exc
     except Exception as exc:  # registry errors (tampered or mismatched weights) carry their own message

@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run tiled detectors with (on) or without (off) a second reading of the mirrored image, the "
                         "two fused (models.flip_fusion), instead of as their manifest says; to choose it on validation "
                         "images. Saved predictions files are used as they are")
+    p.add_argument("--runtime", choices=("auto", "eager", "onnxruntime"), default=None,
+                   help="the detector's runtime (default: settings' detector_runtime, auto: its backbone in ONNX "
+                        "Runtime on the CPU when installed, checked equal to PyTorch at load); the predictions file "
+                        "records the one used")
     p.set_defaults(func=run)
 
 
@@ -76,7 +80,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict:
 
 
 def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, breast_gate: bool = True,
-                    overrides: dict | None = None):
+                    overrides: dict | None = None, runtime: str = "eager"):
     """(predictions, operating point, name) from a predictions file or a model/run folder (``breast_gate`` False:
     a detector runs without its breast gate; ``overrides``: detector settings, such as ``score_mode``, that replace
     its manifest's)."""
@@ -99,11 +103,13 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
                 raise UserError(f"{source}: --test-time-flip is for detectors run tile by tile; this one reads "
                                 "whole images")
             loaded.tiling = {**loaded.tiling, "hflip": overrides["tiling.hflip"]}
+    loaded.runtime = runtime
     preds = predict(loaded, samples, progress=True)
     op = loaded.operating_point
     gate = ({"breast_gate": loaded.breast_gate, "score_mode": loaded.network_config.score_mode,
              "malignant_logit_offset": loaded.network_config.malignant_logit_offset,
-             "test_time_flip": bool((loaded.tiling or {}).get("hflip", False))}
+             "test_time_flip": bool((loaded.tiling or {}).get("hflip", False)),
+             "detector_runtime": loaded.runtime_used}
             if loaded.kind == "detector" else {})
     write_predictions(out / f"predictions{tag}.json", preds,
                       {**loaded.description, **gate, "operating_point": op.__dict__})
@@ -148,6 +154,7 @@ def _device(device: str) -> str:
 def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
     from models.errors import RegistryError
+    from models.onnx_runtime import RuntimeUnavailable
     from training.datasets.samples import DatasetError
     from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds, join_predictions
     from training.report import write_report
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace, settings) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     overrides = _detector_overrides(args)
+    runtime = args.runtime or settings.detector_runtime
     try:
         if args.kfold is not None and len(args.truth) > 1:
             raise UserError("--kfold evaluates the annotation file the folds were made from: give one --data")
@@ -170,17 +178,17 @@ def run(args: argparse.Namespace, settings) -> int:
             for i, (name, ids) in enumerate(sorted(folds.items()), start=1):
                 samples = [by_id[x] for x in ids if x in by_id]
                 fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}",
-                                                             args.breast_gate, overrides)))
+                                                             args.breast_gate, overrides, runtime)))
         elif args.predictions and len(args.predictions) > 1:
             for path in args.predictions:
                 preds, op, name = _predictions_of(path, truth, args.device, out, "", args.breast_gate,
-                                                  overrides)
+                                                  overrides, runtime)
                 ids = {p.image_id for p in preds}
                 fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
         else:
             source = args.model if args.model is not None else args.predictions[0]
             fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "", args.breast_gate,
-                                                       overrides)))
+                                                       overrides, runtime)))
         op = fold_preds[0][2]
         if args.score_thresh is not None:
             op = dataclasses.replace(op, score_thresh=args.score_thresh)
@@ -200,12 +208,13 @@ def run(args: argparse.Namespace, settings) -> int:
         comparison, names = None, (fold_preds[0][3], "")
         if args.compare is not None:
             other, other_op, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
-                                                          args.breast_gate, overrides)
+                                                          args.breast_gate, overrides, runtime)
             # each model at its own operating point (--score-thresh sets the evaluated model's only)
             comparison = compare(all_truth, all_preds, other, op=op, op_b=other_op, n_boot=args.n_boot,
                                  simulation=simulation)
             names = (fold_preds[0][3], other_name)
-    except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError) as exc:
+    except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError,
+            RuntimeUnavailable) as exc:
         raise UserError(str(exc)) from exc
     metrics["command"] = "mccad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(metrics, out, title=f"mccad evaluation: {fold_preds[0][3]}", model_name=fold_preds[0][3],

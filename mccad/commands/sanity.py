@@ -44,7 +44,8 @@ def run(args: argparse.Namespace, settings) -> int:
     if not files:
         raise UserError("no DICOM files found in the given paths")
     model_dir = args.model or settings.model_dir
-    pipeline = Pipeline.from_model_dir(model_dir, device=settings.device, explain=False)
+    pipeline = Pipeline.from_model_dir(model_dir, device=settings.device, explain=False,
+                                       runtime=settings.detector_runtime)
     out = args.out
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     records, tiles = [], []

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace, settings) -> int:
     if args.preload and args.pool == "solo":
         from worker.tasks import pipeline_for
 
-        pipeline_for(settings.model_dir, settings.device, settings.threads, settings.explain)
+        pipeline_for(settings.model_dir, settings.device, settings.threads, settings.explain,
+                     settings.detector_runtime)
     hostname = args.hostname or f"mccad@%h-{os.getpid()}"
     argv = ["worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}", f"--queues={args.queues}",
             f"--hostname={hostname}", f"--loglevel={settings.log_level.upper()}", "--without-gossip",

@@ -1,0 +1,168 @@
+"""The detector's backbone in ONNX Runtime (models.onnx_runtime): same boxes as PyTorch, eager model left alone for
+explanations, a clear refusal or an eager fallback where it cannot run."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.onnx_runtime import (
+    PROBE_SIDE,
+    OnnxBackbone,
+    RuntimeUnavailable,
+    detection_model,
+    onnxruntime_available,
+    resolve_runtime,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "models" / "weights" / "default"
+
+needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime and onnx are project dependencies")
+
+
+@needs_ort
+def test_the_shipped_detector_draws_the_same_boxes_in_onnx_runtime_on_a_real_mammogram() -> None:
+    """The malignant real case's right MLO (CBIS-DDSM 1-283): the shipped detector's boxes, tile by tile at its
+    operating point, within 1 px and 1e-3 of PyTorch's; the image has boxes to compare at all."""
+    from dicom_io.reader import read_mammogram
+    from models.pipeline import Pipeline
+    from training.simulate_dataset import real_sample_paths
+
+    path = next(p for p in real_sample_paths() if p.name == "1-283.dcm")
+    image = read_mammogram(path)
+    results = {}
+    for runtime in ("eager", "onnxruntime"):
+        pipeline = Pipeline.from_model_dir(SHIPPED, device="cpu", explain=False, runtime=runtime)
+        assert pipeline.detector_runtime == runtime
+        results[runtime] = pipeline.analyze([image]).result
+    eager, fast = (results[r].images[0].lesions for r in ("eager", "onnxruntime"))
+    assert len(eager) >= 2
+    assert len(fast) == len(eager)
+    for a, b in zip(eager, fast):
+        assert a.label == b.label
+        assert abs(a.probability - b.probability) <= 1e-3
+        assert max(abs(getattr(a.box, k) - getattr(b.box, k)) for k in ("x0", "y0", "x1", "y1")) <= 1.0
+    assert results["onnxruntime"].models[0].role == "detector"
+    assert results["onnxruntime"].models[0].runtime == "onnxruntime"
+    assert results["eager"].models[0].runtime == "eager"
+    assert all(m.runtime is None for m in results["eager"].models[1:])
+
+
+@needs_ort
+def test_the_twin_leaves_the_eager_detector_whole_so_explanations_still_have_gradients(tiny_model_dir,
+                                                                                       one_torch_thread) -> None:
+    from models.detector import detect
+    from models.explain import detector_cam
+    from models.registry import load_detector
+
+    model, config, _ = load_detector(tiny_model_dir / "detector")
+    eager_backbone = model.backbone
+    twin, used = detection_model(model, "onnxruntime", "cpu")
+    assert used == "onnxruntime"
+    assert isinstance(twin.backbone, OnnxBackbone)
+    assert model.backbone is eager_backbone  # the loaded model is not rewritten
+    assert twin.rpn is model.rpn and twin.roi_heads is model.roi_heads  # heads and weights shared, not copied
+    image = torch.rand(1, 300, 200, generator=torch.Generator().manual_seed(3))
+    a, b = detect(model, [image], config)[0], detect(twin, [image], config)[0]
+    assert len(a) == len(b) > 0  # the tiny bundle scores from 0: every kept proposal is compared
+    assert np.abs(a.boxes - b.boxes).max() <= 1.0
+    assert np.abs(a.scores - b.scores).max() <= 1e-3
+    cam = detector_cam(model, image, target_label=2)  # Grad-CAM needs autograd through the eager backbone
+    assert cam.shape == image.shape[-2:] and np.isfinite(cam).all()
+
+
+def test_runtime_choice_by_device_and_name() -> None:
+    assert resolve_runtime("eager", "cpu") == "eager"
+    assert resolve_runtime("auto", "cuda") == "eager"  # ONNX Runtime's CPU provider is not for GPU workers
+    assert resolve_runtime("auto", "cpu") == ("onnxruntime" if onnxruntime_available() else "eager")
+    with pytest.raises(RuntimeUnavailable, match="CPU only"):
+        resolve_runtime("onnxruntime", "cuda")
+    with pytest.raises(ValueError, match="one of auto, eager, onnxruntime"):
+        resolve_runtime("tensorrt", "cpu")
+
+
+def test_without_the_packages_auto_is_eager_and_onnxruntime_says_what_to_install() -> None:
+    """A Python that cannot import onnxruntime (an install without it): a real interpreter, the import blocked."""
+    code = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "onnxruntime":
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+from models.onnx_runtime import RuntimeUnavailable, onnxruntime_available, resolve_runtime
+assert not onnxruntime_available()
+assert resolve_runtime("auto", "cpu") == "eager"
+try:
+    resolve_runtime("onnxruntime", "cpu")
+except RuntimeUnavailable as exc:
+    print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "pip install onnxruntime onnx" in done.stdout
+
+
+class _ShapeBakedBackbone(nn.Module):
+    """A backbone whose Python branches on the input width: the ONNX trace keeps the probe's branch, so at another
+    width the session and PyTorch disagree, the failure the load-time check is there to catch."""
+
+    out_channels = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.conv(x)
+        if x.shape[-1] == PROBE_SIDE:  # the export's probe width
+            y = y * 2
+        return {"0": y}
+
+
+class _Detectorish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = _ShapeBakedBackbone()
+
+
+@needs_ort
+def test_a_backbone_that_disagrees_with_pytorch_is_refused_or_falls_back_to_eager(caplog) -> None:
+    model = _Detectorish()
+    with pytest.raises(RuntimeUnavailable, match="disagrees with PyTorch"):
+        detection_model(model, "onnxruntime", "cpu")
+    with caplog.at_level(logging.WARNING, logger="models.onnx_runtime"):
+        same, used = detection_model(model, "auto", "cpu")
+    assert same is model and used == "eager"
+    assert any(getattr(r, "event", None) == "runtime_fallback" for r in caplog.records)
+
+
+@needs_ort
+def test_evaluate_runs_the_runtime_of_the_settings_or_the_flag_and_records_it(tiny_model_dir, tmp_path,
+                                                                             monkeypatch) -> None:
+    from mccad.cli import main
+    from training.synth import write_synthetic_dataset
+
+    csv = write_synthetic_dataset(tmp_path / "data", 1, seed=5)
+    monkeypatch.setenv("MCCAD_DATA_DIR", str(tmp_path / "state"))
+
+    def used(name: str, *flag: str) -> str:
+        out = tmp_path / name
+        assert main(["evaluate", "--data", str(csv), "--model", str(tiny_model_dir / "detector"), "--out", str(out),
+                     "--n-boot", "0", "--false-positives", "0", "--device", "cpu", *flag]) == 0
+        return json.loads((out / "predictions.json").read_text())["meta"]["detector_runtime"]
+
+    assert used("default") == "onnxruntime"  # auto, on this CPU with the packages installed
+    monkeypatch.setenv("MCCAD_DETECTOR_RUNTIME", "eager")
+    assert used("setting") == "eager"
+    assert used("flag", "--runtime", "onnxruntime") == "onnxruntime"  # the flag wins over the setting
