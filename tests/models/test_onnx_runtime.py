@@ -155,6 +155,7 @@ def test_evaluate_runs_the_runtime_of_the_settings_or_the_flag_and_records_it(ti
 
     csv = write_synthetic_dataset(tmp_path / "data", 1, seed=5)
     monkeypatch.setenv("MCCAD_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MCCAD_DETECTOR_RUNTIME", raising=False)
 
     def used(name: str, *flag: str) -> str:
         out = tmp_path / name
