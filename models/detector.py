@@ -43,6 +43,7 @@ from models.backbones import load_backbone_weights
 from models.box_scores import SCORE_MODES, check_malignant_offset, set_score_mode
 from models.efficientnet_lite import efficientnet_lite_fpn, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
+from models.roi_pool import ThreadedRoIAlign
 from models.fusion import box_malignancy, suppress_cross_class
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def build_detector(
         box_score_thresh=config.score_thresh,
         box_nms_thresh=config.nms_thresh,
         box_detections_per_img=config.detections_per_img,
+        box_roi_pool=ThreadedRoIAlign(),  # torchvision's default pooler, its boxes spread over the CPU's threads
     )
     set_score_mode(model, config.score_mode, config.malignant_logit_offset)
     model.mccad_config = config  # type: ignore[assignment]
