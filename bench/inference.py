@@ -324,10 +324,10 @@ def make_variant(path: str, model: nn.Module, kind: str, device: torch.device) -
     if path in ("torchscript", "onnxruntime", "compile"):
         if path == "onnxruntime" and device.type != "cpu":
             raise BenchError("the onnxruntime path runs on the CPU only (CPUExecutionProvider)")
-        wrap = {"torchscript": ShapeTracedModule, "onnxruntime": OnnxRuntimeModule, "compile": CompiledModule}[path]
         if kind == "detector" and path == "onnxruntime":  # exactly what the product runs (models.onnx_runtime)
             twin, _ = detection_model(variant, "onnxruntime", device)
             return PathVariant(path, twin, null, True)
+        wrap = {"torchscript": ShapeTracedModule, "onnxruntime": OnnxRuntimeModule, "compile": CompiledModule}[path]
         if kind == "detector":
             out_channels = variant.backbone.out_channels
             variant.backbone = wrap(variant.backbone)

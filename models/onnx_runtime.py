@@ -167,9 +167,10 @@ def detection_model(model: nn.Module, runtime: str = "auto",
             raise RuntimeUnavailable(f"the ONNX Runtime backbone disagrees with PyTorch by {error:.2e} of the "
                                      f"feature scale (allowed {VERIFY_RTOL:g})")
     except Exception as exc:  # an exporter or session failure is as final as a failed check
+        if runtime == "onnxruntime" and isinstance(exc, RuntimeUnavailable):
+            raise
         if runtime == "onnxruntime":
-            raise exc if isinstance(exc, RuntimeUnavailable) else RuntimeUnavailable(
-                f"the detector's backbone could not run in ONNX Runtime: {exc}") from exc
+            raise RuntimeUnavailable(f"the detector's backbone could not run in ONNX Runtime: {exc}") from exc
         log.warning("detector runs in eager PyTorch: the ONNX Runtime backbone failed",
                     extra={"event": "runtime_fallback", "reason": str(exc)[:300]})
         return model, "eager"

@@ -35,9 +35,6 @@ class LoadedModel:
     tiling: dict[str, int] | None = None  # a detector trained on crops runs tile by tile (models.tiling)
     #: the manifest's ``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``); None: no gate
     breast_gate: dict[str, float] | None = None
-    #: the detector's runtime (``models.onnx_runtime.RUNTIMES``) asked for; :func:`predict` records the one it used
-    runtime: str = "eager"
-    runtime_used: str | None = None
 
     @property
     def operating_point(self) -> OperatingPoint:
@@ -79,7 +76,6 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
     from models.breast_gate import BreastGate, gate_spacing_mm
     from models.classifier import classify
     from models.detector import detect
-    from models.onnx_runtime import detection_model
     from models.tiling import TilingSpec
 
     items: Any = samples
@@ -89,9 +85,7 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         items = tqdm(samples, desc="predict", unit="img")
     device = next(loaded.model.parameters()).device
     wide = None
-    network = loaded.model
     if loaded.kind == "detector":
-        network, loaded.runtime_used = detection_model(loaded.model, loaded.runtime, device)
         wide = dataclasses.replace(loaded.network_config, score_thresh=min(FROC_SCORE_FLOOR,
                                                                            loaded.network_config.score_thresh),
                                    cross_class_suppression=False)
@@ -104,9 +98,9 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None].to(device)
         if loaded.kind == "detector":
             if tiling is not None:
-                det = tiling.detect(network, tensor, wide)
+                det = tiling.detect(loaded.model, tensor, wide)
             else:
-                det = detect(network, [tensor], wide)[0]
+                det = detect(loaded.model, [tensor], wide)[0]
             if gate is not None:
                 det = gate.apply(det, prep.pixels, gate_spacing)
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))

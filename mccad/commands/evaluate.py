@@ -85,6 +85,7 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     a detector runs without its breast gate; ``overrides``: detector settings, such as ``score_mode``, that replace
     its manifest's)."""
     from mccad.cli import UserError
+    from models.onnx_runtime import detection_model
     from training.evaluate import OperatingPoint, read_predictions, write_predictions
     from training.predict import load_model, predict
 
@@ -92,7 +93,8 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
         preds, meta = read_predictions(source)
         op = OperatingPoint(**meta["operating_point"]) if "operating_point" in meta else OperatingPoint()
         return preds, op, meta.get("name", source.stem)
-    loaded = load_model(source, device=_device(device))
+    dev = _device(device)
+    loaded = load_model(source, device=dev)
     if not breast_gate:
         loaded.breast_gate = None
     if overrides and loaded.kind == "detector":
@@ -103,13 +105,15 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
                 raise UserError(f"{source}: --test-time-flip is for detectors run tile by tile; this one reads "
                                 "whole images")
             loaded.tiling = {**loaded.tiling, "hflip": overrides["tiling.hflip"]}
-    loaded.runtime = runtime
+    used = None
+    if loaded.kind == "detector":  # the runtime the product would use on this device (models.onnx_runtime)
+        loaded.model, used = detection_model(loaded.model, runtime, dev)
     preds = predict(loaded, samples, progress=True)
     op = loaded.operating_point
     gate = ({"breast_gate": loaded.breast_gate, "score_mode": loaded.network_config.score_mode,
              "malignant_logit_offset": loaded.network_config.malignant_logit_offset,
              "test_time_flip": bool((loaded.tiling or {}).get("hflip", False)),
-             "detector_runtime": loaded.runtime_used}
+             "detector_runtime": used}
             if loaded.kind == "detector" else {})
     write_predictions(out / f"predictions{tag}.json", preds,
                       {**loaded.description, **gate, "operating_point": op.__dict__})

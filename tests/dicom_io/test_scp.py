@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
