@@ -82,7 +82,7 @@ from models.breast_gate import BreastGate, config_before_gate, gate_then_suppres
 from models.detector import DetectorConfig, Detections, build_detector, detect, to_three_channels
 from models.onnx_runtime import detection_model, resolve_runtime
 from models.preprocess import standardise_config_from
-from models.tiling import TilingSpec, native_scale, tile_grid
+from models.tiling import TilingSpec, native_scale
 
 log = logging.getLogger("bench.inference")
 
@@ -545,7 +545,7 @@ class DetectorCase:
         with torch.inference_mode():
             if self.tiling is None:
                 return model.transform([to_three_channels(image)])[0].tensors
-            tiles = tile_grid(int(image.shape[-2]), int(image.shape[-1]), self.tiling.tile, self.tiling.overlap)
+            tiles = self.tiling.grid(int(image.shape[-2]), int(image.shape[-1]))
             y0, x0, y1, x1 = tiles[0]
             crops = [to_three_channels(image[:, a:c, b:d]) for (a, b, c, d) in tiles[:self.tiling.batch]]
             with native_scale(model, y1 - y0, x1 - x0):
@@ -601,7 +601,7 @@ def detector_cases(models: LoadedModels, resolutions: list[str], images: list[to
             factor = PHANTOM_SPACING_MM / spacing
             rows, cols = max(1, round(rows0 * factor)), max(1, round(cols0 * factor))
             pool = [_resample(image, rows, cols) for image in images]
-            tiles = tile_grid(rows, cols, models.tiling.tile, models.tiling.overlap)
+            tiles = models.tiling.grid(rows, cols)
             fields.update({
                 "spacing_mm": spacing,
                 "breast_mm": f"{rows0 * PHANTOM_SPACING_MM:.1f} x {cols0 * PHANTOM_SPACING_MM:.1f}",
@@ -610,6 +610,7 @@ def detector_cases(models: LoadedModels, resolutions: list[str], images: list[to
                                        f"the same breast at {TILED_FULL_SPACING_MM} mm (resampled phantom), "
                                        "tiled: a cost figure, not a resolution the model was trained at"),
                 "tiles_per_image": len(tiles), "tile": models.tiling.tile, "tile_overlap": models.tiling.overlap,
+                "tile_layout": models.tiling.layout,
                 "tile_batch": models.tiling.batch,
                 # the test-time flip (models.flip_fusion) reads every tile twice: the image and its mirror
                 "readings_per_image": 2 if models.tiling.hflip else 1,

@@ -113,25 +113,38 @@ AFTER_TRAINING = {
     "score_mode": "{old} scores, not {new} ones: give --score-thresh chosen in {new} mode",
     "malignant_logit_offset": "malignant offset {old:g}, not {new:g}: give --score-thresh chosen with that offset",
     "hflip": "test-time flip {old}, not {new}: give --score-thresh chosen with 'mccad evaluate --test-time-flip'",
+    "tile": "tiles of at most {old} px, not {new}: give --score-thresh chosen on validation images read that way",
+    "overlap": "tiles overlapping by {old} px, not {new}: give --score-thresh chosen on validation images read that way",
+    "layout": "the {old} tile layout, not {new}: give --score-thresh chosen on validation images read that way",
+    "proposal_area": "proposals per {old} px² of tile, not {new}: give --score-thresh chosen on validation images "
+                     "read that way",
 }
+#: the tiling settings whose change moves a detector's scores (the tiles per pass do not)
+READING_TILING = ("hflip", "tile", "overlap", "layout", "proposal_area")
+TILING_DEFAULTS = {"hflip": False, "layout": "fixed"}  # a manifest written before the setting existed reads so
 
 
 def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | None = None,
-                test_time_flip: bool | None = None) -> dict[str, Any] | None:
-    """A detector's ``input_spec["tiling"]`` with the tiles per pass and the test-time flip given (None: as it
-    was); refused for a detector that reads whole images, where neither applies."""
-    if tile_batch is None and test_time_flip is None:
+                test_time_flip: bool | None = None, tile: int | None = None, tile_overlap: int | None = None,
+                tile_layout: str | None = None, proposal_area: int | None = None) -> dict[str, Any] | None:
+    """A detector's ``input_spec["tiling"]`` with the tiles per pass, the test-time flip and the tile geometry
+    (largest side, overlap, layout: ``models.tiling.tile_grid``; the tile area the RPN's proposal counts are per)
+    given (None: as it was); refused for a detector that reads whole images, where none applies, and for a geometry
+    ``models.tiling.TilingSpec`` refuses."""
+    from models.tiling import TilingSpec
+
+    changes = {key: value for key, value in (("batch", tile_batch), ("hflip", test_time_flip), ("tile", tile),
+                                             ("overlap", tile_overlap), ("layout", tile_layout),
+                                             ("proposal_area", proposal_area)) if value is not None}
+    if not changes:
         return dict(tiling) if tiling else None
     if not tiling:
-        raise ValueError(f"{source}: tile_batch and test_time_flip are for detectors run tile by tile; this one "
-                         "sees whole images")
-    out = dict(tiling)
-    if tile_batch is not None:
-        if not 1 <= int(tile_batch) <= 256:
-            raise ValueError(f"tile_batch must lie in 1-256, got {tile_batch}")
-        out["batch"] = int(tile_batch)
-    if test_time_flip is not None:
-        out["hflip"] = bool(test_time_flip)
+        raise ValueError(f"{source}: tile_batch, test_time_flip and the tile geometry are for detectors run tile by "
+                         "tile; this one sees whole images")
+    if "batch" in changes and not 1 <= int(changes["batch"]) <= 256:
+        raise ValueError(f"tile_batch must lie in 1-256, got {changes['batch']}")
+    out = {**tiling, **{k: (bool(v) if k == "hflip" else v if k == "layout" else int(v)) for k, v in changes.items()}}
+    TilingSpec(**out)  # refuses an overlap as large as the tile, an unknown layout
     return out
 
 
@@ -139,7 +152,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
                training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
                dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
                tile_batch: int | None = None, score_mode: str | None = None,
-               malignant_offset: float | None = None, test_time_flip: bool | None = None) -> Path:
+               malignant_offset: float | None = None, test_time_flip: bool | None = None,
+               tile: int | None = None, tile_overlap: int | None = None, tile_layout: str | None = None,
+               proposal_area: int | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -155,7 +170,10 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     the detector's malignant logit offset (``models.box_scores``) calibrated on validation images with ``mccad
     evaluate --malignant-offset``; likewise refused with the run's own (``auto``) operating point.
     ``test_time_flip``: whether the tiled detector reads each image a second time mirrored (``models.flip_fusion``),
-    chosen with ``mccad evaluate --test-time-flip``; likewise.
+    chosen with ``mccad evaluate --test-time-flip``; likewise. ``tile``, ``tile_overlap``, ``tile_layout``: the
+    tiles the detector reads a whole image in (``models.tiling.tile_grid``), e.g. ``tile_layout="even"`` with a
+    large ``tile`` to read each pixel about once, and ``proposal_area`` to keep the RPN's proposals per area of
+    tile; likewise.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -166,15 +184,18 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     metrics = {"validation": {k: v for k, v in best_record.items() if isinstance(v, (int, float))}}
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
-    tiling = tiling_with(run.tiling, run_dir, tile_batch, test_time_flip)
+    tiling = tiling_with(run.tiling, run_dir, tile_batch, test_time_flip, tile, tile_overlap, tile_layout,
+                         proposal_area)
     chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
               if v is not None}
     if chosen and run.kind != "detector":
         raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
     # each setting given: (the value the run validated its operating point with, the new value)
     given = {name: (getattr(run.network_config, name), value) for name, value in chosen.items()}
-    if test_time_flip is not None:
-        given["hflip"] = (bool((run.tiling or {}).get("hflip", False)), bool(test_time_flip))
+    for key in READING_TILING:
+        if tiling is not None and tiling.get(key, TILING_DEFAULTS.get(key)) != \
+                (run.tiling or {}).get(key, TILING_DEFAULTS.get(key)):
+            given[key] = ((run.tiling or {}).get(key, TILING_DEFAULTS.get(key)), tiling[key])
     for name, (validated, value) in given.items():
         if score_thresh == AUTO_THRESHOLD and value != validated:
             raise ValueError(f"{run_dir}: the run validated its operating point with "

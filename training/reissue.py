@@ -1,7 +1,7 @@
 """A model folder re-issued under a new version with settings chosen after training, its weights unchanged.
 
 Why: the settings a detector is read with after training (operating point, box score, malignant logit offset, tiles
-per pass, test-time flip) are chosen on validation images, often long after the training run's folder is gone. A
+per pass, test-time flip, tile geometry) are chosen on validation images, often long after the training run's folder is gone. A
 shipped model whose reading changes is a new model: it gets its own version, its manifest records what changed,
 and its card says so above the card it came from. The weights file is copied byte for byte, so the manifest's
 SHA-256 shows they are the source's.
@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from training.export import AUTO_THRESHOLD, json_safe, evaluation_lines, headline_metrics, tiling_with
+from training.export import (AUTO_THRESHOLD, TILING_DEFAULTS, evaluation_lines, headline_metrics, json_safe,
+                             tiling_with)
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | None = None,
                   score_thresh: float | str | None = None, tile_batch: int | None = None,
                   score_mode: str | None = None, malignant_offset: float | None = None,
-                  test_time_flip: bool | None = None, metrics_json: Path | None = None,
+                  test_time_flip: bool | None = None, tile: int | None = None, tile_overlap: int | None = None,
+                  tile_layout: str | None = None, proposal_area: int | None = None,
+                  metrics_json: Path | None = None,
                   training_data: str | None = None, synthetic_only: bool = False) -> Path:
     """Write ``out_dir``: ``model_dir``'s weights, its manifest with the settings given replaced, ``version`` (which
     must differ from the source's), the evaluation of ``metrics_json`` (``mccad evaluate`` of the re-issued
@@ -44,14 +47,16 @@ def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | N
         raise ValueError(f"{model_dir} is a model folder, not a training run: it keeps no validation checkpoint for "
                          "'auto'; give --score-thresh a number chosen with 'mccad evaluate'")
     detector_settings = {"score_thresh": score_thresh, "tile_batch": tile_batch, "score_mode": score_mode,
-                         "malignant_offset": malignant_offset, "test_time_flip": test_time_flip}
+                         "malignant_offset": malignant_offset, "test_time_flip": test_time_flip, "tile": tile,
+                         "tile_overlap": tile_overlap, "tile_layout": tile_layout, "proposal_area": proposal_area}
     given = [k for k, v in detector_settings.items() if v is not None]
     if given and source.role != "detector":
         raise ValueError(f"{model_dir}: {', '.join(given)} is a detector setting; this model is a {source.role}")
     input_spec = json.loads(json.dumps(source.input_spec))
     thresholds = dict(source.thresholds)
     if source.role == "detector":
-        tiling = tiling_with(input_spec.get("tiling"), model_dir, tile_batch, test_time_flip)
+        tiling = tiling_with(input_spec.get("tiling"), model_dir, tile_batch, test_time_flip, tile, tile_overlap,
+                             tile_layout, proposal_area)
         if tiling is not None:
             input_spec["tiling"] = tiling
         network = dict(input_spec.get("detector", {}))
@@ -96,7 +101,7 @@ def _changes(source: dict[str, Any], input_spec: dict[str, Any],
     for block in ("tiling", "detector"):
         old, new = source["input_spec"].get(block) or {}, input_spec.get(block) or {}
         for key in sorted(set(old) | set(new)):
-            default = {"hflip": False}.get(key)  # a manifest written before the setting existed reads without it
+            default = TILING_DEFAULTS.get(key) if block == "tiling" else None
             if old.get(key, default) != new.get(key, default):
                 out.append((f"input_spec.{block}.{key}", old.get(key, default), new.get(key, default)))
     return out

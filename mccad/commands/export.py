@@ -1,12 +1,14 @@
 """``mccad export RUN --out MODEL_DIR``: a training run becomes a registry model folder (issue 6, item 4).
 
 ``mccad export MODEL_DIR --out NEW_DIR --version V ...``: a model folder re-issued under a new version with settings
-chosen after training (operating point, box score, malignant offset, tiles per pass, test-time flip), its weights
+chosen after training (operating point, box score, malignant offset, tiles per pass, test-time flip, tile geometry), its weights
 unchanged (``training.reissue``): for a shipped model whose training run is gone."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+TILE_LAYOUTS = ("fixed", "even")  # models.tiling.TILE_LAYOUTS, named here so that --help needs no torch
 
 
 def _threshold(text: str) -> float | str:
@@ -53,6 +55,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="whether a tiled detector also reads each image mirrored, the two readings fused "
                         "(models.flip_fusion; twice the time), written into the manifest (default: as it was); choose "
                         "it and --score-thresh with 'mccad evaluate --test-time-flip' on validation images")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="a tiled detector's tile side in px (with --tile-layout even: the largest side), written into "
+                        "the manifest (default: as it was); scores move with it, so give --score-thresh chosen on "
+                        "validation images read that way")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="px shared by neighbouring tiles, written into the manifest (default: as it was)")
+    p.add_argument("--tile-layout", choices=TILE_LAYOUTS, default=None,
+                   help="fixed: tiles of --tile px stepped across the image, the last moved back to its edge; even: "
+                        "the fewest tiles of at most --tile px, each as small as covering needs (a large --tile reads "
+                        "each pixel about once; models.tiling.tile_grid). Default: as it was")
+    p.add_argument("--proposal-area", type=int, default=None, metavar="PX2",
+                   help="keep the RPN's proposal counts per this many px² of tile instead of per tile, written into "
+                        "the manifest: with larger tiles than the counts were validated on (e.g. 262144 for 512 px "
+                        "tiles), so a large tile keeps as many proposals per mm² (default: as it was)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +82,9 @@ def run(args: argparse.Namespace, settings) -> int:
 
     flip = None if args.test_time_flip is None else args.test_time_flip == "on"
     after_training = dict(score_thresh=args.score_thresh, tile_batch=args.tile_batch, score_mode=args.score_mode,
-                          malignant_offset=args.malignant_offset, test_time_flip=flip)
+                          malignant_offset=args.malignant_offset, test_time_flip=flip, tile=args.tile,
+                          tile_overlap=args.tile_overlap, tile_layout=args.tile_layout,
+                          proposal_area=args.proposal_area)
     try:
         if (args.run / MANIFEST).is_file():
             if args.version is None:

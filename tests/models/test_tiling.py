@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.detector import Detections, DetectorConfig, build_detector
-from models.tiling import detect_tiled, merge_tile_detections, tile_grid
+from models.tiling import TILE_LAYOUTS, TilingSpec, detect_tiled, merge_tile_detections, tile_grid
 
 
 def _dets(boxes, labels, scores) -> Detections:
@@ -35,6 +35,54 @@ def test_grid_covers_every_pixel_with_the_requested_overlap(height, width, tile,
             assert end - next_start >= overlap  # neighbours share at least ``overlap`` pixels
         if size > tile:
             assert len(starts) == -(-(size - overlap) // (tile - overlap))  # no more tiles than needed
+
+
+@pytest.mark.parametrize("height,width,tile,overlap", [
+    (2048, 1300, 2048, 64), (2340, 1288, 2048, 64), (2048, 1300, 512, 64), (300, 500, 128, 32), (97, 1301, 200, 50),
+    (100, 90, 800, 128), (4097, 4096, 2048, 0), (1000, 1000, 999, 998),
+])
+def test_even_grid_covers_the_image_in_the_fewest_smallest_tiles(height, width, tile, overlap):
+    tiles = tile_grid(height, width, tile, overlap, layout="even")
+    fixed = tile_grid(height, width, tile, overlap)
+    shapes = {(y1 - y0, x1 - x0) for y0, x0, y1, x1 in tiles}
+    assert len(shapes) == 1  # one shape for every tile: they batch together
+    (th, tw), = shapes
+    assert th <= min(tile, height) and tw <= min(tile, width)
+    cover = np.zeros((height, width), np.int32)
+    for y0, x0, y1, x1 in tiles:
+        assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    for axis, size, side in ((0, height, th), (1, width, tw)):
+        starts = sorted({t[axis] for t in tiles})
+        assert starts[0] == 0 and starts[-1] + side == size
+        assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap px
+        if len(starts) > 1:  # one tile fewer could not cover the axis at this overlap with tiles of at most ``tile``
+            assert (len(starts) - 1) * tile - (len(starts) - 2) * overlap < size
+            assert side - 1 < (size + (len(starts) - 1) * overlap) / len(starts)  # each as small as covering needs
+    assert len(tiles) == len(fixed)  # as many tiles as the fixed layout, never larger ones
+    assert len(tiles) * th * tw <= sum((y1 - y0) * (x1 - x0) for y0, x0, y1, x1 in fixed)
+
+
+def test_a_mammogram_at_a_tenth_of_a_millimetre_is_read_in_one_or_two_large_tiles():
+    assert tile_grid(2048, 1300, 2048, 64, layout="even") == [(0, 0, 2048, 1300)]
+    assert tile_grid(2340, 1288, 2048, 64, layout="even") == [(0, 0, 1202, 1288), (1138, 0, 2340, 1288)]
+    assert len(tile_grid(2048, 1300, 512, 64)) == 15  # the fixed layout of the shipped 0.6.2
+    assert len(tile_grid(2048, 1300, 512, 64, layout="even")) == 15  # the same count, smaller tiles: 461 x 476
+    assert tile_grid(2048, 1300, 512, 64, layout="even")[0] == (0, 0, 461, 476)
+
+
+def test_the_tiling_spec_refuses_what_the_grid_cannot_lay_and_reads_old_manifests_as_fixed():
+    from mccad.commands.export import TILE_LAYOUTS as CLI_LAYOUTS  # named there so that --help needs no torch
+
+    assert TilingSpec(tile=512, overlap=64).layout == "fixed" and TILE_LAYOUTS == CLI_LAYOUTS == ("fixed", "even")
+    assert TilingSpec(tile=2048, overlap=64, layout="even").grid(2048, 1300) == [(0, 0, 2048, 1300)]
+    with pytest.raises(ValueError, match="layout"):
+        TilingSpec(tile=512, overlap=64, layout="spiral")
+    with pytest.raises(ValueError, match="overlap"):
+        TilingSpec(tile=64, overlap=64)
+    with pytest.raises(ValueError, match="batch"):
+        TilingSpec(tile=64, overlap=8, batch=0)
 
 
 def test_grid_refuses_impossible_settings():
@@ -164,6 +212,49 @@ def test_tiny_detector_runs_tile_by_tile_at_native_resolution():
     assert (dets.boxes[:, 1] >= 0).all() and (dets.boxes[:, 3] <= 300).all()
     assert (dets.boxes[:, 2] > dets.boxes[:, 0]).all() and (dets.boxes[:, 3] > dets.boxes[:, 1]).all()
     assert set(dets.labels.tolist()) <= {1, 2}
+
+
+def test_the_even_layout_feeds_the_network_its_own_tile_shape() -> None:
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
+                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
+    model = build_detector(config)
+    seen: list[list[tuple[int, ...]]] = []
+    hook = model.transform.register_forward_pre_hook(lambda _m, args: seen.append([tuple(t.shape) for t in args[0]]))
+    image = torch.rand(1, 300, 500)
+    try:
+        even = TilingSpec(tile=512, overlap=32, batch=4, layout="even").detect(model, image, config)
+        split = TilingSpec(tile=300, overlap=32, batch=4, layout="even").detect(model, image, config)
+    finally:
+        hook.remove()
+    # the whole 300 x 500 image in one tile, then two tiles of 300 x 266 (500 + 32 over two), not of 300 x 300
+    assert seen == [[(3, 300, 500)], [(3, 300, 266)] * 2]
+    assert 0 < len(even) <= 20 and 0 < len(split) <= 20
+    assert (even.boxes[:, 2] <= 500).all() and (split.boxes[:, 2] <= 500).all()
+
+
+def test_a_proposal_area_keeps_the_rpns_proposals_per_area_of_tile() -> None:
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
+                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
+    model = build_detector(config)
+    counts: list[tuple[int, int]] = []
+    hook = model.rpn.register_forward_pre_hook(
+        lambda m, _args: counts.append((m._pre_nms_top_n["testing"], m._post_nms_top_n["testing"])))
+    image = torch.rand(1, 300, 500)
+    try:
+        TilingSpec(tile=512, overlap=32, layout="even").detect(model, image, config)
+        TilingSpec(tile=512, overlap=32, layout="even", proposal_area=100 * 100).detect(model, image, config)
+        TilingSpec(tile=100, overlap=20, layout="even", proposal_area=100 * 100).detect(model, image, config)
+    finally:
+        hook.remove()
+    # per tile as the config says; then 15 times as many for a 300 x 500 tile read per 100 x 100 px; then 90 x 100
+    # px tiles (4 x 6 of them, in batches of 4) keep 0.9 times the counts
+    assert counts == [(100, 50), (1500, 750)] + [(90, 45)] * 6
+    # and the model is left with the counts it had, as every threshold
+    assert (model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"]) == (100, 50)
+    with pytest.raises(ValueError, match="proposal_area"):
+        TilingSpec(tile=512, overlap=32, proposal_area=0)
 
 
 def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:

@@ -86,6 +86,20 @@ def test_without_a_new_evaluation_the_sources_is_dropped_and_the_card_says_so(tm
     assert "| input_spec.detector.malignant_logit_offset | 0.0 | -1.0 |" in card
 
 
+def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
+    source = _detector_folder(tmp_path / "src")
+    out = reissue_model(source, tmp_path / "new", version="0.2.0", score_thresh=0.3, tile=256, tile_overlap=32,
+                        tile_layout="even")
+    assert load_manifest(out).input_spec["tiling"] == {**TILING, "tile": 256, "overlap": 32, "layout": "even"}
+    from training.predict import load_model
+
+    assert load_model(out).tiling["layout"] == "even"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "| input_spec.tiling.layout | fixed | even |" in card  # a manifest without it was read as fixed
+    assert "| input_spec.tiling.tile | 64 | 256 |" in card and "| input_spec.tiling.overlap | 16 | 32 |" in card
+    assert "hflip" not in card  # unchanged, and absent from both manifests
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"version": "0.1.0"}, "version of its own"),
     ({"version": "0.2.0", "score_thresh": "auto"}, "not a training run"),
@@ -93,6 +107,9 @@ def test_without_a_new_evaluation_the_sources_is_dropped_and_the_card_says_so(tm
     ({"version": "0.2.0", "tile_batch": 0}, "1-256"),
     ({"version": "0.2.0", "score_mode": "box"}, "score_mode"),
     ({"version": "0.2.0", "malignant_offset": 50.0}, "offset"),
+    ({"version": "0.2.0", "tile_layout": "spiral"}, "layout"),
+    ({"version": "0.2.0", "tile": 64, "tile_overlap": 64}, "overlap"),
+    ({"version": "0.2.0", "tile": 0}, "tile"),
 ])
 def test_requests_that_cannot_be_honoured_are_refused_before_writing(tmp_path, kwargs, message):
     source = _detector_folder(tmp_path / "src")
@@ -105,6 +122,8 @@ def test_the_flip_of_a_whole_image_detector_and_a_folder_over_itself_are_refused
     whole = _detector_folder(tmp_path / "whole", tiling=None)
     with pytest.raises(ValueError, match="tile by tile"):
         reissue_model(whole, tmp_path / "new", version="0.2.0", test_time_flip=True)
+    with pytest.raises(ValueError, match="tile by tile"):
+        reissue_model(whole, tmp_path / "new", version="0.2.0", tile_layout="even")
     with pytest.raises(ValueError, match="another folder"):
         reissue_model(whole, whole, version="0.2.0")
 
