@@ -34,6 +34,24 @@ class BenchError(RuntimeError):
     """A benchmark could not run as asked (a missing tool, a peer that did not start); the message says what."""
 
 
+def dcmtk_tool(name: str) -> str | None:
+    """The path of dcmtk's ``name`` (``storescu``, ``storescp``) on the PATH, or None.
+
+    pynetdicom (a dependency) installs Python scripts of the same names into the virtual environment's ``bin``, which
+    comes first on the PATH once the environment is activated and takes other options (no ``-R``, no ``+B``): they
+    are skipped, so the tests and the ingest benchmark talk to dcmtk whether or not the environment is active."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder or ".") / name
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            continue
+        with open(candidate, "rb") as handle:
+            head = handle.read(128)
+        if head.startswith(b"#!") and b"python" in head.split(b"\n", 1)[0]:
+            continue  # pynetdicom's app of the same name
+        return str(candidate)
+    return None
+
+
 # -- timing -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimingStats:

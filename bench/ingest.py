@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from bench.common import (
     BenchError,
     add_output_arguments,
+    dcmtk_tool,
     machine_info,
     print_report,
     progress,
@@ -68,7 +69,7 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    path = dcmtk_tool(name)
     if path is None:
         raise BenchError(f"{name} (dcmtk) is not installed: apt-get install dcmtk")
     return path

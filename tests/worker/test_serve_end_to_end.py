@@ -18,6 +18,7 @@ import pytest
 
 from dicom_io.spool import Spool
 from mccad.config import Destination
+from tests.peers.dcmtk import dcmtk
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
 from tests.worker.conftest import make_settings
@@ -95,7 +96,7 @@ def test_pacs_study_survives_a_killed_service_and_results_reach_the_pacs(tmp_pat
         assert len(found) == len(work["dicom_objects"])
 
         second = write_study(tmp_path / "in", "e2e-storescu", views=1, seed=2)
-        sent = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "MCCAD", "127.0.0.1", str(scp_port),
+        sent = subprocess.run([dcmtk("storescu"), "-aet", "STORESCU", "-aec", "MCCAD", "127.0.0.1", str(scp_port),
                                str(second.paths[0])], capture_output=True, text=True, timeout=60)
         assert sent.returncode == 0, sent.stderr
         # the embedded worker dies in the middle of this study: serve restarts it and the study is finished later
