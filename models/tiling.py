@@ -13,9 +13,11 @@ How:
    axis as ``tile`` allows at that overlap, each as small as covering the axis needs, spread evenly; ``tile`` is
    then the largest side a tile may have, and with a large one (2048) a mammogram at 0.1 mm is read in one or two
    tiles, its pixels read about once. The RPN keeps a fixed number of proposals per tile (``rpn_*_top_n_test``),
-   so a large tile has fewer per square millimetre than the tiles those counts were validated on; ``proposal_area``
-   scales them with the tile's area (measured: without it, the shipped detector with the flip read in tiles of at
-   most 2048 px fell from 0.97 to 0.85 FROC sensitivity at 1 FP per image on validation seed 52).
+   so in a large tile the whole image competes for the budget each 512 px tile had to itself; ``proposal_cell``
+   gives every cell of that size its own budget again (``models.rpn_cells``). The tile is part of the reading all
+   the same: the backbone's receptive field spans it, so its features, and the detector's scores, change with the
+   tile's size (the shipped detector lost 0.06-0.12 FROC sensitivity at 1 FP per image on validation read in tiles
+   of at most 2048 px instead of 512); choose the layout on validation images like any threshold.
 2. :func:`detect_tiled`: ``models.detector.detect`` on batches of tiles with torchvision's internal resize set to
    the tile's own size (scale 1: native resolution), boxes shifted back to image pixels.
 3. :func:`merge_tile_detections`: a lesion larger than the overlap, or lying across a seam, comes out as pieces, one
@@ -41,6 +43,7 @@ from torchvision.ops import batched_nms
 from models.detector import Detections, DetectorConfig, apply_thresholds, detect
 from models.flip_fusion import READING_SCORE_FLOOR, fuse_readings, mirror
 from models.fusion import suppress_cross_class
+from models.rpn_cells import proposal_cells
 
 Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), image pixels
 
@@ -200,10 +203,10 @@ def _suppress(merged: Detections, config: DetectorConfig) -> Detections:
 
 def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = 800,
                  overlap: int = 128, batch: int = 4, join: bool = True, layout: str = "fixed",
-                 proposal_area: int | None = None) -> Detections:
+                 proposal_cell: int | None = None) -> Detections:
     """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
-    resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``. ``proposal_area``
-    (px²): the RPN keeps ``config``'s proposal counts per that area of tile rather than per tile."""
+    resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``. ``proposal_cell``
+    (px): the RPN spends ``config``'s proposal counts per square cell of that side rather than per tile."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"expected an image tensor shaped (1, H, W) or (3, H, W), got {tuple(image.shape)}")
     if batch < 1:
@@ -215,11 +218,11 @@ def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorCo
     saved_config = getattr(model, "mccad_config", None)
     per_tile: list[tuple[Tile, Detections]] = []
     try:
-        with native_scale(model, th, tw):
+        with native_scale(model, th, tw), proposal_cells(model, proposal_cell):
             for start in range(0, len(tiles), batch):
                 chunk = tiles[start:start + batch]
                 crops = [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk]
-                per_tile += list(zip(chunk, detect(model, crops, _tile_config(config, th * tw, proposal_area))))
+                per_tile += list(zip(chunk, detect(model, crops, _tile_config(config))))
     finally:
         if saved_config is not None:
             apply_thresholds(model, saved_config)
@@ -254,15 +257,16 @@ class TilingSpec:
     # test-time flip (models.flip_fusion): the mirrored image is read too and both readings fused; twice the time
     hflip: bool = False
     layout: str = "fixed"  # tile_grid: "even" makes ``tile`` the largest side and spreads fewer pixels' reads
-    # px² of tile per which the RPN keeps the detector's proposal counts (None: per tile, whatever its size)
-    proposal_area: int | None = None
+    # side (px) of the square cells over which the RPN spends its proposal counts (None: per tile, whatever its
+    # size): with large tiles, the tile size those counts were validated on (models.rpn_cells)
+    proposal_cell: int | None = None
 
     def __post_init__(self) -> None:
         tile_grid(max(1, self.tile), max(1, self.tile), self.tile, self.overlap, self.layout)  # refuses bad settings
         if self.batch < 1:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
-        if self.proposal_area is not None and self.proposal_area < 1:
-            raise ValueError(f"proposal_area must be a positive number of px², got {self.proposal_area}")
+        if self.proposal_cell is not None and self.proposal_cell < 1:
+            raise ValueError(f"proposal_cell must be a positive number of pixels, got {self.proposal_cell}")
 
     def grid(self, height: int, width: int) -> list[Tile]:
         """The tiles this spec reads a ``height`` x ``width`` image in."""
@@ -274,7 +278,7 @@ class TilingSpec:
         on the image and its mirror, the two readings fused and then thresholded as ``config`` says."""
         def read(pixels: torch.Tensor, cfg: DetectorConfig) -> Detections:
             return detect_tiled(model, pixels, cfg, tile=self.tile, overlap=self.overlap, batch=batch or self.batch,
-                                join=self.join, layout=self.layout, proposal_area=self.proposal_area)
+                                join=self.join, layout=self.layout, proposal_cell=self.proposal_cell)
 
         if not self.hflip:
             return read(image, config)
@@ -286,12 +290,7 @@ class TilingSpec:
         return _suppress(fused.take(np.flatnonzero(fused.scores >= config.score_thresh)), config)
 
 
-def _tile_config(config: DetectorConfig, tile_area: int, proposal_area: int | None) -> DetectorConfig:
+def _tile_config(config: DetectorConfig) -> DetectorConfig:
     """The config one tile runs with: no cross-class suppression yet (it runs once on the merged boxes, as in
-    whole-image mode), and with ``proposal_area`` the RPN's proposal counts scaled to the tile's area."""
-    if proposal_area is None:
-        return replace(config, cross_class_suppression=False)
-    scale = tile_area / proposal_area
-    return replace(config, cross_class_suppression=False,
-                   rpn_pre_nms_top_n_test=max(1, round(config.rpn_pre_nms_top_n_test * scale)),
-                   rpn_post_nms_top_n_test=max(1, round(config.rpn_post_nms_top_n_test * scale)))
+    whole-image mode)."""
+    return replace(config, cross_class_suppression=False)

@@ -65,10 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fixed: tiles of --tile px stepped across the image, the last moved back to its edge; even: "
                         "the fewest tiles of at most --tile px, each as small as covering needs (a large --tile reads "
                         "each pixel about once; models.tiling.tile_grid). Default: as it was")
-    p.add_argument("--proposal-area", type=int, default=None, metavar="PX2",
-                   help="keep the RPN's proposal counts per this many px² of tile instead of per tile, written into "
-                        "the manifest: with larger tiles than the counts were validated on (e.g. 262144 for 512 px "
-                        "tiles), so a large tile keeps as many proposals per mm² (default: as it was)")
+    p.add_argument("--proposal-cell", type=int, default=None, metavar="PX",
+                   help="spend the RPN's proposal counts per square cell of this side instead of per tile, written "
+                        "into the manifest: with larger tiles than the counts were validated on (e.g. 512 for a "
+                        "detector validated on 512 px tiles), so each part of the image keeps its own budget "
+                        "(models.rpn_cells; default: as it was)")
     p.set_defaults(func=run)
 
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace, settings) -> int:
     after_training = dict(score_thresh=args.score_thresh, tile_batch=args.tile_batch, score_mode=args.score_mode,
                           malignant_offset=args.malignant_offset, test_time_flip=flip, tile=args.tile,
                           tile_overlap=args.tile_overlap, tile_layout=args.tile_layout,
-                          proposal_area=args.proposal_area)
+                          proposal_cell=args.proposal_cell)
     try:
         if (args.run / MANIFEST).is_file():
             if args.version is None:

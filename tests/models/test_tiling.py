@@ -233,28 +233,24 @@ def test_the_even_layout_feeds_the_network_its_own_tile_shape() -> None:
     assert (even.boxes[:, 2] <= 500).all() and (split.boxes[:, 2] <= 500).all()
 
 
-def test_a_proposal_area_keeps_the_rpns_proposals_per_area_of_tile() -> None:
+def test_a_proposal_cell_gives_each_cell_of_a_large_tile_the_rpns_budget() -> None:
     torch.manual_seed(0)
     config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
-                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
+                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=10)
     model = build_detector(config)
-    counts: list[tuple[int, int]] = []
-    hook = model.rpn.register_forward_pre_hook(
-        lambda m, _args: counts.append((m._pre_nms_top_n["testing"], m._post_nms_top_n["testing"])))
+    proposals: list[int] = []
+    hook = model.roi_heads.register_forward_pre_hook(lambda _m, args: proposals.append(len(args[1][0])))
     image = torch.rand(1, 300, 500)
     try:
         TilingSpec(tile=512, overlap=32, layout="even").detect(model, image, config)
-        TilingSpec(tile=512, overlap=32, layout="even", proposal_area=100 * 100).detect(model, image, config)
-        TilingSpec(tile=100, overlap=20, layout="even", proposal_area=100 * 100).detect(model, image, config)
+        TilingSpec(tile=512, overlap=32, layout="even", proposal_cell=100).detect(model, image, config)
     finally:
         hook.remove()
-    # per tile as the config says; then 15 times as many for a 300 x 500 tile read per 100 x 100 px; then 90 x 100
-    # px tiles (4 x 6 of them, in batches of 4) keep 0.9 times the counts
-    assert counts == [(100, 50), (1500, 750)] + [(90, 45)] * 6
-    # and the model is left with the counts it had, as every threshold
-    assert (model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"]) == (100, 50)
-    with pytest.raises(ValueError, match="proposal_area"):
-        TilingSpec(tile=512, overlap=32, proposal_area=0)
+    # one budget of 10 for the whole 300 x 500 tile; then 10 for each of its 3 x 5 cells of 100 px
+    assert proposals[0] == 10 and 10 < proposals[1] <= 150
+    assert "filter_proposals" not in vars(model.rpn)  # torchvision's own filtering again after the block
+    with pytest.raises(ValueError, match="proposal_cell"):
+        TilingSpec(tile=512, overlap=32, proposal_cell=0)
 
 
 def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:
