@@ -1,23 +1,27 @@
-"""The detector's backbone run by ONNX Runtime on the CPU: the same boxes, a quarter to 40 % less time per mammogram.
+"""The detector's backbone and RPN head run by ONNX Runtime on the CPU: the same boxes in less time per mammogram.
 
 Why: on a CPU-only site the detector is the cost of a study. Its backbone (EfficientNet-Lite or ResNet50 with the FPN)
 is more than half of its FLOPs (issue 7's benchmark: 156 of 285 GFLOP per 2048 x 1300 mammogram for the shipped
 model), and eager PyTorch runs it at about a third of the machine's matrix-multiply peak. ONNX Runtime folds the
 BatchNorm layers into the convolutions and runs its own kernels; the benchmark measured the same merged boxes (max
-0.0004 px apart) in 59-77 % of eager's time (``bench.inference``, path ``onnxruntime``, on different days).
-Everything after the backbone (RPN, RoI heads, NMS, tiling, the flip, the breast gate) stays in PyTorch unchanged.
+0.0004 px apart) in 59-77 % of eager's time (``bench.inference``, path ``onnxruntime``, on different days). The
+RPN head (a 3 x 3 convolution over every FPN level, and the objectness and box-delta layers) was then the largest
+eager part left, about a quarter of a tile's time; it runs in a second session. Everything else (anchors, proposal
+filtering, RoI pooling, the box head, NMS, tiling, the flip, the breast gate) stays in PyTorch unchanged.
 
 How:
 
 - :func:`detection_model` returns a *twin* of the loaded detector for detection only: the same module objects
-  (thresholds, transform, heads and weights are shared), except that its ``backbone`` is an :class:`OnnxBackbone`.
+  (thresholds, transform, heads and weights are shared), except that its ``backbone`` is an :class:`OnnxBackbone`
+  and its RPN a copy whose ``head`` is an :class:`OnnxRpnHead` (its anchors and proposal counts are the model's).
   The eager model stays as it was, because explanations (Grad-CAM, ``models.explain``) need autograd through the
   backbone, which an ONNX session does not have;
 - the backbone is exported once per process, in memory (no file is written: a model folder may be read-only and a
   stale cache could not drift from the weights), with the batch, height and width dynamic, so one session serves
   every tile batch and the whole-image mode's any-size input;
-- before the twin is used, a fixed probe image runs through both and the FPN levels must agree to
-  ``VERIFY_RTOL`` of their largest value; otherwise the twin is refused (``auto`` falls back to eager and logs why);
+- before the twin is used, a fixed probe image runs through both and the FPN levels, objectness and box deltas
+  must agree to ``VERIFY_RTOL`` of their largest value; otherwise the twin is refused (``auto`` falls back to eager
+  and logs why);
 - ``runtime``: ``"eager"`` (PyTorch only), ``"onnxruntime"`` (refused with a clear error when the packages are
   missing, the device is not the CPU or the check fails) or ``"auto"`` (ONNX Runtime on the CPU when it is installed
   and passes the check, eager otherwise). Settings: ``MCCAD_DETECTOR_RUNTIME``, default ``auto``.
@@ -61,6 +65,44 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def _session(module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
+             output_names: list[str], dynamic_axes: dict[str, dict[int, str]],
+             threads: int | None) -> tuple[Any, int]:
+    """``module`` exported to ONNX in memory and an ONNX Runtime session on it, and the size of the export."""
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about shape arithmetic, which dynamic axes cover
+        torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=input_names,
+                          output_names=output_names, do_constant_folding=True, dynamic_axes=dynamic_axes)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between runs: the anchors, proposal filtering, RoI pooling and box head run in torch's threads
+    # right after each pass, on the same cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), len(buffer.getvalue())
+
+
+def _on_cpu(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    if any(t.device.type != "cpu" for t in tensors):
+        raise RuntimeUnavailable(f"the ONNX Runtime detector parts run on the CPU; got a tensor on {tensors[0].device}")
+    return [np.ascontiguousarray(t.detach().float().numpy()) for t in tensors]
+
+
+def _worst(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> float:
+    """The largest disagreement of ``candidate`` with ``reference``, tensor by tensor, as a share of each
+    reference's largest value (inf when a shape differs)."""
+    worst = 0.0
+    for ref, got in zip(reference, candidate, strict=True):
+        if got.shape != ref.shape:
+            return float("inf")
+        scale = float(ref.abs().max()) or 1.0
+        worst = max(worst, float((got - ref).abs().max()) / scale)
+    return worst
+
+
 class OnnxBackbone(nn.Module):
     """A detector backbone (image batch -> OrderedDict of FPN levels) exported to ONNX and run by ONNX Runtime.
 
@@ -70,36 +112,20 @@ class OnnxBackbone(nn.Module):
 
     def __init__(self, module: nn.Module, threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
-
         self.module = module.eval()
         self.out_channels = getattr(module, "out_channels", None)
         probe = _probe(1, PROBE_SIDE, PROBE_SIDE)
         with torch.inference_mode(False), torch.no_grad():
             reference = module(probe)
         self.names = list(reference.keys()) if isinstance(reference, dict) else ["out"]
-        buffer = io.BytesIO()
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's warnings about shape arithmetic, which dynamic axes cover
-            outputs = [f"out_{name}" for name in self.names]  # ONNX names may not be bare digits ("0")
-            torch.onnx.export(module, (probe,), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["x"], output_names=outputs, do_constant_folding=True,
-                              dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"},
-                                            **{name: {0: "batch"} for name in outputs}})
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting between runs: the RPN, RoI pooling and box head run in torch's threads right after each
-        # backbone pass, on the same cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        self.onnx_bytes = len(buffer.getvalue())
+        outputs = [f"out_{name}" for name in self.names]  # ONNX names may not be bare digits ("0")
+        self.session, self.onnx_bytes = _session(
+            module, (probe,), ["x"], outputs,
+            {"x": {0: "batch", 2: "height", 3: "width"}, **{name: {0: "batch"} for name in outputs}}, threads)
 
     def forward(self, x: torch.Tensor) -> Any:
-        if x.device.type != "cpu":
-            raise RuntimeUnavailable(f"the ONNX Runtime backbone runs on the CPU; got a tensor on {x.device}")
-        arrays = self.session.run(None, {"x": np.ascontiguousarray(x.detach().float().numpy())})
-        tensors = [torch.from_numpy(a) for a in arrays]
+        (array,) = _on_cpu([x])
+        tensors = [torch.from_numpy(a) for a in self.session.run(None, {"x": array})]
         if self.names == ["out"]:
             return tensors[0]
         return OrderedDict(zip(self.names, tensors))
@@ -113,14 +139,58 @@ class OnnxBackbone(nn.Module):
         fast = self(probe)
         if not isinstance(eager, dict):
             eager, fast = {"out": eager}, {"out": fast}
-        worst = 0.0
-        for name, ref in eager.items():
-            got = fast[name]
-            if got.shape != ref.shape:
-                return float("inf")
-            scale = float(ref.abs().max()) or 1.0
-            worst = max(worst, float((got - ref).abs().max()) / scale)
-        return worst
+        if list(fast) != list(eager):
+            return float("inf")
+        return _worst(list(eager.values()), [fast[name] for name in eager])
+
+
+class _FlatRpnHead(nn.Module):
+    """torchvision's RPN head with tensors in and out instead of lists (what the ONNX exporter takes)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, *levels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, deltas = self.head(list(levels))
+        return (*logits, *deltas)
+
+
+class OnnxRpnHead(nn.Module):
+    """torchvision's ``RPNHead`` (FPN levels -> per-level objectness logits and box deltas) run by ONNX Runtime.
+
+    Exported on the FPN levels of ``backbone`` for the probe image, every level's batch, height and width dynamic;
+    keeps the eager ``module`` for :meth:`verify`, never calls it in ``forward``."""
+
+    def __init__(self, module: nn.Module, backbone: nn.Module, threads: int | None = None) -> None:
+        super().__init__()
+        self.module, self.backbone = module.eval(), backbone
+        levels = self._levels(_probe(1, PROBE_SIDE, PROBE_SIDE))
+        self.n_levels = len(levels)
+        inputs = [f"level_{k}" for k in range(self.n_levels)]
+        outputs = [f"{kind}_{k}" for kind in ("logits", "deltas") for k in range(self.n_levels)]
+        axes = {name: {0: "batch", 2: f"height_{name}", 3: f"width_{name}"} for name in inputs + outputs}
+        self.session, self.onnx_bytes = _session(_FlatRpnHead(module), tuple(levels), inputs, outputs, axes, threads)
+
+    def _levels(self, image: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode(False), torch.no_grad():
+            features = self.backbone(image)
+        return list(features.values()) if isinstance(features, dict) else [features]
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if len(x) != self.n_levels:
+            raise ValueError(f"the RPN head was exported for {self.n_levels} FPN levels, got {len(x)}")
+        arrays = self.session.run(None, {f"level_{k}": a for k, a in enumerate(_on_cpu(list(x)))})
+        tensors = [torch.from_numpy(a) for a in arrays]
+        return tensors[:self.n_levels], tensors[self.n_levels:]
+
+    def verify(self, height: int = PROBE_SIDE + 32, width: int = PROBE_SIDE - 32) -> float:
+        """As :meth:`OnnxBackbone.verify`, on the FPN levels of a probe of another shape than the export's."""
+        levels = self._levels(_probe(2, height, width))
+        with torch.inference_mode(False), torch.no_grad():
+            logits, deltas = self.module(levels)
+        fast_logits, fast_deltas = self(levels)
+        return _worst([*logits, *deltas], [*fast_logits, *fast_deltas])
 
 
 def _probe(batch: int, height: int, width: int) -> torch.Tensor:
@@ -155,7 +225,8 @@ def resolve_runtime(runtime: str, device: torch.device | str) -> str:
 def detection_model(model: nn.Module, runtime: str = "auto",
                     device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
     """The module to detect with and the runtime it uses (``"eager"`` or ``"onnxruntime"``): ``model`` itself for
-    eager, else a twin whose backbone is an :class:`OnnxBackbone` (module docstring). ``auto`` falls back to eager,
+    eager, else a twin whose backbone is an :class:`OnnxBackbone` and whose RPN head is an :class:`OnnxRpnHead`
+    (module docstring). ``auto`` falls back to eager,
     with a warning in the log, when the export or the check fails; ``onnxruntime`` raises instead."""
     chosen = resolve_runtime(runtime, device)
     if chosen == "eager":
@@ -166,6 +237,14 @@ def detection_model(model: nn.Module, runtime: str = "auto",
         if not error <= VERIFY_RTOL:
             raise RuntimeUnavailable(f"the ONNX Runtime backbone disagrees with PyTorch by {error:.2e} of the "
                                      f"feature scale (allowed {VERIFY_RTOL:g})")
+        rpn_head = None
+        if getattr(model, "rpn", None) is not None:
+            rpn_head = OnnxRpnHead(model.rpn.head, model.backbone)
+            head_error = rpn_head.verify()
+            if not head_error <= VERIFY_RTOL:
+                raise RuntimeUnavailable(f"the ONNX Runtime RPN head disagrees with PyTorch by {head_error:.2e} of "
+                                         f"its outputs' scale (allowed {VERIFY_RTOL:g})")
+            error = max(error, head_error)
     except Exception as exc:  # an exporter or session failure is as final as a failed check
         if runtime == "onnxruntime" and isinstance(exc, RuntimeUnavailable):
             raise
@@ -174,10 +253,22 @@ def detection_model(model: nn.Module, runtime: str = "auto",
         log.warning("detector runs in eager PyTorch: the ONNX Runtime backbone failed",
                     extra={"event": "runtime_fallback", "reason": str(exc)[:300]})
         return model, "eager"
-    twin = copy.copy(model)
-    twin._modules = OrderedDict(model._modules)  # its own module table: replacing the backbone leaves ``model`` alone
+    twin = _twin(model)
     twin.backbone = backbone
-    log.info("detector backbone runs in ONNX Runtime", extra={"event": "runtime_ready", "runtime": "onnxruntime",
-                                                                "check_error": float(f"{error:.3g}"),
-                                                                "onnx_bytes": backbone.onnx_bytes})
+    onnx_bytes = backbone.onnx_bytes
+    if rpn_head is not None:
+        twin.rpn = _twin(model.rpn)  # shares the anchors and the proposal-count tables that detect() sets
+        twin.rpn.head = rpn_head
+        onnx_bytes += rpn_head.onnx_bytes
+    log.info("detector backbone and RPN head run in ONNX Runtime",
+             extra={"event": "runtime_ready", "runtime": "onnxruntime", "check_error": float(f"{error:.3g}"),
+                    "onnx_bytes": onnx_bytes})
     return twin, "onnxruntime"
+
+
+def _twin(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with a module table of its own: replacing a child of the copy leaves ``module``
+    alone, and everything else (weights, thresholds, the tables ``detect`` sets) stays shared."""
+    twin = copy.copy(module)
+    twin._modules = OrderedDict(module._modules)
+    return twin

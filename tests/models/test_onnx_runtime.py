@@ -17,6 +17,7 @@ from torch import nn
 from models.onnx_runtime import (
     PROBE_SIDE,
     OnnxBackbone,
+    OnnxRpnHead,
     RuntimeUnavailable,
     detection_model,
     onnxruntime_available,
@@ -65,12 +66,17 @@ def test_the_twin_leaves_the_eager_detector_whole_so_explanations_still_have_gra
     from models.registry import load_detector
 
     model, config, _ = load_detector(tiny_model_dir / "detector")
-    eager_backbone = model.backbone
+    eager_backbone, eager_rpn, eager_head = model.backbone, model.rpn, model.rpn.head
     twin, used = detection_model(model, "onnxruntime", "cpu")
     assert used == "onnxruntime"
-    assert isinstance(twin.backbone, OnnxBackbone)
-    assert model.backbone is eager_backbone  # the loaded model is not rewritten
-    assert twin.rpn is model.rpn and twin.roi_heads is model.roi_heads  # heads and weights shared, not copied
+    assert isinstance(twin.backbone, OnnxBackbone) and isinstance(twin.rpn.head, OnnxRpnHead)
+    # the loaded model is not rewritten
+    assert model.backbone is eager_backbone and model.rpn is eager_rpn and model.rpn.head is eager_head
+    assert twin.roi_heads is model.roi_heads  # the box head and its weights shared, not copied
+    # the twin's RPN uses the model's anchors and the proposal counts that detect() sets for both
+    assert twin.rpn.anchor_generator is model.rpn.anchor_generator
+    assert twin.rpn._pre_nms_top_n is model.rpn._pre_nms_top_n
+    assert twin.rpn._post_nms_top_n is model.rpn._post_nms_top_n
     image = torch.rand(1, 300, 200, generator=torch.Generator().manual_seed(3))
     a, b = detect(model, [image], config)[0], detect(twin, [image], config)[0]
     assert len(a) == len(b) > 0  # the tiny bundle scores from 0: every kept proposal is compared
@@ -145,6 +151,42 @@ def test_a_backbone_that_disagrees_with_pytorch_is_refused_or_falls_back_to_eage
         same, used = detection_model(model, "auto", "cpu")
     assert same is model and used == "eager"
     assert any(getattr(r, "event", None) == "runtime_fallback" for r in caplog.records)
+
+
+class _ShapeBakedRpnHead(nn.Module):
+    """An RPN head whose Python branches on the finest level's width (the probe's): the trace keeps that branch."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.logits = nn.Conv2d(channels, 3, 1)
+        self.deltas = nn.Conv2d(channels, 12, 1)
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        scale = 2.0 if x[0].shape[-1] == PROBE_SIDE // 4 else 1.0
+        return [self.logits(level) * scale for level in x], [self.deltas(level) for level in x]
+
+
+class _Rpnish(nn.Module):
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+
+@needs_ort
+def test_an_rpn_head_that_disagrees_with_pytorch_is_refused_and_a_good_one_agrees() -> None:
+    from models.detector import DetectorConfig, build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(DetectorConfig(min_size=64, max_size=64, fpn_channels=16, box_head_size=32)).eval()
+    head = OnnxRpnHead(model.rpn.head, model.backbone)
+    assert head.verify() <= 1e-4 and head.verify(PROBE_SIDE * 2, PROBE_SIDE + 64) <= 1e-4
+    with pytest.raises(ValueError, match="5 FPN levels"):
+        head([torch.zeros(1, 16, 8, 8)])
+    model.rpn = _Rpnish(_ShapeBakedRpnHead(16))
+    with pytest.raises(RuntimeUnavailable, match="RPN head disagrees"):
+        detection_model(model, "onnxruntime", "cpu")
+    same, used = detection_model(model, "auto", "cpu")
+    assert same is model and used == "eager"
 
 
 @needs_ort
