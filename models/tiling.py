@@ -28,7 +28,10 @@ How:
    tiles of an overlap saw whole, the released code's cross-class suppression runs as in ``detect``
    (``models.fusion.suppress_cross_class``), and the ``detections_per_img`` best boxes are kept.
 4. :class:`TilingSpec` with ``hflip``: steps 1-3 on the image and on its mirror, the two readings fused box by box
-   (``models.flip_fusion``), then the thresholds, NMS and cross-class suppression of step 3.
+   (``models.flip_fusion``), then the thresholds, NMS and cross-class suppression of step 3. With ``hflip_gate``,
+   only the tiles where the first reading drew a box scoring at least the gate are read again, each mirrored on its
+   own (most tiles of a mammogram hold no candidate, and a box that only one reading drew is halved by the fusion
+   anyway); the fused boxes of the other tiles are the first reading's, halved.
 """
 from __future__ import annotations
 
@@ -207,12 +210,29 @@ def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorCo
     """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
     resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``. ``proposal_cell``
     (px): the RPN spends ``config``'s proposal counts per square cell of that side rather than per tile."""
+    _check_image(image)
+    height, width = int(image.shape[1]), int(image.shape[2])
+    per_tile = read_tiles(model, image, config, tile_grid(height, width, tile, overlap, layout), batch=batch,
+                          proposal_cell=proposal_cell)
+    return merge_tile_detections(per_tile, (height, width), config, join=join)
+
+
+def _check_image(image: torch.Tensor) -> None:
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"expected an image tensor shaped (1, H, W) or (3, H, W), got {tuple(image.shape)}")
+
+
+def read_tiles(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tiles: Sequence[Tile], *,
+               batch: int = 4, proposal_cell: int | None = None,
+               mirrored: bool = False) -> list[tuple[Tile, Detections]]:
+    """``detect`` on each of ``tiles`` (all of one shape) of ``image``, ``batch`` at a time at native scale, without
+    cross-class suppression (it runs once on the merged boxes, as in whole-image mode): each tile with its boxes in
+    tile pixels. ``mirrored``: each tile is read mirrored left to right, its boxes mapped back onto the tile."""
+    _check_image(image)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    height, width = int(image.shape[1]), int(image.shape[2])
-    tiles = tile_grid(height, width, tile, overlap, layout)
+    if not tiles:
+        return []
     th, tw = tiles[0][2] - tiles[0][0], tiles[0][3] - tiles[0][1]
     # ``detect`` sets the model's thresholds and proposal counts to the tile's config: put the caller's back after
     saved_config = getattr(model, "mccad_config", None)
@@ -222,11 +242,16 @@ def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorCo
             for start in range(0, len(tiles), batch):
                 chunk = tiles[start:start + batch]
                 crops = [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk]
-                per_tile += list(zip(chunk, detect(model, crops, _tile_config(config))))
+                if mirrored:
+                    crops = [torch.flip(crop, dims=[-1]) for crop in crops]
+                dets = detect(model, crops, _tile_config(config))
+                if mirrored:
+                    dets = [mirror(det, tw) for det in dets]
+                per_tile += list(zip(chunk, dets))
     finally:
         if saved_config is not None:
             apply_thresholds(model, saved_config)
-    return merge_tile_detections(per_tile, (height, width), config, join=join)
+    return per_tile
 
 
 @contextmanager
@@ -260,6 +285,9 @@ class TilingSpec:
     # side (px) of the square cells over which the RPN spends its proposal counts (None: per tile, whatever its
     # size): with large tiles, the tile size those counts were validated on (models.rpn_cells)
     proposal_cell: int | None = None
+    # with hflip: only the tiles whose first reading drew a box scoring at least this are read again, each mirrored
+    # on its own; the others count as a mirrored reading that drew nothing (None: the whole image mirrored)
+    hflip_gate: float | None = None
 
     def __post_init__(self) -> None:
         tile_grid(max(1, self.tile), max(1, self.tile), self.tile, self.overlap, self.layout)  # refuses bad settings
@@ -267,6 +295,9 @@ class TilingSpec:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
         if self.proposal_cell is not None and self.proposal_cell < 1:
             raise ValueError(f"proposal_cell must be a positive number of pixels, got {self.proposal_cell}")
+        if self.hflip_gate is not None and not (self.hflip and 0.0 <= self.hflip_gate <= 1.0):
+            raise ValueError(f"hflip_gate is a score in [0, 1] for a detector read with hflip; got {self.hflip_gate} "
+                             f"with hflip {self.hflip}")
 
     def grid(self, height: int, width: int) -> list[Tile]:
         """The tiles this spec reads a ``height`` x ``width`` image in."""
@@ -275,17 +306,27 @@ class TilingSpec:
     def detect(self, model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig,
                batch: int | None = None) -> Detections:
         """``detect_tiled`` with these settings (``batch`` overrides the tiles per forward pass); with ``hflip``,
-        on the image and its mirror, the two readings fused and then thresholded as ``config`` says."""
-        def read(pixels: torch.Tensor, cfg: DetectorConfig) -> Detections:
-            return detect_tiled(model, pixels, cfg, tile=self.tile, overlap=self.overlap, batch=batch or self.batch,
-                                join=self.join, layout=self.layout, proposal_cell=self.proposal_cell)
-
+        on the image and its mirror (or, with ``hflip_gate``, on the gated tiles each mirrored), the two readings
+        fused and then thresholded as ``config`` says."""
+        batch = batch or self.batch
         if not self.hflip:
-            return read(image, config)
+            return detect_tiled(model, image, config, tile=self.tile, overlap=self.overlap, batch=batch,
+                                join=self.join, layout=self.layout, proposal_cell=self.proposal_cell)
         reading = replace(config, score_thresh=min(config.score_thresh, READING_SCORE_FLOOR),
                           cross_class_suppression=False)
-        width = int(image.shape[-1])
-        fused = fuse_readings([read(image, reading), mirror(read(torch.flip(image, dims=[-1]), reading), width)],
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        tiles = self.grid(height, width)
+        first = read_tiles(model, image, reading, tiles, batch=batch, proposal_cell=self.proposal_cell)
+        if self.hflip_gate is None:
+            mirrored = read_tiles(model, torch.flip(image, dims=[-1]), reading, tiles, batch=batch,
+                                  proposal_cell=self.proposal_cell)
+            second = mirror(merge_tile_detections(mirrored, (height, width), reading, join=self.join), width)
+        else:
+            gated = [tile for tile, det in first if len(det) and float(det.scores.max()) >= self.hflip_gate]
+            again = read_tiles(model, image, reading, gated, batch=batch, proposal_cell=self.proposal_cell,
+                               mirrored=True)
+            second = merge_tile_detections(again, (height, width), reading, join=self.join)
+        fused = fuse_readings([merge_tile_detections(first, (height, width), reading, join=self.join), second],
                               iou=config.nms_thresh)
         return _suppress(fused.take(np.flatnonzero(fused.scores >= config.score_thresh)), config)
 

@@ -118,15 +118,17 @@ AFTER_TRAINING = {
     "layout": "the {old} tile layout, not {new}: give --score-thresh chosen on validation images read that way",
     "proposal_cell": "proposals per cell of {old} px, not {new}: give --score-thresh chosen on validation images "
                      "read that way",
+    "hflip_gate": "flip gate {old}, not {new}: give --score-thresh chosen with that gate on validation images",
 }
 #: the tiling settings whose change moves a detector's scores (the tiles per pass do not)
-READING_TILING = ("hflip", "tile", "overlap", "layout", "proposal_cell")
+READING_TILING = ("hflip", "tile", "overlap", "layout", "proposal_cell", "hflip_gate")
 TILING_DEFAULTS = {"hflip": False, "layout": "fixed"}  # a manifest written before the setting existed reads so
 
 
 def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | None = None,
                 test_time_flip: bool | None = None, tile: int | None = None, tile_overlap: int | None = None,
-                tile_layout: str | None = None, proposal_cell: int | None = None) -> dict[str, Any] | None:
+                tile_layout: str | None = None, proposal_cell: int | None = None,
+                hflip_gate: float | None = None) -> dict[str, Any] | None:
     """A detector's ``input_spec["tiling"]`` with the tiles per pass, the test-time flip and the tile geometry
     (largest side, overlap, layout: ``models.tiling.tile_grid``; the cell the RPN's proposal counts are per)
     given (None: as it was); refused for a detector that reads whole images, where none applies, and for a geometry
@@ -135,7 +137,8 @@ def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | N
 
     changes = {key: value for key, value in (("batch", tile_batch), ("hflip", test_time_flip), ("tile", tile),
                                              ("overlap", tile_overlap), ("layout", tile_layout),
-                                             ("proposal_cell", proposal_cell)) if value is not None}
+                                             ("proposal_cell", proposal_cell), ("hflip_gate", hflip_gate))
+               if value is not None}
     if not changes:
         return dict(tiling) if tiling else None
     if not tiling:
@@ -143,8 +146,9 @@ def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | N
                          "tile; this one sees whole images")
     if "batch" in changes and not 1 <= int(changes["batch"]) <= 256:
         raise ValueError(f"tile_batch must lie in 1-256, got {changes['batch']}")
-    out = {**tiling, **{k: (bool(v) if k == "hflip" else v if k == "layout" else int(v)) for k, v in changes.items()}}
-    TilingSpec(**out)  # refuses an overlap as large as the tile, an unknown layout
+    kinds = {"hflip": bool, "layout": str, "hflip_gate": float}
+    out = {**tiling, **{k: kinds.get(k, int)(v) for k, v in changes.items()}}
+    TilingSpec(**out)  # refuses an overlap as large as the tile, an unknown layout, a gate without the flip
     return out
 
 
@@ -154,7 +158,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
                tile_batch: int | None = None, score_mode: str | None = None,
                malignant_offset: float | None = None, test_time_flip: bool | None = None,
                tile: int | None = None, tile_overlap: int | None = None, tile_layout: str | None = None,
-               proposal_cell: int | None = None) -> Path:
+               proposal_cell: int | None = None, hflip_gate: float | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -173,7 +177,9 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     chosen with ``mccad evaluate --test-time-flip``; likewise. ``tile``, ``tile_overlap``, ``tile_layout``: the
     tiles the detector reads a whole image in (``models.tiling.tile_grid``), e.g. ``tile_layout="even"`` with a
     large ``tile`` to read each pixel about once, and ``proposal_cell`` to spend the RPN's proposal counts per cell
-    of the tile size they were validated on (``models.rpn_cells``); likewise.
+    of the tile size they were validated on (``models.rpn_cells``); likewise. ``hflip_gate``: with the flip, only
+    the tiles whose first reading drew a box scoring at least this are read again (``models.tiling.TilingSpec``);
+    likewise.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -185,7 +191,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
     tiling = tiling_with(run.tiling, run_dir, tile_batch, test_time_flip, tile, tile_overlap, tile_layout,
-                         proposal_cell)
+                         proposal_cell, hflip_gate)
     chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
               if v is not None}
     if chosen and run.kind != "detector":

@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "into the manifest: with larger tiles than the counts were validated on (e.g. 512 for a "
                         "detector validated on 512 px tiles), so each part of the image keeps its own budget "
                         "(models.rpn_cells; default: as it was)")
+    p.add_argument("--hflip-gate", type=float, default=None, metavar="SCORE",
+                   help="with the test-time flip, read mirrored only the tiles whose first reading drew a box scoring "
+                        "at least SCORE (the others count as a mirrored reading that drew nothing), written into the "
+                        "manifest: less time where most tiles hold no candidate (default: as it was)")
     p.set_defaults(func=run)
 
 
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace, settings) -> int:
     after_training = dict(score_thresh=args.score_thresh, tile_batch=args.tile_batch, score_mode=args.score_mode,
                           malignant_offset=args.malignant_offset, test_time_flip=flip, tile=args.tile,
                           tile_overlap=args.tile_overlap, tile_layout=args.tile_layout,
-                          proposal_cell=args.proposal_cell)
+                          proposal_cell=args.proposal_cell, hflip_gate=args.hflip_gate)
     try:
         if (args.run / MANIFEST).is_file():
             if args.version is None:

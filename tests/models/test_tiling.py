@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models.detector import Detections, DetectorConfig, build_detector
-from models.tiling import TILE_LAYOUTS, TilingSpec, detect_tiled, merge_tile_detections, tile_grid
+from models.flip_fusion import mirror
+from models.tiling import TILE_LAYOUTS, TilingSpec, detect_tiled, merge_tile_detections, read_tiles, tile_grid
 
 
 def _dets(boxes, labels, scores) -> Detections:
@@ -264,3 +265,55 @@ def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:
     same = merge_tile_detections([(LEFT, _dets([[200, 10, 240, 50]], [1], [0.7])),
                                   (RIGHT, _dets([[8, 10, 48, 50]], [1], [0.9]))], (256, 448), CONFIG, join=False)
     assert len(same) == 1 and same.scores[0] == pytest.approx(0.9)
+
+
+def _tiny_detector():
+    torch.manual_seed(0)
+    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
+                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
+    return build_detector(config).eval(), config
+
+
+def test_a_tile_read_mirrored_gives_the_mirror_images_boxes_mapped_back() -> None:
+    model, config = _tiny_detector()
+    image = torch.rand(1, 192, 160, generator=torch.Generator().manual_seed(4))
+    (tile, det), = read_tiles(model, image, config, [(0, 0, 192, 160)], mirrored=True)
+    (_, flipped), = read_tiles(model, torch.flip(image, dims=[-1]), config, [(0, 0, 192, 160)])
+    back = mirror(flipped, 160)
+    assert tile == (0, 0, 192, 160) and len(det) == len(back) > 0
+    np.testing.assert_allclose(det.boxes, back.boxes, atol=1e-4)
+    np.testing.assert_allclose(det.scores, back.scores, atol=1e-6)
+    assert read_tiles(model, image, config, []) == []
+
+
+def test_the_gated_flip_reads_again_only_the_tiles_that_hold_a_candidate() -> None:
+    model, config = _tiny_detector()
+    image = torch.rand(1, 300, 500, generator=torch.Generator().manual_seed(5))
+    plain = TilingSpec(tile=192, overlap=32, batch=1)
+    reads: list[int] = []
+    hook = model.transform.register_forward_pre_hook(lambda _m, args: reads.append(len(args[0])))
+    try:
+        single = plain.detect(model, image, config)
+        n_tiles = len(reads)
+        reads.clear()
+        everything = TilingSpec(tile=192, overlap=32, batch=1, hflip=True, hflip_gate=0.0).detect(model, image, config)
+        gated_everything = len(reads) - n_tiles
+        reads.clear()
+        nothing = TilingSpec(tile=192, overlap=32, batch=1, hflip=True, hflip_gate=1.0).detect(model, image, config)
+        gated_nothing = len(reads) - n_tiles
+    finally:
+        hook.remove()
+    # the random tiny detector draws boxes in every tile: gate 0 reads all 6 again, gate 1 none
+    assert n_tiles == 6 and gated_everything == 6 and gated_nothing == 0
+    assert len(everything) > 0
+    # with no tile read again, every fused box is a first-reading box at half its score
+    top = np.sort(single.scores)[::-1][: len(nothing)] / 2
+    np.testing.assert_allclose(np.sort(nothing.scores)[::-1], top, atol=1e-6)
+
+
+def test_a_flip_gate_needs_the_flip_and_a_score() -> None:
+    with pytest.raises(ValueError, match="hflip_gate"):
+        TilingSpec(tile=512, overlap=64, hflip_gate=0.1)
+    with pytest.raises(ValueError, match="hflip_gate"):
+        TilingSpec(tile=512, overlap=64, hflip=True, hflip_gate=1.5)
+    assert TilingSpec(tile=512, overlap=64, hflip=True, hflip_gate=0.1).hflip_gate == 0.1

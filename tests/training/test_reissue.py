@@ -98,6 +98,10 @@ def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     assert "| input_spec.tiling.layout | fixed | even |" in card  # a manifest without it was read as fixed
     assert "| input_spec.tiling.tile | 64 | 256 |" in card and "| input_spec.tiling.overlap | 16 | 32 |" in card
     assert "hflip" not in card  # unchanged, and absent from both manifests
+    gated = reissue_model(source, tmp_path / "gated", version="0.3.0", score_thresh=0.3, test_time_flip=True,
+                          hflip_gate=0.1)
+    assert load_manifest(gated).input_spec["tiling"] == {**TILING, "hflip": True, "hflip_gate": 0.1}
+    assert "| input_spec.tiling.hflip_gate | None | 0.1 |" in (gated / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -110,6 +114,7 @@ def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     ({"version": "0.2.0", "tile_layout": "spiral"}, "layout"),
     ({"version": "0.2.0", "tile": 64, "tile_overlap": 64}, "overlap"),
     ({"version": "0.2.0", "tile": 0}, "tile"),
+    ({"version": "0.2.0", "hflip_gate": 0.1}, "hflip_gate"),  # a gate for a flip the model does not read with
 ])
 def test_requests_that_cannot_be_honoured_are_refused_before_writing(tmp_path, kwargs, message):
     source = _detector_folder(tmp_path / "src")
