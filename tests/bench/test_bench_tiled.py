@@ -49,7 +49,7 @@ def test_tiled_bundle_rows_are_whole_mammograms_with_tiles_and_equality(tmp_path
     assert code == 0, [r.get("error") for r in doc["rows"]]
     assert doc["models"]["detector_mode"] == "tiled"
     assert doc["models"]["tiling_bundle"] == {"join": False, "hflip": False, "layout": "fixed",
-                                              "proposal_cell": None, **TILING}
+                                              "proposal_cell": None, "hflip_gate": None, **TILING}
     assert doc["detector_resolutions"]["mode"] == "tiled"
     detector = {r["path"]: r for r in doc["rows"] if r["model"] == "detector"}
     assert set(detector) == {"eager", *paths.split(",")}
