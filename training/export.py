@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from models.preprocess import standardise_config_from
+from models.tiling import TilingSpec
 from training.trainers.common import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -114,7 +115,8 @@ AFTER_TRAINING = {
     "malignant_logit_offset": "malignant offset {old:g}, not {new:g}: give --score-thresh chosen with that offset",
     "hflip": "test-time flip {old}, not {new}: give --score-thresh chosen with 'mccad evaluate --test-time-flip'",
     "tile": "tiles of at most {old} px, not {new}: give --score-thresh chosen on validation images read that way",
-    "overlap": "tiles overlapping by {old} px, not {new}: give --score-thresh chosen on validation images read that way",
+    "overlap": "tiles overlapping by {old} px, not {new}: give --score-thresh chosen on validation images read that "
+               "way",
     "layout": "the {old} tile layout, not {new}: give --score-thresh chosen on validation images read that way",
     "proposal_cell": "proposals per cell of {old} px, not {new}: give --score-thresh chosen on validation images "
                      "read that way",
@@ -122,7 +124,9 @@ AFTER_TRAINING = {
 }
 #: the tiling settings whose change moves a detector's scores (the tiles per pass do not)
 READING_TILING = ("hflip", "tile", "overlap", "layout", "proposal_cell", "hflip_gate")
-TILING_DEFAULTS = {"hflip": False, "layout": "fixed"}  # a manifest written before the setting existed reads so
+#: what a tiling setting missing from a manifest reads as: TilingSpec's default, as the pipeline reads the manifest
+#: (a manifest written before the setting existed)
+TILING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TilingSpec)}
 
 
 def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | None = None,
@@ -133,8 +137,6 @@ def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | N
     (largest side, overlap, layout: ``models.tiling.tile_grid``; the cell the RPN's proposal counts are per)
     given (None: as it was); refused for a detector that reads whole images, where none applies, and for a geometry
     ``models.tiling.TilingSpec`` refuses."""
-    from models.tiling import TilingSpec
-
     changes = {key: value for key, value in (("batch", tile_batch), ("hflip", test_time_flip), ("tile", tile),
                                              ("overlap", tile_overlap), ("layout", tile_layout),
                                              ("proposal_cell", proposal_cell), ("hflip_gate", hflip_gate))
@@ -190,18 +192,19 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     metrics = {"validation": {k: v for k, v in best_record.items() if isinstance(v, (int, float))}}
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
-    tiling = tiling_with(run.tiling, run_dir, tile_batch, test_time_flip, tile, tile_overlap, tile_layout,
-                         proposal_cell, hflip_gate)
+    tiling = tiling_with(run.tiling, run_dir, tile_batch=tile_batch, test_time_flip=test_time_flip, tile=tile,
+                         tile_overlap=tile_overlap, tile_layout=tile_layout, proposal_cell=proposal_cell,
+                         hflip_gate=hflip_gate)
     chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
               if v is not None}
     if chosen and run.kind != "detector":
         raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
     # each setting given: (the value the run validated its operating point with, the new value)
     given = {name: (getattr(run.network_config, name), value) for name, value in chosen.items()}
-    for key in READING_TILING:
-        if tiling is not None and tiling.get(key, TILING_DEFAULTS.get(key)) != \
-                (run.tiling or {}).get(key, TILING_DEFAULTS.get(key)):
-            given[key] = ((run.tiling or {}).get(key, TILING_DEFAULTS.get(key)), tiling[key])
+    if tiling is not None:
+        validated, chosen_tiling = {**TILING_DEFAULTS, **(run.tiling or {})}, {**TILING_DEFAULTS, **tiling}
+        given.update({key: (validated[key], chosen_tiling[key]) for key in READING_TILING
+                      if validated[key] != chosen_tiling[key]})
     for name, (validated, value) in given.items():
         if score_thresh == AUTO_THRESHOLD and value != validated:
             raise ValueError(f"{run_dir}: the run validated its operating point with "

@@ -1,9 +1,9 @@
 """A model folder re-issued under a new version with settings chosen after training, its weights unchanged.
 
 Why: the settings a detector is read with after training (operating point, box score, malignant logit offset, tiles
-per pass, test-time flip, tile geometry) are chosen on validation images, often long after the training run's folder is gone. A
-shipped model whose reading changes is a new model: it gets its own version, its manifest records what changed,
-and its card says so above the card it came from. The weights file is copied byte for byte, so the manifest's
+per pass, test-time flip, tile geometry) are chosen on validation images, often long after the training run's folder
+is gone. A shipped model whose reading changes is a new model: it gets its own version, its manifest records what
+changed, and its card says so above the card it came from. The weights file is copied byte for byte, so the manifest's
 SHA-256 shows they are the source's.
 """
 from __future__ import annotations
@@ -56,8 +56,9 @@ def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | N
     input_spec = json.loads(json.dumps(source.input_spec))
     thresholds = dict(source.thresholds)
     if source.role == "detector":
-        tiling = tiling_with(input_spec.get("tiling"), model_dir, tile_batch, test_time_flip, tile, tile_overlap,
-                             tile_layout, proposal_cell, hflip_gate)
+        tiling = tiling_with(input_spec.get("tiling"), model_dir, tile_batch=tile_batch,
+                             test_time_flip=test_time_flip, tile=tile, tile_overlap=tile_overlap,
+                             tile_layout=tile_layout, proposal_cell=proposal_cell, hflip_gate=hflip_gate)
         if tiling is not None:
             input_spec["tiling"] = tiling
         network = dict(input_spec.get("detector", {}))

@@ -1,8 +1,8 @@
 """``mccad export RUN --out MODEL_DIR``: a training run becomes a registry model folder (issue 6, item 4).
 
 ``mccad export MODEL_DIR --out NEW_DIR --version V ...``: a model folder re-issued under a new version with settings
-chosen after training (operating point, box score, malignant offset, tiles per pass, test-time flip, tile geometry), its weights
-unchanged (``training.reissue``): for a shipped model whose training run is gone."""
+chosen after training (operating point, box score, malignant offset, tiles per pass, test-time flip, tile geometry),
+its weights unchanged (``training.reissue``): for a shipped model whose training run is gone."""
 from __future__ import annotations
 
 import argparse

@@ -8,7 +8,8 @@ import torch
 
 from models.detector import Detections, DetectorConfig, build_detector
 from models.flip_fusion import mirror
-from models.tiling import TILE_LAYOUTS, TilingSpec, detect_tiled, merge_tile_detections, read_tiles, tile_grid
+from models.tiling import (TILE_LAYOUTS, TilingSpec, detect_tiled, merge_tile_detections, read_tiles,
+                           tile_grid)
 
 
 def _dets(boxes, labels, scores) -> Detections:
