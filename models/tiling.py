@@ -16,7 +16,7 @@ How:
    so in a large tile the whole image competes for the budget each 512 px tile had to itself; ``proposal_cell``
    gives every cell of that size its own budget again (``models.rpn_cells``). The tile is part of the reading all
    the same: the backbone's receptive field spans it, so its features, and the detector's scores, change with the
-   tile's size (the shipped detector lost 0.06-0.12 FROC sensitivity at 1 FP per image on validation read in tiles
+   tile's size (the shipped detector lost 0.07-0.12 FROC sensitivity at 1 FP per image on validation read in tiles
    of at most 2048 px instead of 512); choose the layout on validation images like any threshold.
 2. :func:`detect_tiled`: ``models.detector.detect`` on batches of tiles with torchvision's internal resize set to
    the tile's own size (scale 1: native resolution), boxes shifted back to image pixels.
