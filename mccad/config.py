@@ -3,16 +3,31 @@
 Sources, highest priority first: keyword arguments, environment variables ``MCCAD_*`` (nested fields with ``__``,
 lists as JSON), the TOML file named by ``MCCAD_CONFIG`` (or ``./mccad.toml`` when present), then defaults.
 Defaults give the embedded mode: SQLite ledger, a local broker that needs no server, everything under ``data_dir``.
+
+A key nobody reads is an error at start (:class:`UnknownSettingError`, naming the key and the file or the
+environment): a misspelt or misplaced key (for example a top-level key written after a ``[[destinations]]`` table,
+which TOML files under that table) would otherwise be ignored without a word. ``allowed_calling_aes`` is read as
+a JSON list or as comma-separated names.
 """
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+#: Environment variables with our prefix that are not settings.
+ENV_NOT_SETTINGS = frozenset({"MCCAD_CONFIG"})
+
+
+class UnknownSettingError(ValueError):
+    """A configuration key that names no setting; the message names the key and where it was written."""
 
 
 def default_model_dir() -> Path:
@@ -44,7 +59,7 @@ class Settings(BaseSettings):
     ae_title: str = Field(default="MCCAD", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
-    allowed_calling_aes: list[str] = []  # empty: accept any calling AE
+    allowed_calling_aes: Annotated[list[str], NoDecode] = []  # empty: accept any calling AE
     accept_non_mg: bool = False
     max_associations: int = Field(default=8, ge=1)
     max_instance_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
@@ -78,7 +93,9 @@ class Settings(BaseSettings):
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
@@ -92,10 +109,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = os.environ.get("MCCAD_CONFIG") or ("mccad.toml" if Path("mccad.toml").is_file() else None)
+        check_env_keys(os.environ)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_path:
             if not Path(toml_path).is_file():
                 raise FileNotFoundError(f"MCCAD_CONFIG names {toml_path}, which does not exist")
+            check_toml_keys(Path(toml_path))
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
@@ -119,6 +138,32 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
+
+
+def check_toml_keys(path: Path) -> None:
+    """Raise :class:`UnknownSettingError` for a key of the TOML file at ``path`` that names no setting (top level,
+    or inside a ``[[destinations]]`` table)."""
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    for key, value in data.items():
+        if key not in Settings.model_fields:
+            raise UnknownSettingError(f"unknown setting {key!r} in {path}")
+    for index, table in enumerate(data.get("destinations") or []):
+        for key in table if isinstance(table, dict) else ():
+            if key not in Destination.model_fields:
+                hint = " (a top-level key written after [[destinations]] belongs to that table: move it above)" \
+                    if key in Settings.model_fields else ""
+                raise UnknownSettingError(f"unknown key {key!r} in [[destinations]] number {index + 1} of {path}{hint}")
+
+
+def check_env_keys(environ: Any) -> None:
+    """Raise :class:`UnknownSettingError` for an ``MCCAD_*`` environment variable that names no setting."""
+    for name in environ:
+        if not name.startswith("MCCAD_") or name in ENV_NOT_SETTINGS:
+            continue
+        field = name[len("MCCAD_"):].lower().split("__", 1)[0]
+        if field not in Settings.model_fields:
+            raise UnknownSettingError(f"unknown setting {name} in the environment")
 
 
 def load_settings(**overrides: Any) -> Settings:
