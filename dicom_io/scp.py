@@ -8,17 +8,25 @@ answers 0x0000. Everything else (study assembly, queues) lives in the worker.
 Refusals, each with the PS3.4 / PS3.7 Annex C status and one JSON log line without patient data:
 
 - calling AE not on the allow-list: association rejected (A-ASSOCIATE-RJ, "calling AE title not recognised");
+- called AE title other than ours: association rejected (A-ASSOCIATE-RJ, "called AE title not recognised");
 - more than ``max_associations`` at once: association rejected (transient, "local limit exceeded");
 - a SOP class that cannot hold a mammogram: no presentation context (PS3.8 9.3.3.2), and 0x0122 should one arrive;
 - Modality other than MG on an image class, or a header that contradicts the request: 0xA900;
 - a UID that is not a UID (``../`` and the like): 0xA900, nothing written;
 - more than ``max_instance_bytes`` on the wire or ``max_pixels`` per frame: 0xA700 (out of resources); an instance
   still arriving past twice the byte limit: association aborted, partial file removed;
-- a data set pydicom cannot parse: 0xC000.
+- a data set pydicom cannot parse, or Pixel Data shorter than its header says (a truncated instance): 0xC000, so
+  the sender keeps the instance and sends it again instead of believing it delivered.
+
+Instances arriving are written to the spool's ``.incoming`` folder; what a killed process left there is removed when
+the SCP starts (it was never acknowledged).
 """
 from __future__ import annotations
 
+import functools
 import logging
+import struct
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable
@@ -29,10 +37,11 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom import uid as pdu
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 
-from dicom_io.errors import CorruptDataset, DicomInputError, ImageTooLarge, MccadError, NotMammogram
+from dicom_io.errors import (CorruptDataset, DicomInputError, ImageTooLarge, MccadError, NotMammogram,
+                             TruncatedFile)
 from dicom_io.spool import Spool
 from dicom_io.tls import TLSConfigError, server_context
 from dicom_io.uids import InvalidUID, require_uid
@@ -146,13 +155,91 @@ class _Header:
 
 def read_header(path: Path) -> Dataset:
     """The data set up to Pixel Data, parsed; anything pydicom cannot parse is a :class:`CorruptDataset`."""
+    return read_header_at(path)[0]
+
+
+def read_header_at(path: Path) -> tuple[Dataset, int]:
+    """:func:`read_header`, and the file offset where the Pixel Data element (or the end of the data set) starts."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as handle:
+            ds = dcmread(handle, stop_before_pixels=True)
+            offset = handle.tell()  # pydicom rewinds to the start of the element it stopped before
         for element in ds.iterall():  # force the deferred parse of every header value now, not later
             element.value
     except Exception as exc:  # pydicom raises many types for malformed input
         raise CorruptDataset(f"the data set cannot be parsed ({type(exc).__name__})") from exc
-    return ds
+    return ds, offset
+
+
+_PIXEL_DATA = 0x7FE00010
+_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def expected_pixel_bytes(ds: Dataset) -> int:
+    """Bytes of native (uncompressed) Pixel Data the header promises: rows x columns x frames x samples x bits."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 16) or 16)
+    return (rows * columns * frames * samples * bits + 7) // 8
+
+
+def check_pixel_data(path: Path, ds: Dataset, offset: int) -> None:
+    """Raise :class:`TruncatedFile` unless the Pixel Data at ``offset`` of ``path`` is whole: a native value at
+    least as long as :func:`expected_pixel_bytes` and inside the file, or encapsulated fragments that end with their
+    sequence delimiter inside the file. Reads a few bytes per fragment, never the pixels themselves.
+
+    An image header (Rows > 0) without Pixel Data is truncated too. Deflated data sets, whose offsets are those of
+    the inflated stream, and float pixel data are left to the reader."""
+    if str(getattr(ds.file_meta, "TransferSyntaxUID", "")) == pdu.DeflatedExplicitVRLittleEndian:
+        return
+    size = path.stat().st_size
+    image = int(ds.get("Rows", 0) or 0) > 0
+    implicit, little = ds.original_encoding
+    if implicit is None:  # pydicom 3 sets these from the transfer syntax; a data set it could not tell is refused
+        raise CorruptDataset("the data set's encoding cannot be told from its transfer syntax")
+    end = "<" if little else ">"
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        head = handle.read(8)
+        if len(head) < 8:
+            if image:
+                raise TruncatedFile("the data set ends before its Pixel Data")
+            return
+        group, element = struct.unpack(end + "HH", head[:4])
+        if (group << 16 | element) != _PIXEL_DATA:
+            return
+        if implicit:
+            length = struct.unpack(end + "L", head[4:8])[0]
+        elif head[4:6] in _LONG_LENGTH_VRS:
+            more = handle.read(4)
+            if len(more) < 4:
+                raise TruncatedFile("the data set ends inside the Pixel Data header")
+            length = struct.unpack(end + "L", more)[0]
+        else:
+            length = struct.unpack(end + "H", head[6:8])[0]
+        start = handle.tell()
+        if length != 0xFFFFFFFF:
+            expected = expected_pixel_bytes(ds)
+            if start + length > size or length < expected:
+                held = min(length, size - start)
+                raise TruncatedFile(f"Pixel Data is cut short: {held} bytes where the header needs {expected}")
+            return
+        fragments = 0
+        while True:
+            item = handle.read(8)
+            if len(item) < 8:
+                raise TruncatedFile(f"encapsulated Pixel Data is cut short after {fragments} items")
+            tag_group, tag_element, item_length = struct.unpack(end + "HHL", item)
+            tag = tag_group << 16 | tag_element
+            if tag == _SEQUENCE_DELIMITER:
+                break
+            if tag != _ITEM or handle.tell() + item_length > size:
+                raise TruncatedFile(f"encapsulated Pixel Data is cut short in item {fragments + 1}")
+            handle.seek(item_length, 1)
+            fragments += 1
+        if image and fragments < 2:  # the basic offset table item, then at least one fragment
+            raise TruncatedFile("encapsulated Pixel Data holds no fragment")
 
 
 def check_header(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str, accept_non_mg: bool,
@@ -188,6 +275,14 @@ def check_header(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str, acce
     if rows * columns > max_pixels:
         raise ImageTooLarge(f"{rows} x {columns} pixels per frame exceed the limit of {max_pixels}")
     return _Header(study, series, sop, sop_class, modality, rows * columns)
+
+
+def receive_into(folder: Path) -> None:
+    """Make pynetdicom write the C-STORE data sets it receives into ``folder`` (it offers no setting: its
+    ``NamedTemporaryFile`` is replaced in its module). Process-wide, like ``STORE_RECV_CHUNKED_DATASET``: the SCP
+    started last in a process decides."""
+    dimse_messages.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=str(folder),
+                                                          prefix="recv-")
 
 
 class _InFlightGuard:
@@ -272,6 +367,7 @@ class StorageSCP:
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
         ae.require_calling_aet = [aet.strip() for aet in self.config.allowed_calling_aes]
+        ae.require_called_aet = True  # a sender configured for another node must hear so, not get our answers
         ae.maximum_pdu_size = 256 * 1024
         if self.config.accept_non_mg:
             for cx in AllStoragePresentationContexts:
@@ -287,6 +383,11 @@ class StorageSCP:
         if self._server is not None:
             return
         _config.STORE_RECV_CHUNKED_DATASET = True  # instances go to a temporary file, never into memory whole
+        removed = self.spool.remove_partials()
+        if removed:
+            LOG.warning("removed %d partial files of instances that were arriving when a process stopped", removed,
+                        extra={"event": "partials_removed", "files": removed})
+        receive_into(self.spool.prepare_incoming())
         ssl_context = None
         if self.config.tls_cert is not None:
             try:
@@ -378,9 +479,11 @@ class StorageSCP:
             size = received.stat().st_size
             if size > self.config.max_instance_bytes:
                 raise InstanceTooLarge(f"{size} bytes exceed the instance limit of {self.config.max_instance_bytes}")
-            header = check_header(read_header(received), sop_class_uid=claimed_class,
+            ds, pixels_at = read_header_at(received)
+            header = check_header(ds, sop_class_uid=claimed_class,
                                   sop_instance_uid=claimed_sop, accept_non_mg=self.config.accept_non_mg,
                                   max_pixels=self.config.max_pixels)
+            check_pixel_data(received, ds, pixels_at)
             stored = self.spool.store_file(header.study_uid, header.sop_uid, received, move=True)
         except DicomInputError as exc:
             return self._refuse(exc.status, type(exc).__name__, str(exc), log_ids)

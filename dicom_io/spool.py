@@ -7,6 +7,9 @@ digits and dots), so hostile values such as ``../`` never reach the file system.
 earlier file under the same name, which makes duplicate sends harmless.
 
 Layout: ``<root>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``. Temporary files start with ``.tmp-`` and are ignored.
+Instances still arriving over the network are written to ``<root>/.incoming/`` (same file system: moving one into
+place is a rename); what is left there, or under a ``.tmp-`` name, after a crash was never acknowledged and is
+removed by :meth:`Spool.remove_partials` when the SCP starts.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from dicom_io.durable import fsync_dir, write_durably
 from dicom_io.uids import is_valid_uid, require_uid
 
 SUFFIX = ".dcm"
+INCOMING = ".incoming"
+TMP_PREFIX = ".tmp-"
 
 
 class Spool:
@@ -29,6 +34,41 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where the SCP writes instances while they arrive (created by :meth:`prepare_incoming`)."""
+        return self.root / INCOMING
+
+    def prepare_incoming(self) -> Path:
+        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        return self.incoming_dir
+
+    def remove_partials(self) -> int:
+        """Delete files that were being written when a process died: everything in :attr:`incoming_dir` and every
+        ``.tmp-`` file in a study folder. None of them was acknowledged. Call only while nothing is receiving into
+        this spool. Returns how many files were removed."""
+        removed = 0
+        candidates = list(self.incoming_dir.iterdir()) if self.incoming_dir.is_dir() else []
+        for study in self.studies():
+            candidates.extend(p for p in (self.root / study).iterdir() if p.name.startswith(TMP_PREFIX))
+        candidates.extend(p for p in self.root.iterdir() if p.name.startswith(TMP_PREFIX))
+        for path in candidates:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def size_bytes(self) -> int:
+        """Bytes held by the spooled instances of every study (what the retention policy frees)."""
+        total = 0
+        for study in self.studies():
+            for path in self.instances(study):
+                try:
+                    total += path.stat().st_size
+                except FileNotFoundError:  # removed by a retention sweep meanwhile
+                    continue
+        return total
 
     def study_dir(self, study_uid: str) -> Path:
         return self.root / require_uid(study_uid, "Study Instance UID")

@@ -6,7 +6,6 @@ the next good instance.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,7 +130,33 @@ BAD_INPUTS = {
         lambda p: nf.write_mg(p, rows=256, columns=256), {"max_instance_bytes": 100_000}, 0xA700, "InstanceTooLarge"),
     "image over the pixel limit": (
         lambda p: nf.write_mg(p, rows=128, columns=128), {"max_pixels": 10_000}, 0xA700, "ImageTooLarge"),
+    "pixel data cut in half": (lambda p: _half_pixel_data(nf.write_mg(p)), {}, 0xC000, "TruncatedFile"),
+    "file cut inside the pixel data": (lambda p: _cut_file(nf.write_mg(p), 3000), {}, 0xC000, "TruncatedFile"),
+    "RLE fragments cut short": (lambda p: _cut_file(_rle(nf.write_mg(p)), 100), {}, 0xC000, "TruncatedFile"),
 }
+
+
+def _half_pixel_data(path: Path) -> Path:
+    """A consistent data set whose Pixel Data holds half the bytes Rows x Columns x BitsAllocated promise."""
+    ds = dcmread(path)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _cut_file(path: Path, drop: int) -> Path:
+    """The file without its last ``drop`` bytes (a sender's disk or copy that stopped early)."""
+    path.write_bytes(path.read_bytes()[:-drop])
+    return path
+
+
+def _rle(path: Path) -> Path:
+    from pydicom.uid import RLELossless
+
+    ds = dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
@@ -179,6 +204,52 @@ def test_accept_non_mg_keeps_other_modalities(start_scp, tmp_path: Path) -> None
     ct = nf.write_ct(tmp_path / "in/ct.dcm", study_uid=STUDY)
     assert nf.storescu([ct], port=running.port).returncode == 0
     assert len(running.spool.instances(STUDY)) == 1 and running.received[0].sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_whole_instances_pass_the_pixel_data_check(start_scp, tmp_path: Path) -> None:
+    """Native, RLE-encapsulated and odd-sized (padded) instances are kept: the check refuses only what is short."""
+    running = start_scp()
+    files = [nf.write_mg(tmp_path / "in/native.dcm", study_uid=STUDY),
+             _rle(nf.write_mg(tmp_path / "in/rle.dcm", study_uid=STUDY, seed=1)),
+             nf.write_mg(tmp_path / "in/odd.dcm", study_uid=STUDY, rows=33, columns=31, seed=2)]
+    assert nf.send_raw(files, port=running.port) == [0x0000] * 3
+    assert len(running.spool.instances(STUDY)) == 3
+
+
+def test_wrong_called_ae_title_is_rejected(start_scp, tmp_path: Path, caplog) -> None:
+    """A sender configured for another node (called AE title not ours) is told so instead of being answered."""
+    caplog.set_level(logging.INFO)
+    running = start_scp(ae_title="MCCAD")
+    src = nf.write_mg(tmp_path / "in/a.dcm", study_uid=STUDY)
+    assert nf.storescu([src], port=running.port, called_ae="OTHERNODE").returncode != 0
+    ae = AE(ae_title="PACS1")
+    ae.add_requested_context(DigitalMammographyXRayImageStorageForPresentation)
+    assoc = ae.associate("127.0.0.1", running.port, ae_title="OTHERNODE")
+    assert assoc.is_rejected and assoc.acceptor.primitive.diagnostic == 0x07
+    ae.shutdown()
+    assert running.spooled() == []
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "association_rejected"]
+    assert lines and {r.reason for r in lines} == {"called AE title not recognised"}
+    assert nf.storescu([src], port=running.port, called_ae="MCCAD").returncode == 0
+
+
+def test_partial_files_left_by_a_killed_process_are_removed_at_start(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    spool = Spool(tmp_path / "spool")
+    kept = spool.store(STUDY, "1.2.3.4", b"acknowledged")
+    incoming = spool.prepare_incoming()
+    (incoming / "recv-abc.dcm").write_bytes(b"half an instance")
+    (spool.study_dir(STUDY) / ".tmp-xyz.part").write_bytes(b"half a durable write")
+    scp = StorageSCP(SCPConfig(port=0), spool)
+    scp.start()
+    try:
+        assert list(incoming.iterdir()) == []
+        assert sorted(p.name for p in spool.study_dir(STUDY).iterdir()) == [kept.name]
+        assert [r.files for r in caplog.records if getattr(r, "event", None) == "partials_removed"] == [2]
+        good = nf.write_mg(tmp_path / "in/good.dcm", study_uid=STUDY)
+        assert nf.send_raw([good], port=scp.port) == [0x0000]
+    finally:
+        scp.stop()
 
 
 def test_calling_ae_not_on_the_allow_list_is_rejected(start_scp, tmp_path: Path, caplog) -> None:
@@ -258,9 +329,8 @@ def test_real_cbis_ddsm_mammograms_rle_secondary_capture(start_scp) -> None:
 def test_endless_instance_is_cut_off_while_arriving(start_scp, tmp_path: Path, caplog, monkeypatch) -> None:
     """Past twice the instance limit the SCP aborts the association instead of spooling on; nothing is left."""
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "receiving"))  # where pynetdicom spools in flight
-    (tmp_path / "receiving").mkdir()
     running = start_scp(max_instance_bytes=20_000)  # hard stop near 2 x 20 kB + 1 MiB
+    receiving = running.spool.incoming_dir  # where instances are written while they arrive
     huge = nf.write_mg(tmp_path / "in/huge.dcm", rows=1200, columns=1200)  # 2.9 MB of pixels
     assert nf.send_raw([huge], port=running.port) == [None]  # no C-STORE response: the association was aborted
     lines = [r for r in caplog.records if getattr(r, "event", None) == "oversized_abort"]
@@ -269,18 +339,17 @@ def test_endless_instance_is_cut_off_while_arriving(start_scp, tmp_path: Path, c
     assert nf.send_raw([good], port=running.port) == [0x0000]
     assert len(running.spooled()) == 1
     for _ in range(50):
-        if not list((tmp_path / "receiving").iterdir()):
+        if not list(receiving.iterdir()):
             break
         threading.Event().wait(0.05)
-    assert list((tmp_path / "receiving").iterdir()) == []  # the partial temporary file is gone too
+    assert list(receiving.iterdir()) == []  # the partial temporary file is gone too
     assert_no_patient_data(caplog)
 
 
 def test_sender_vanishing_mid_instance_leaves_no_partial_file(start_scp, tmp_path: Path, monkeypatch) -> None:
     """A sender that aborts half way through a C-STORE: nothing is spooled, no temporary file stays behind."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "receiving"))
-    (tmp_path / "receiving").mkdir()
     running = start_scp()
+    receiving = running.spool.incoming_dir
     big = nf.write_mg(tmp_path / "in/big.dcm", rows=1000, columns=1000)
     sent_pdus: list[int] = []
 
@@ -300,10 +369,10 @@ def test_sender_vanishing_mid_instance_leaves_no_partial_file(start_scp, tmp_pat
     # the SCP notices the vanished peer on its own schedule (seconds when the machine is busy): wait until the
     # association has ended and its partial file is gone, or a minute has passed; a file left behind fails here
     deadline = time.monotonic() + 60
-    while running.scp.open_associations or list((tmp_path / "receiving").iterdir()):
+    while running.scp.open_associations or list(receiving.iterdir()):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert running.scp.open_associations == 0
-    assert list((tmp_path / "receiving").iterdir()) == []
+    assert list(receiving.iterdir()) == []
     assert running.spooled() == [] and running.received == []
