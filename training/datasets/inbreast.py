@@ -1,12 +1,17 @@
 """INbreast (Moreira et al. 2012): ``AllDICOMs/*.dcm``, ``AllXML/<file id>.xml`` ROIs, and ``INbreast.csv``.
 
-The XML files are Apple property lists (``plistlib`` reads them): ``Images[0].ROIs`` holds, per ROI, its ``Name``
-("Calcification", "Mass", "Cluster"...) and ``Point_px`` as strings ``"(x, y)"``; the box is the points' extent
-(a single calcification is one point: it gets a box of ``point_radius`` pixels around it). DICOM file names are
-``<file id>_<patient id>_MG_<L|R>_<CC|ML>_ANON.dcm``. INbreast has no pathology for most images: the label is the
-BI-RADS of ``INbreast.csv`` (``;``-separated; column ``Bi-Rads``), malignant from category 4 up (4a/4b/4c, 5, 6),
-the usual proxy in the literature, and every ROI of an image takes the image's label. Only calcification ROIs
-("Calcification", "Cluster") become lesions by default.
+Checked against the structure of the real XML files as open INbreast parsers read them (the ``search`` tool: an
+ElementTree parser that indexes the plist's keys by position, and ``plistlib`` loaders): each file is an Apple
+property list whose top dict has ``Images``, a list of dicts with ``ImageIndex``, ``NumberOfROIs`` and ``ROIs``;
+each ROI is a dict with (alphabetically) ``Area``, ``Center``, ``Dev``, ``IndexInImage``, ``Max``, ``Mean``,
+``Min``, ``Name`` ("Calcification", "Cluster", "Mass", "Spiculated Region", "Distortion"...), ``NumberOfPoints``,
+``Point_mm``, ``Point_px`` (strings ``"(x, y)"``, x the column, in pixels of the DICOM), ``Total`` and ``Type``.
+The box is the points' extent (a single calcification is one point: it gets a box of ``point_radius`` pixels
+around it). DICOM file names are ``<file id>_<patient id>_MG_<L|R>_<CC|ML>_ANON.dcm``. INbreast has no pathology
+for most images: the label is the BI-RADS of ``INbreast.csv`` (``;``-separated; columns ``File Name`` and
+``Bi-Rads``: 1-6 with 4a/4b/4c), malignant from category 4 up, the usual proxy in the literature; every ROI of an
+image takes the image's label and BI-RADS (its ``assessment``) and keeps its ROI name as ``category``. Only
+calcification ROIs (names containing "Calcification" or "Cluster") become lesions by default.
 """
 from __future__ import annotations
 
@@ -39,6 +44,12 @@ def _points(text: str) -> tuple[float, float]:
 def read_roi_boxes(xml_path: Path, names: tuple[str, ...] = CALCIFICATION_NAMES,
                    point_radius: float = 4.0) -> list[tuple[float, float, float, float]]:
     """Boxes of the ROIs of one INbreast XML file whose Name contains one of ``names`` (case-insensitive)."""
+    return [box for _, box in read_rois(xml_path, names, point_radius)]
+
+
+def read_rois(xml_path: Path, names: tuple[str, ...] = CALCIFICATION_NAMES,
+              point_radius: float = 4.0) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(ROI name, box) of the ROIs of one INbreast XML file whose Name contains one of ``names``."""
     try:
         data = plistlib.loads(Path(xml_path).read_bytes())
     except Exception as exc:
@@ -59,7 +70,7 @@ def read_roi_boxes(xml_path: Path, names: tuple[str, ...] = CALCIFICATION_NAMES,
             if y1 - y0 < 2 * point_radius:
                 cy = (y0 + y1) / 2
                 y0, y1 = cy - point_radius, cy + point_radius
-            boxes.append((x0, y0, x1, y1))
+            boxes.append((str(roi.get("Name", "")).strip(), (x0, y0, x1, y1)))
     return boxes
 
 
@@ -86,8 +97,10 @@ def read_inbreast(folder: Path, image_root: Path | None = None, *,
             continue
         label = birads_label(birads[file_id])
         xml = folder / "AllXML" / f"{file_id}.xml"
-        boxes = read_roi_boxes(xml, roi_names) if xml.is_file() else []
+        rois = read_rois(xml, roi_names) if xml.is_file() else []
         view = "MLO" if view.upper() in ("ML", "MLO") else view.upper()
         samples.append(Sample(image_id=file_id, source=dcm, patient_id=patient, breast=side.upper(), view=view,
-                              lesions=tuple(Lesion(b, label) for b in boxes), image_label=label))
+                              lesions=tuple(Lesion(b, label, category=name or None, assessment=birads[file_id].lower())
+                                            for name, b in rois), image_label=label,
+                              attributes=(("birads", birads[file_id]),)))
     return samples

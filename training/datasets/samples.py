@@ -77,6 +77,15 @@ class Lesion:
     label: Label
     pathotype: Pathotype | None = None
     er: ERStatus | None = None
+    #: the finding as its archive names it ("Calcification", "Suspicious Calcification", "Cluster"...), when it does
+    category: str | None = None
+    #: BI-RADS calcification morphology and distribution in the archive's own words (CBIS-DDSM: "PLEOMORPHIC",
+    #: "CLUSTERED"); None where the archive gives none or writes "NA"
+    calc_type: str | None = None
+    distribution: str | None = None
+    #: the reader's BI-RADS assessment of this finding ("0"-"6", "4a"...) and the DDSM subtlety rating (1 subtle - 5)
+    assessment: str | None = None
+    subtlety: int | None = None
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.box
@@ -102,6 +111,11 @@ class Sample:
     view: str | None = None
     lesions: tuple[Lesion, ...] = field(default_factory=tuple)
     image_label: Label | None = None
+    #: the archive's own split of the image ("training", "test"), when it publishes one
+    split: str | None = None
+    #: image-level facts of the archive as (name, value) pairs: breast density, breast BI-RADS, CMMD abnormality and
+    #: molecular subtype... (a tuple so that samples stay hashable and comparable)
+    attributes: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -137,6 +151,11 @@ class Sample:
     def breast_key(self) -> tuple[str, str | None]:
         """Patient and side: the unit of the paper's breast level (section 2.7)."""
         return (self.patient_id, self.breast)
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        """``attributes`` as a dict."""
+        return dict(self.attributes)
 
     @property
     def is_dicom(self) -> bool:
