@@ -34,8 +34,15 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     csv: Path | None = None
-    format: Literal["paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder"] = "paper_csv"
+    format: Literal["paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder", "vindr_mammo", "cmmd"] = \
+        "paper_csv"
     image_root: Path | None = None
+    #: only the images of this archive split ("training", "test": CBIS-DDSM, VinDr-Mammo), and of ``val_csv``'s
+    #: split ``val_split``
+    split: str | None = None
+    val_split: str | None = None
+    #: VinDr-Mammo's findings other than calcifications: their images left out, or kept as background
+    other_findings: Literal["exclude", "background"] = "exclude"
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     #: a separate validation set (same format) instead of a hold-out of ``csv``: e.g. simulated crops on the
     #: backgrounds of a patient that training never sees

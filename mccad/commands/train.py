@@ -12,11 +12,22 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from training.datasets.readers import FORMATS
+
     p = sub.add_parser("train", help="train the detector, SPPNet or the patch heads on an annotated dataset")
     p.add_argument("kind", choices=["detector", "sppnet", "patches"])
     p.add_argument("--data", type=Path, help="annotation file or folder (default: the experiment's data.csv)")
-    p.add_argument("--format", default=None, help="dataset format: paper_csv (default), coco, cbis_ddsm, inbreast, "
-                                                  "mias, sr_folder")
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="dataset format (default paper_csv); check a download first with "
+                        "'mccad datasets check PATH --format F'")
+    p.add_argument("--image-root", type=Path, default=None, help="where the images are, when not beside the "
+                                                                 "annotations (e.g. a CBIS-DDSM download tree)")
+    p.add_argument("--split", default=None, help="only the images of this archive split (training, test)")
+    p.add_argument("--val-split", default=None, help="only the images of this archive split of --val-data (e.g. "
+                                                     "test, with --val-data the same download as --data)")
+    p.add_argument("--other-findings", default=None, choices=["exclude", "background"],
+                   help="vindr_mammo: images with a finding other than calcification left out (default) or kept "
+                        "as background")
     p.add_argument("--out", type=Path, required=True, help="run folder (created; an existing run there is resumed)")
     p.add_argument("--config", type=Path, help="experiment TOML file")
     p.add_argument("--val-data", type=Path, default=None,
@@ -46,7 +57,9 @@ def run(args: argparse.Namespace, settings) -> int:
     if exp.kind != args.kind:
         raise UserError(f"the experiment file {args.config} is for {exp.kind!r}, not {args.kind!r}")
     data = exp.data.model_copy(update={k: v for k, v in {
-        "csv": args.data, "val_csv": args.val_data, "format": args.format, "folds": args.folds}.items()
+        "csv": args.data, "val_csv": args.val_data, "format": args.format, "folds": args.folds,
+        "image_root": args.image_root, "split": args.split, "val_split": args.val_split,
+        "other_findings": args.other_findings}.items()
         if v is not None})
     train = dict(exp.train)
     for key, value in (("epochs", args.epochs), ("task", args.task), ("device", args.device)):
@@ -55,7 +68,7 @@ def run(args: argparse.Namespace, settings) -> int:
     train.setdefault("epochs", 12)
     exp = exp.model_copy(update={"data": data, "train": train})
     try:
-        samples = read_samples(exp)
+        samples = read_samples(exp, progress=not args.no_progress)
         runs = run_experiment(exp, samples, args.out, resume=not args.no_resume, progress=not args.no_progress)
     except (DatasetError, TrainingError, ValueError, TypeError, RegistryError) as exc:
         raise UserError(str(exc)) from exc

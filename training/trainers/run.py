@@ -36,20 +36,31 @@ def trainer_for(kind: str) -> tuple[type, Any]:
     raise ValueError(f"unknown model kind {kind!r}; expected detector, sppnet or patches")
 
 
-def read_samples(exp: ExperimentConfig) -> list[Sample]:
-    """The experiment's dataset as samples, through the reader its ``data.format`` names."""
+def read_samples(exp: ExperimentConfig, progress: bool = False) -> list[Sample]:
+    """The experiment's dataset as samples, through the reader its ``data.format`` names (with its ``split`` and
+    ``other_findings``)."""
     from training.datasets import readers
 
     if exp.data.csv is None:
         raise ValueError("the experiment names no data file (data.csv or --data)")
-    return readers.read_dataset(exp.data.csv, exp.data.format, image_root=exp.data.image_root)
+    return readers.read_dataset(exp.data.csv, exp.data.format, image_root=exp.data.image_root, split=exp.data.split,
+                                other_findings=exp.data.other_findings, progress=progress)
 
 
 def read_validation_samples(exp: ExperimentConfig) -> list[Sample]:
-    """The experiment's separate validation set (``data.val_csv``), read like its training set."""
+    """The experiment's separate validation set (``data.val_csv``), read like its training set (same format and
+    image root) and limited to ``data.val_split``; the training data itself is refused as its own validation set
+    unless ``val_split`` names another split than ``split`` (VinDr-Mammo's or CBIS-DDSM's test split of the same
+    download)."""
     from training.datasets import readers
 
-    return readers.read_dataset(exp.data.val_csv, exp.data.format, image_root=exp.data.image_root)
+    d = exp.data
+    if d.val_csv is not None and d.csv is not None and Path(d.val_csv).resolve() == Path(d.csv).resolve() \
+            and (d.val_split is None or d.val_split == d.split):
+        raise ValueError(f"the validation data {d.val_csv} is the training data: name another archive split for "
+                         "validation (data.val_split, --val-split), e.g. test")
+    return readers.read_dataset(d.val_csv, d.format, image_root=d.image_root, split=d.val_split,
+                                other_findings=d.other_findings)
 
 
 def run_experiment(exp: ExperimentConfig, samples: Sequence[Sample], out_dir: Path, *, resume: bool = True,
