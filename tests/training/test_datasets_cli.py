@@ -30,12 +30,15 @@ def test_check_lists_missing_and_unreadable_files(tmp_path, capsys):
     build_vindr(tmp_path)
     (tmp_path / "images" / "s2" / "s2img1.dicom").unlink()
     (tmp_path / "images" / "s3" / "s3img0.dicom").write_bytes(b"DICM but truncated")
+    cut = tmp_path / "images" / "s3" / "s3img1.dicom"
+    cut.write_bytes(cut.read_bytes()[:-100])  # header whole, pixels cut short in transfer
     out = tmp_path / "report.json"
     assert main(["datasets", "check", str(tmp_path), "--format", "vindr_mammo", "--json", str(out),
                  "--no-progress"]) == 1
     report = json.loads(out.read_text())
     assert len(report["unresolved"]) == 1 and "s2img1" in report["unresolved"][0]
-    assert len(report["unreadable"]) == 1 and report["unreadable"][0].startswith("s3img0: ")
+    assert [m.split(":")[0] for m in report["unreadable"]] == ["s3img0", "s3img1"]
+    assert "Pixel Data is cut short" in report["unreadable"][1]
     assert "PROBLEMS FOUND" in capsys.readouterr().out
 
 

@@ -91,8 +91,9 @@ def summarise(samples: Sequence[Sample], fmt: str, path: Path) -> DatasetReport:
 
 
 def image_problem(sample: Sample, decode: bool = False) -> str | None:
-    """Why the sample's image cannot be read (None when it can): its header (DICOM, without pixels) or its raster
-    header; with ``decode``, its pixels through the decoder training uses."""
+    """Why the sample's image cannot be read (None when it can). DICOM: its header parsed and its Pixel Data whole
+    (the SCP's own check, :func:`dicom_io.scp.check_pixel_data`: a few bytes read, never the pixels); raster files:
+    their header. With ``decode``, the pixels themselves through the decoder training uses."""
     path = Path(sample.source)
     if not path.is_file():
         return f"{sample.image_id}: {path} does not exist"
@@ -102,11 +103,12 @@ def image_problem(sample: Sample, decode: bool = False) -> str | None:
 
             load_pixels(sample)
         elif sample.is_dicom:
-            import pydicom
+            from dicom_io.scp import check_pixel_data, read_header_at
 
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds, offset = read_header_at(path)
             if not int(getattr(ds, "Rows", 0) or 0) or not int(getattr(ds, "Columns", 0) or 0):
                 return f"{sample.image_id}: {path} has no image (no Rows / Columns)"
+            check_pixel_data(path, ds, offset)
         else:
             from PIL import Image
 
