@@ -44,8 +44,12 @@ def test_check_lists_missing_and_unreadable_files(tmp_path, capsys):
 
 def test_check_cmmd_and_a_missing_table(tmp_path, capsys):
     build_cmmd(tmp_path)
-    assert main(["datasets", "check", str(tmp_path), "--format", "cmmd", "--no-progress"]) == 0
-    assert "images      6 (benign 4, malignant 2)" in capsys.readouterr().out
+    out = tmp_path / "report.json"
+    assert main(["datasets", "check", str(tmp_path), "--format", "cmmd", "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "images      6 (benign 4, malignant 2)" in text and "patients    3, breasts 3" in text
+    assert "abnormality both 2, calcification 2, mass 2 (images)" in text
+    assert json.loads(out.read_text())["images_by_attribute"]["subtype"] == {"Luminal B": 2}
     assert main(["datasets", "check", str(tmp_path / "CMMD"), "--format", "cmmd", "--no-progress"]) == 2
     assert "holds no CMMD clinical table" in capsys.readouterr().err
 

@@ -34,6 +34,9 @@ class DatasetReport:
     lesions_by_calc_type: dict[str, int] = field(default_factory=dict)
     lesions_by_distribution: dict[str, int] = field(default_factory=dict)
     lesions_by_assessment: dict[str, int] = field(default_factory=dict)
+    #: images per value of each image-level attribute with few values (CMMD abnormality and subtype, breast density,
+    #: breast BI-RADS...)
+    images_by_attribute: dict[str, dict[str, int]] = field(default_factory=dict)
     unresolved: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
@@ -61,6 +64,8 @@ class DatasetReport:
                         ("distribution", self.lesions_by_distribution), ("assessment", self.lesions_by_assessment)):
             if d:
                 lines.append(f"  {name:<11} {counts(d)}")
+        for name, d in self.images_by_attribute.items():
+            lines.append(f"  {name:<11} {counts(d)} (images)")
         for name, items in (("unresolved records", self.unresolved), ("unreadable images", self.unreadable)):
             lines.append(f"  {name}: {len(items)}")
             lines.extend(f"    {m}" for m in items[:examples])
@@ -75,9 +80,15 @@ def _sorted_counts(values: Iterable[object]) -> dict[str, int]:
     return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+#: an image attribute with more distinct values than this (age, for one) is not counted value by value
+MAX_ATTRIBUTE_VALUES = 20
+
+
 def summarise(samples: Sequence[Sample], fmt: str, path: Path) -> DatasetReport:
     """The counts of a list of samples (no file is opened)."""
     lesions = [les for s in samples for les in s.lesions]
+    names = sorted({name for s in samples for name, _ in s.attributes})
+    by_attribute = {name: _sorted_counts(s.attrs.get(name) for s in samples) for name in names}
     return DatasetReport(
         format=fmt, path=str(path), images=len(samples), patients=len({s.patient_id for s in samples}),
         breasts=len({s.breast_key for s in samples}), images_by_label=_sorted_counts(s.label for s in samples),
@@ -87,7 +98,8 @@ def summarise(samples: Sequence[Sample], fmt: str, path: Path) -> DatasetReport:
         lesions_by_category=_sorted_counts(les.category for les in lesions),
         lesions_by_calc_type=_sorted_counts(les.calc_type for les in lesions),
         lesions_by_distribution=_sorted_counts(les.distribution for les in lesions),
-        lesions_by_assessment=_sorted_counts(les.assessment for les in lesions))
+        lesions_by_assessment=_sorted_counts(les.assessment for les in lesions),
+        images_by_attribute={k: v for k, v in by_attribute.items() if len(v) <= MAX_ATTRIBUTE_VALUES})
 
 
 def image_problem(sample: Sample, decode: bool = False) -> str | None:
