@@ -1,8 +1,8 @@
 """CBIS-DDSM calcification findings (``calc_case_description_{train,test}_set.csv``) as TCIA ships them.
 
-Checked against the real tables (both calcification CSVs, 1,546 + 326 rows) and TCIA's collection page and download
-layout (the ``search`` tool: TCIA wiki and collection page; third-party loaders of the NBIA Data Retriever's tree and
-of the Kaggle JPEG copy's ``csv/dicom_info.csv``):
+Checked against the real tables (both calcification CSVs, every row), and with the ``search`` tool against
+TCIA's collection pages (the description CSVs and the DICOM series offered) and, for the retriever's folder names
+and the Kaggle JPEG copy's ``csv/dicom_info.csv``, against third-party loaders of both:
 
 * Columns: ``patient_id``, ``breast density``, ``left or right breast``, ``image view``, ``abnormality id``,
   ``abnormality type``, ``calc type``, ``calc distribution``, ``assessment`` (BI-RADS 0-5), ``pathology``

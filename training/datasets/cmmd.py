@@ -1,7 +1,9 @@
 """The Chinese Mammography Database (CMMD; Cui et al., TCIA 2021, doi 10.7937/tcia.eqde-4b16) as TCIA ships it.
 
-Checked against TCIA's collection description and the loaders of its users (the ``search`` tool: readers of
-``CMMD_clinicaldata_revision.xlsx`` with pandas and of the retriever's tree with pydicom):
+Checked with the ``search`` tool against TCIA's collection description as quoted by its users and against
+third-party loaders (pandas readers of ``CMMD_clinicaldata_revision.xlsx`` by column name, pydicom readers of the
+retriever's tree that take the side from ImageLaterality and the view from ViewCodeSequence); no real file of the
+set was at hand:
 
 * The clinical table ``CMMD_clinicaldata_revision.xlsx`` (also read as a CSV export, comma- or semicolon-
   separated): one row per affected breast, columns ``ID1`` (the subject, "D1-0001", "D2-0001"), ``LeftRight``

@@ -1,7 +1,8 @@
 """INbreast (Moreira et al. 2012): ``AllDICOMs/*.dcm``, ``AllXML/<file id>.xml`` ROIs, and ``INbreast.csv``.
 
-Checked against the structure of the real XML files as open INbreast parsers read them (the ``search`` tool: an
-ElementTree parser that indexes the plist's keys by position, and ``plistlib`` loaders): each file is an Apple
+Checked with the ``search`` tool against the structure of the real XML files as open INbreast parsers read them
+(an ElementTree parser that reaches each value by its key's position, so the key order below is the files' own,
+and ``plistlib`` loaders; the publisher documents no schema): each file is an Apple
 property list whose top dict has ``Images``, a list of dicts with ``ImageIndex``, ``NumberOfROIs`` and ``ROIs``;
 each ROI is a dict with (alphabetically) ``Area``, ``Center``, ``Dev``, ``IndexInImage``, ``Max``, ``Mean``,
 ``Min``, ``Name`` ("Calcification", "Cluster", "Mass", "Spiculated Region", "Distortion"...), ``NumberOfPoints``,

@@ -1,8 +1,9 @@
 """VinDr-Mammo (Nguyen et al., Scientific Data 2023; PhysioNet ``vindr-mammo`` 1.0.0) as PhysioNet ships it.
 
-Checked against the dataset's descriptor (Scientific Data / medRxiv) and the loaders of its users (the ``search``
-tool: PhysioNet project page; third-party readers that parse ``finding_categories`` with ``ast.literal_eval`` and
-filter ``split == "training"``):
+Checked with the ``search`` tool against the PhysioNet project page and the data descriptor (Scientific Data,
+medRxiv preprint) for what the set holds, and for the exact file layout, column names and value spellings against a
+public description that quotes the authors' and against third-party loaders (which parse ``finding_categories``
+with ``ast.literal_eval`` and filter ``split == "training"``); no real file of the set was at hand:
 
 * ``images/<study_id>/<image_id>.dicom``: 5,000 four-view exams, one folder per exam.
 * ``breast-level_annotations.csv``: one row per image: ``study_id``, ``series_id``, ``image_id``, ``laterality``
