@@ -204,3 +204,22 @@ def test_a_truncated_download_is_named(tmp_path):
     assert len(samples) == 1 and len(skipped) == 1
     assert "is not under" in skipped[0] and "1 files there are not readable DICOM" in skipped[0]
     assert full.relative_to(tmp_path).as_posix() in skipped[0]
+
+
+def test_uid_layout_row_naming_the_crop_as_its_mask(tmp_path):
+    """Copies that kept the tables' UID folders: a row whose mask path names the crop still gets the mask's box."""
+    rows = _real_rows()[:1]
+    table = tmp_path / "calc_case_description_train_set.csv"
+    with open(REAL / TABLES[0], newline="") as src, open(table, "w", newline="") as dst:
+        csv.writer(dst).writerows(list(csv.reader(src))[:2])
+    r = rows[0]
+    subject, study, series = _uids(r["image file path"])
+    write_dicom(tmp_path / r["image file path"].strip(), np.zeros(FULL_SHAPE, np.uint8), patient_id=subject,
+                study_uid=study, series_uid=series)
+    mask = np.zeros(FULL_SHAPE, np.uint8)
+    mask[5:9, 7:10] = 255
+    write_dicom(tmp_path / r["ROI mask file path"].strip(), np.full((6, 5), 200, np.uint8))  # the crop, misnamed
+    write_dicom(tmp_path / r["cropped image file path"].strip(), mask)
+    (s,) = read_cbis_ddsm(table, cache=False)
+    assert s.source == tmp_path / r["image file path"].strip()
+    assert [les.box for les in s.lesions] == [(7.0, 5.0, 10.0, 9.0)]

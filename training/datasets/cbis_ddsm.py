@@ -232,11 +232,20 @@ class CbisLocator:
         return index.path(entry), ((entry.rows, entry.columns) if entry.pixels else None)
 
     def mask(self, mask_path: str, crop_path: str, image_shape: tuple[int, int] | None) -> Path | None:
-        """The ROI mask a table path names: as written, or of the files of the mask's and the crop's series, the one
-        closest in size to the full image (the largest when its size is unknown)."""
-        direct = self.root / mask_path
-        if direct.is_file():
-            return direct
+        """The ROI mask a table path names. Where the table's paths exist as written, of the mask's and the crop's
+        file the one closest in size to the full image (some rows name the crop as the mask); else, of the files of
+        the mask's and the crop's series, the one closest in size to the full image (the largest when its size is
+        unknown)."""
+        direct = [self.root / p for p in (mask_path, crop_path) if p and (self.root / p).is_file()]
+        if direct:
+            if len(direct) == 1 or image_shape is None:
+                return direct[0]
+            target = float(image_shape[0] * image_shape[1])
+            sizes = [(_image_shape(p), p) for p in direct]
+            known = [(s[0] * s[1], p) for s, p in sizes if s is not None and s[0] * s[1] > 0]
+            if not known:
+                return direct[0]
+            return min(known, key=lambda sp: abs(np.log(sp[0] / target)))[1]
         found = {(id(i), e.path): (i, e) for path in (mask_path, crop_path) if path for i, e in self._series(path)}
         candidates = list(found.values())
         if not candidates:
