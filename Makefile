@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 APT_PACKAGES := orthanc dcmtk dicom3tools redis-server chromium
 
-.PHONY: demo test venv system-deps services clean
+.PHONY: demo test venv system-deps services node-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,15 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The Node readers the tests hydrate our SRs with (Cornerstone3D's adapters, dcmjs), pinned by the lockfile and
+# installed beside the tests, outside the product. Node comes from Debian where none is on the PATH.
+NODE_PEERS := tests/peers/node
+node-peers: system-deps
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	@test -f $(NODE_PEERS)/node_modules/@cornerstonejs/adapters/package.json \
+	  || npm ci --prefix $(NODE_PEERS) --no-audit --no-fund --loglevel=error
+
 services: system-deps
 	@$(BIN)/python -c "import redis; redis.Redis(host='127.0.0.1', port=6379, socket_connect_timeout=1).ping()" 2>/dev/null \
 	  || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir /tmp --logfile /tmp/mccad-redis.log
@@ -34,7 +43,7 @@ services: system-deps
 demo: $(STAMP)
 	$(BIN)/mccad demo --out $(DEMO_OUT)
 
-test: $(STAMP) services
+test: $(STAMP) services node-peers
 	$(BIN)/python -m pytest -q
 
 clean:

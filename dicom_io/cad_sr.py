@@ -11,13 +11,11 @@ What the templates require (PS3.16) and what we fill:
     when known, Horizontal / Vertical Pixel Spacing (DCM 111026 / 111066) when the source states one.
   - CAD Processing and Findings Summary (TID 4001, M): "All algorithms succeeded; with findings" or "...; without
     findings" (CID 6047). Under it one Individual Impression/Recommendation container (TID 4003) per image with
-    findings, holding
-      * a Composite Feature (TID 4004) "Calcification Cluster" (SCT 129769006) with Rendering Intent
-        "Presentation Required", Certainty of Finding (DCM 111012, %) = the highest lesion probability, Number of
-        calcifications (DCM 111038) = lesions in the cluster, Probability of cancer (DCM 111047, %), inferred from
-      * one Single Image Finding (TID 4006) "Individual Calcification" (SCT 129770007) per lesion with Rendering
-        Intent, Certainty of Finding (%), Probability of cancer (%), Center (DCM 111010, SCOORD POINT) and Outline
-        (DCM 111041, closed POLYLINE of the box), each SELECTED FROM the source IMAGE, and the algorithm (TID 4019).
+    findings, holding one Single Image Finding (TID 4006) "Calcification Cluster" (SCT 129769006, CID 6014) per
+    lesion: a detector box holds a cluster, and the detector does not count the calcifications in it. Each has
+    Rendering Intent "Presentation Required", Certainty of Finding (DCM 111012, %) = the detector's score,
+    Probability of cancer (DCM 111047, %), Center (DCM 111010, SCOORD POINT) and Outline (DCM 111041, closed
+    POLYLINE of the box), each SELECTED FROM the source IMAGE, and the algorithm (TID 4019).
   - Summary of Detections (DCM 111064) and Summary of Analyses (DCM 111065), both "Succeeded" (CID 6042), inferred
     from Successful Detections / Analyses containers naming what ran (TID 4015 / 4016) and the algorithm.
   - The result's warnings (NOT FOR CLINICAL USE) as Impression Description TEXT (DCM 111033) under the summary.
@@ -28,6 +26,8 @@ result does not carry the detector threshold table).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import highdicom as hd
 import numpy as np
 from highdicom.sr.sop import _SR
@@ -37,8 +37,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io import codes as mc
 from dicom_io.result_identity import (DEVICE_SERIAL, MANUFACTURER, MODEL_NAME, SERIES_NUMBERS,
-                                      algorithm_identification, image_header, observation_context, output_uids,
-                                      software_versions)
+                                      algorithm_identification, evidence_for, image_header, observation_context,
+                                      output_uids, predecessors_of, software_versions)
 from dicom_io.sr import clipped_box, rectangle_polyline
 from models.results import ImageResult, LesionResult, StudyResult
 
@@ -48,7 +48,6 @@ RT = hd.sr.RelationshipTypeValues
 PRESENTATION_REQUIRED = codes.DCM.PresentationRequiredRenderingDeviceIsExpectedToPresent
 SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
 ENGLISH_US = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-CALCIFICATIONS_UNIT = hd.sr.CodedConcept("{calcifications}", "UCUM", "calcifications")
 
 
 def _seq(item: Dataset, children: list[Dataset]) -> None:
@@ -102,8 +101,8 @@ def _library_entry(image: ImageResult, source: Dataset) -> hd.sr.ImageContentIte
 
 def _single_image_finding(result: StudyResult, image: ImageResult, lesion: LesionResult,
                           source: Dataset) -> hd.sr.CodeContentItem:
-    finding = hd.sr.CodeContentItem(name=codes.DCM.SingleImageFinding, value=mc.INDIVIDUAL_CALCIFICATION,
-                                    relationship_type=RT.INFERRED_FROM)
+    finding = hd.sr.CodeContentItem(name=codes.DCM.SingleImageFinding, value=mc.CALCIFICATION_CLUSTER,
+                                    relationship_type=RT.CONTAINS)
     x0, y0, x1, y1 = box = clipped_box(lesion, image)
     center = hd.sr.ScoordContentItem(name=codes.DCM.Center, graphic_type=hd.sr.GraphicTypeValues.POINT,
                                      graphic_data=np.array([[(x0 + x1) / 2.0, (y0 + y1) / 2.0]]),
@@ -113,7 +112,7 @@ def _single_image_finding(result: StudyResult, image: ImageResult, lesion: Lesio
                                       relationship_type=RT.HAS_PROPERTIES)
     for scoord in (center, outline):
         _seq(scoord, [_image_ref(source, RT.SELECTED_FROM)])
-    _seq(finding, [_rendering_intent(), _percent(mc.CERTAINTY_OF_FINDING, lesion.probability),
+    _seq(finding, [_rendering_intent(), _percent(mc.CERTAINTY_OF_FINDING, lesion.score),
                    _percent(mc.PROBABILITY_OF_CANCER, lesion.malignancy_probability), center, outline,
                    *_algorithm(result, RT.HAS_PROPERTIES)])
     return finding
@@ -122,16 +121,8 @@ def _single_image_finding(result: StudyResult, image: ImageResult, lesion: Lesio
 def _impression(result: StudyResult, image: ImageResult, source: Dataset) -> hd.sr.ContainerContentItem:
     impression = hd.sr.ContainerContentItem(name=mc.INDIVIDUAL_IMPRESSION_RECOMMENDATION,
                                             relationship_type=RT.HAS_PROPERTIES)
-    cluster = hd.sr.CodeContentItem(name=codes.DCM.CompositeFeature, value=mc.CALCIFICATION_CLUSTER,
-                                    relationship_type=RT.CONTAINS)
-    _seq(cluster, [
-        _rendering_intent(),
-        _percent(mc.CERTAINTY_OF_FINDING, max(lesion.probability for lesion in image.lesions)),
-        hd.sr.NumContentItem(name=codes.DCM.NumberOfCalcifications, value=len(image.lesions), unit=CALCIFICATIONS_UNIT,
-                             relationship_type=RT.HAS_PROPERTIES),
-        _percent(mc.PROBABILITY_OF_CANCER, image.malignancy_probability),
-        *[_single_image_finding(result, image, lesion, source) for lesion in image.lesions]])
-    _seq(impression, [_rendering_intent(), cluster])
+    _seq(impression, [_rendering_intent(),
+                      *[_single_image_finding(result, image, lesion, source) for lesion in image.lesions]])
     return impression
 
 
@@ -145,8 +136,11 @@ def _performed(result: StudyResult, summary_name, container_name, item_name, val
     return summary
 
 
-def build_cad_report(result: StudyResult, sources: dict[str, Dataset]) -> _SR:
-    """The Mammography CAD SR of ``result`` (see the module docstring for the content tree)."""
+def build_cad_report(result: StudyResult, sources: dict[str, Dataset], study_uid: str | None = None,
+                     earlier: Sequence[Dataset] = ()) -> _SR:
+    """The Mammography CAD SR of ``result`` filed into ``study_uid`` (default: the result's own study; see the
+    module docstring for the content tree); the reports in ``earlier`` of this study and SOP class, other than this
+    one, become its Predecessor Documents."""
     template = next(iter(sources.values()), None)
     headers = {im.sop_instance_uid: image_header(im, sources, template) for im in result.images}
     root = hd.sr.ContainerContentItem(name=codes.DCM.MammographyCADReport, template_id="4000")
@@ -164,15 +158,17 @@ def build_cad_report(result: StudyResult, sources: dict[str, Dataset]) -> _SR:
     content = [*hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH_US),
                *observation_context(), library, summary,
                _performed(result, codes.DCM.SummaryOfDetections, codes.DCM.SuccessfulDetections,
-                          codes.DCM.DetectionPerformed, mc.INDIVIDUAL_CALCIFICATION),
+                          codes.DCM.DetectionPerformed, mc.CALCIFICATION_CLUSTER),
                _performed(result, codes.DCM.SummaryOfAnalyses, codes.DCM.SuccessfulAnalyses,
                           codes.DCM.AnalysisPerformed, mc.INDIVIDUAL_IMPRESSION_RECOMMENDATION_ANALYSIS)]
     _seq(root, content)
-    series_uid, sop_uid = output_uids(result, KIND)
-    evidence = list(headers.values()) or ([template] if template is not None else [])
+    study_uid = study_uid or result.study_instance_uid
+    series_uid, sop_uid = output_uids(result, KIND, study_uid=study_uid)
+    evidence = evidence_for(headers, study_uid)
+    predecessors = predecessors_of(earlier, study_uid, MAMMOGRAPHY_CAD_SR_STORAGE, sop_uid)
     return _SR(evidence=evidence, content=root, series_instance_uid=series_uid, series_number=SERIES_NUMBERS[KIND],
                sop_instance_uid=sop_uid, sop_class_uid=MAMMOGRAPHY_CAD_SR_STORAGE, instance_number=1,
                manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
                software_versions=software_versions(result), device_serial_number=DEVICE_SERIAL,
-               coding_schemes=[mc.coding_scheme_identification()], is_complete=True,
+               coding_schemes=[mc.coding_scheme_identification()], is_complete=True, previous_versions=predecessors,
                transfer_syntax_uid=ExplicitVRLittleEndian, series_description="mccad Mammography CAD SR")

@@ -8,7 +8,7 @@ Scheme Identification Sequence item (``coding_scheme_identification()``), so tha
 Private scheme 99MCCAD (version 1):
 
 =========  ==========================================================================================
-MCC001     Probability of predicted class: detector or classifier score of the label it chose
+MCC001     (no longer written: a label's confidence is ``models.results.decide`` of Probability of cancer)
 MCC002     Probability of invasive carcinoma including microinvasion (vs pure DCIS), paper section 2.8
 MCC003     Probability of invasive carcinoma excluding microinvasion (vs DCIS +/- microinvasion)
 MCC004     Probability of estrogen receptor positive (paper section 2.8)
@@ -20,9 +20,9 @@ MCC013     Bounding box bottom edge (row)
 MCC020     Image rows (source matrix size)
 MCC021     Image columns
 MCC022     Heatmap file name (relative to result.json)
-MCC023     Image-level assessment (TID 1501 group about one image)
-MCC024     Breast-level assessment (TID 1501 group about one breast, paper section 2.7)
-MCC025     Exam-level assessment (TID 1501 group about the whole examination)
+MCC023     Image-level assessment (container about one image, under the report's Qualitative Evaluations)
+MCC024     Breast-level assessment (container about one breast, paper section 2.7)
+MCC025     Exam-level assessment (container about the whole examination)
 MCC026     Decided by image (SOP Instance UID of the image that decided a breast verdict)
 MCC027     Image of this breast (SOP Instance UID)
 MCC030     Processing warning (for example the NOT FOR CLINICAL USE banner)
@@ -51,7 +51,6 @@ def _private(value: str, meaning: str) -> CodedConcept:
 
 # --- standard concepts ------------------------------------------------------------------------------------------
 BREAST_CALCIFICATION = codes.SCT.CalcificationOfBreast            # SCT 309587003
-INDIVIDUAL_CALCIFICATION = codes.SCT.IndividualCalcification      # SCT 129770007 (CID 6014)
 CALCIFICATION_CLUSTER = codes.SCT.CalcificationCluster            # SCT 129769006 (CID 6014)
 BENIGN = codes.SCT.Benign                                         # SCT 30807003
 MALIGNANT = codes.SCT.Malignant                                   # SCT 21594007
@@ -62,7 +61,9 @@ LATERALITY = codes.SCT.Laterality
 BEHAVIOR_OF_FINDING_SITE = codes.DCM.BehaviorOfTheFindingSite    # DCM 125312: benign / malignant
 PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer             # DCM 111047
 CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding               # DCM 111012
+COMMENT = codes.DCM.Comment                                       # DCM 121106: the label viewers show
 FRAME_OF_REFERENCE_UID = codes.DCM.FrameOfReferenceUID            # DCM 112227
+RESULT_STUDY_UID = codes.DCM.StudyInstanceUID                     # DCM 110180: the study the result was made for
 IMAGE_VIEW = codes.DCM.ImageView                                  # DCM 111031
 IMAGE_LATERALITY = codes.DCM.ImageLaterality                      # DCM 111027
 RATIO = codes.UCUM.Ratio                                          # UCUM {ratio}
@@ -88,7 +89,6 @@ VIEW_CODES: dict[str, CodedConcept] = {
 }
 
 # --- private concepts (99MCCAD, documented above) --------------------------------------------------------------
-PROBABILITY_OF_PREDICTED_CLASS = _private("MCC001", "Probability of predicted class")
 P_INVASIVE_INCL_MICROINVASION = _private("MCC002", "Probability of invasive incl. microinvasion")
 P_INVASIVE_EXCL_MICROINVASION = _private("MCC003", "Probability of invasive excl. microinvasion")
 P_ER_POSITIVE = _private("MCC004", "Probability of estrogen receptor positive")
@@ -113,7 +113,7 @@ MODEL_DESCRIPTION = _private("MCC034", "Model description")
 OTHER_VIEW = _private("MCC035", "Other mammographic view")
 
 PRIVATE_CODES: tuple[CodedConcept, ...] = (
-    PROBABILITY_OF_PREDICTED_CLASS, P_INVASIVE_INCL_MICROINVASION, P_INVASIVE_EXCL_MICROINVASION, P_ER_POSITIVE,
+    P_INVASIVE_INCL_MICROINVASION, P_INVASIVE_EXCL_MICROINVASION, P_ER_POSITIVE,
     SPPNET_PROBABILITY_OF_MALIGNANCY, BOX_X0, BOX_Y0, BOX_X1, BOX_Y1, IMAGE_ROWS, IMAGE_COLUMNS, HEATMAP_FILE,
     IMAGE_ASSESSMENT, BREAST_ASSESSMENT, EXAM_ASSESSMENT, DECIDED_BY_IMAGE, IMAGE_OF_BREAST, WARNING, EXAM_KEY,
     SCHEMA_VERSION, TIMINGS, MODEL_DESCRIPTION, OTHER_VIEW)

@@ -31,8 +31,8 @@ _CHAR_WIDTH = 8.0
 
 
 def lesion_caption(lesion: LesionResult) -> str:
-    """The text drawn next to a box, e.g. "malignant 0.87" (the probability of the predicted class)."""
-    return f"{lesion.label} {lesion.probability:.2f}"
+    """The text drawn next to a box, e.g. "#3 malignant, P(cancer) 0.87" (``LesionResult.caption``)."""
+    return f"#{lesion.lesion_id} {lesion.caption()}"
 
 
 def _clip(value: float, upper: int) -> float:
@@ -93,7 +93,7 @@ def build_presentation_state(result: StudyResult, image: ImageResult,
     if banners:
         annotations.append(hd.pr.GraphicAnnotation([source], layers["warnings"], text_objects=banners))
     used = sorted({a.GraphicLayer for a in annotations})
-    series_uid, sop_uid = output_uids(result, KIND, image.sop_instance_uid)
+    series_uid, sop_uid = output_uids(result, KIND, image.sop_instance_uid, image.study_instance_uid)
     description = (result.warnings[0] if result.warnings else "mccad calcification findings")[:64]
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source], series_instance_uid=series_uid, series_number=SERIES_NUMBERS[KIND],

@@ -7,6 +7,7 @@ Segment Algorithm Identification) and derive their UIDs the same deterministic w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import metadata
 
 import highdicom as hd
@@ -83,15 +84,49 @@ def observation_context() -> hd.sr.ObservationContext:
             model_name=MODEL_NAME)))
 
 
-def output_uids(result: StudyResult, kind: str, source_uid: str = "") -> tuple[str, str]:
+def studies_of(result: StudyResult) -> list[str]:
+    """The studies an exam's results are written into: the result's own study first, then every other study one of
+    its images belongs to, in image order. An exam whose views were stored as separate studies gets its reports in
+    each of them (the policy in ``dicom_io.outputs``)."""
+    studies = [require_uid(result.study_instance_uid, "Study Instance UID of the result")]
+    for image in result.images:
+        if image.study_instance_uid not in studies:
+            studies.append(require_uid(image.study_instance_uid, "Study Instance UID of an image"))
+    return studies
+
+
+def output_uids(result: StudyResult, kind: str, source_uid: str = "", study_uid: str | None = None) -> tuple[str, str]:
     """(Series Instance UID, SOP Instance UID) of one output object, derived, never random.
 
-    The instance UID is ``derive_uid(study, model tag, kind, source)``; the series UID adds ``/series`` to the kind
-    so that each kind has its own series shared by all its instances (one per source image for SEG and GSPS).
+    ``study_uid`` is the study the object is written into (the result's own study by default): every kind has one
+    series per study, shared by all its instances in that study (one per source image for SEG and GSPS), so that no
+    series ever spans two studies. The instance UID is ``derive_uid(result study, model tag, kind, source)``, with
+    the target study added when it is not the result's own.
     """
     study = require_uid(result.study_instance_uid, "Study Instance UID of the result")
+    target = require_uid(study_uid or study, "Study Instance UID of an output")
     tag = result.model_version_tag()
-    return derive_uid(study, tag, f"{kind}/series", ""), derive_uid(study, tag, kind, source_uid)
+    parts = (study, tag, kind, source_uid) if target == study else (study, tag, kind, source_uid, target)
+    return derive_uid(target, tag, f"{kind}/series", ""), derive_uid(*parts)
+
+
+def evidence_for(headers: dict[str, Dataset], study_uid: str) -> list[Dataset]:
+    """Every referenced source header, those of ``study_uid`` first: an SR belongs to the study of its first
+    evidence item (highdicom), lists the instances of that study as Current Requested Procedure Evidence and those
+    of the exam's other studies as Pertinent Other Evidence (PS3.3 C.17.2.3)."""
+    own = [ds for ds in headers.values() if str(ds.StudyInstanceUID) == study_uid]
+    if not own:
+        raise ResultObjectError(f"no source header of study {study_uid[-12:]} to file a report into")
+    return own + [ds for ds in headers.values() if str(ds.StudyInstanceUID) != study_uid]
+
+
+def predecessors_of(earlier: Sequence[Dataset], study_uid: str, sop_class_uid: str,
+                    sop_uid: str) -> list[Dataset] | None:
+    """The reports in ``earlier`` that a new report ``sop_uid`` of ``sop_class_uid`` in ``study_uid`` replaces (its
+    Predecessor Documents Sequence, PS3.3 C.17.2.3); None when there are none."""
+    found = [ds for ds in earlier if str(ds.get("StudyInstanceUID")) == study_uid
+             and str(ds.get("SOPClassUID")) == sop_class_uid and str(ds.get("SOPInstanceUID")) != sop_uid]
+    return found or None
 
 
 def image_header(image: ImageResult, sources: dict[str, Dataset], template: Dataset | None) -> Dataset:

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from dicom_io import codes as mc
 from dicom_io.errors import MccadError
 from models.results import (BoxXYXY, BreastResult, ExamResult, ImageResult, LesionResult, ModelInfo,
-                            StudyResult)
+                            StudyResult, decide)
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
@@ -108,10 +108,6 @@ def _laterality(group: Dataset) -> str | None:
     return None if lat is None else mc.laterality_from_code(lat.ConceptCodeSequence[0])
 
 
-def _method(group: Dataset) -> Dataset | None:
-    return _code_value(group, mc.codes.SCT.MeasurementMethod, required=False)
-
-
 def _referenced_sop(item: Dataset) -> str:
     return str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
 
@@ -132,22 +128,30 @@ def _evidence(ds: Dataset) -> dict[str, tuple[str, str, str]]:
 def _lesion(group: Dataset) -> tuple[str, LesionResult]:
     region = find_one(group, mc.codes.DCM.ImageRegion)
     source_uid = _referenced_sop(children(region)[0])
-    identifier = _text(group, mc.codes.DCM.TrackingIdentifier)
+    comment = _text(group, mc.COMMENT)
     try:
-        lesion_id = int(identifier.split(":", 1)[0].removeprefix("lesion ").strip())
+        lesion_id = int(comment.split(" ", 1)[0].removeprefix("#"))
     except ValueError as exc:
-        raise ResultReadError(f"tracking identifier {identifier!r} does not name an mccad lesion") from exc
+        raise ResultReadError(f"comment {comment!r} does not name an mccad lesion") from exc
+    decision = decide(_num(group, mc.PROBABILITY_OF_CANCER))
     lesion = LesionResult(
         lesion_id=lesion_id,
         box=BoxXYXY(x0=_num(group, mc.BOX_X0), y0=_num(group, mc.BOX_Y0), x1=_num(group, mc.BOX_X1),
                     y1=_num(group, mc.BOX_Y1)),
         label=mc.label_from_code(_code_value(group, mc.BEHAVIOR_OF_FINDING_SITE)),
-        probability=_num(group, mc.PROBABILITY_OF_PREDICTED_CLASS),
-        malignancy_probability=_num(group, mc.PROBABILITY_OF_CANCER),
+        probability=decision.probability, malignancy_probability=decision.malignancy_probability,
+        score=_num(group, mc.CERTAINTY_OF_FINDING),
         invasive_incl_microinvasion_probability=_num(group, mc.P_INVASIVE_INCL_MICROINVASION, False),
         invasive_excl_microinvasion_probability=_num(group, mc.P_INVASIVE_EXCL_MICROINVASION, False),
         er_positive_probability=_num(group, mc.P_ER_POSITIVE, False))
     return source_uid, lesion
+
+
+def _decided(group: Dataset) -> dict[str, Any]:
+    """Label, P(malignant) and confidence of an assessment container (the label as written, checked by the model)."""
+    p = decide(_num(group, mc.PROBABILITY_OF_CANCER))
+    return {"label": mc.label_from_code(_code_value(group, mc.BEHAVIOR_OF_FINDING_SITE)),
+            "malignancy_probability": p.malignancy_probability, "probability": p.probability}
 
 
 def _image(group: Dataset, evidence: dict[str, tuple[str, str, str]],
@@ -163,9 +167,7 @@ def _image(group: Dataset, evidence: dict[str, tuple[str, str, str]],
         study_instance_uid=study_uid, frame_of_reference_uid=None if for_item is None else str(for_item.UID),
         laterality=_laterality(group), view=None if view is None else mc.view_from_code(view),
         rows=int(_num(group, mc.IMAGE_ROWS)), columns=int(_num(group, mc.IMAGE_COLUMNS)),
-        lesions=lesions.get(sop_uid, []), label=mc.label_from_code(_code_value(group, mc.BEHAVIOR_OF_FINDING_SITE)),
-        malignancy_probability=_num(group, mc.PROBABILITY_OF_CANCER),
-        probability=_num(group, mc.PROBABILITY_OF_PREDICTED_CLASS),
+        lesions=lesions.get(sop_uid, []), **_decided(group),
         sppnet_malignancy_probability=_num(group, mc.SPPNET_PROBABILITY_OF_MALIGNANCY, False),
         heatmap=_text(group, mc.HEATMAP_FILE, False))
 
@@ -173,9 +175,7 @@ def _image(group: Dataset, evidence: dict[str, tuple[str, str, str]],
 def _breast(group: Dataset) -> BreastResult:
     decided = find_one(group, mc.DECIDED_BY_IMAGE, required=False)
     return BreastResult(
-        laterality=_laterality(group), label=mc.label_from_code(_code_value(group, mc.BEHAVIOR_OF_FINDING_SITE)),
-        malignancy_probability=_num(group, mc.PROBABILITY_OF_CANCER),
-        probability=_num(group, mc.PROBABILITY_OF_PREDICTED_CLASS),
+        laterality=_laterality(group), **_decided(group),
         decided_by=None if decided is None else str(decided.UID),
         image_uids=[str(item.UID) for item in find_all(group, mc.IMAGE_OF_BREAST)])
 
@@ -187,34 +187,23 @@ def read_measurement_report(ds: Dataset) -> StudyResult:
             or not concept_is(ds, mc.codes.DCM.ImagingMeasurementReport)):
         raise ResultReadError("not an mccad TID 1500 measurement report "
                               "(Comprehensive 3D SR, Imaging Measurement Report)")
-    measurements = find_one(ds, mc.codes.DCM.ImagingMeasurements)
+    measurements = find_one(ds, mc.codes.DCM.ImagingMeasurements, required=False)
     evaluations = find_one(ds, mc.QUALITATIVE_EVALUATIONS)
     evidence = _evidence(ds)
-    groups = find_all(measurements, mc.codes.DCM.MeasurementGroup)
     lesions: dict[str, list[LesionResult]] = {}
-    for group in groups:
+    for group in [] if measurements is None else find_all(measurements, mc.codes.DCM.MeasurementGroup):
         if find_one(group, mc.codes.DCM.ImageRegion, required=False) is not None:
             source_uid, lesion = _lesion(group)
             lesions.setdefault(source_uid, []).append(lesion)
-    images, breasts, exam = [], [], None
-    for group in groups:
-        method = _method(group)
-        if method is None:
-            continue
-        if mc.same_concept(method, mc.IMAGE_ASSESSMENT):
-            images.append(_image(group, evidence, lesions))
-        elif mc.same_concept(method, mc.BREAST_ASSESSMENT):
-            breasts.append(_breast(group))
-        elif mc.same_concept(method, mc.EXAM_ASSESSMENT):
-            exam = ExamResult(label=mc.label_from_code(_code_value(group, mc.BEHAVIOR_OF_FINDING_SITE)),
-                              malignancy_probability=_num(group, mc.PROBABILITY_OF_CANCER),
-                              probability=_num(group, mc.PROBABILITY_OF_PREDICTED_CLASS))
-    if exam is None:
-        raise ResultReadError("the SR has no exam-level assessment group")
+    images = [_image(group, evidence, lesions) for group in find_all(evaluations, mc.IMAGE_ASSESSMENT)]
+    breasts = [_breast(group) for group in find_all(evaluations, mc.BREAST_ASSESSMENT)]
+    exam_group = find_one(evaluations, mc.EXAM_ASSESSMENT)
     schema = _text(evaluations, mc.SCHEMA_VERSION)
+    study = find_one(evaluations, mc.RESULT_STUDY_UID, required=False)  # the exam's study, when filed into another
     return StudyResult(
-        schema_version=int(schema), study_instance_uid=str(ds.StudyInstanceUID),
-        exam_key=_text(evaluations, mc.EXAM_KEY, False), images=images, breasts=breasts, exam=exam,
+        schema_version=int(schema), study_instance_uid=str((study or ds).get("UID", ds.StudyInstanceUID)),
+        exam_key=_text(evaluations, mc.EXAM_KEY, False), images=images, breasts=breasts,
+        exam=ExamResult(**_decided(exam_group)),
         models=[ModelInfo.model_validate_json(str(item.TextValue))
                 for item in find_all(evaluations, mc.MODEL_DESCRIPTION)],
         timings_s=json.loads(_text(evaluations, mc.TIMINGS)),

@@ -39,7 +39,7 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
     if not np.isfinite(heat).all():
         raise ResultObjectError(f"heatmap of image {image.sop_instance_uid[-12:]} holds NaN or infinite values")
     heat = np.clip(heat, 0.0, 1.0)
-    series_uid, sop_uid = output_uids(result, KIND, image.sop_instance_uid)
+    series_uid, sop_uid = output_uids(result, KIND, image.sop_instance_uid, image.study_instance_uid)
     segment = hd.seg.SegmentDescription(
         segment_number=1, segment_label=SEGMENT_LABEL,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
@@ -61,17 +61,31 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
     return seg
 
 
+#: Slice Thickness (mm) of a projection image's SEG when the source states no Body Part Thickness: a projection has
+#: no slice, and Pixel Measures (which viewers such as OHIF need to place the frame) cannot go without one.
+NOMINAL_PROJECTION_THICKNESS_MM = 1.0
+
+
 def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
     """Adjust what highdicom derives for cross-sectional sources to a projection mammogram.
 
-    * Pixel Measures (PS3.3 C.7.6.16.2.1) needs Slice Thickness once present; a projection image has none, so
-      without one in the source the macro is left out (the frames still map 1:1 onto the source's pixels through
-      the Derivation Image and Referenced Image references, which is what viewers overlay by).
-    * Patient Orientation (PS3.3 C.7.6.1, type 2C for images without Image Orientation (Patient)) is copied from
-      the source, or left empty when the source has none.
+    * Pixel Measures (PS3.3 C.7.6.16.2.1), which OHIF's SEG loader needs: Pixel Spacing from the source's Pixel
+      Spacing, else its Imager Pixel Spacing; Slice Thickness from the source when it has one, else its Body Part
+      Thickness (the compressed breast the projection integrates over), else ``NOMINAL_PROJECTION_THICKNESS_MM``.
+      A source that states no spacing at all gets no macro (nothing true could be said).
+    * Plane Position / Orientation (Patient) are highdicom's, present exactly when the source has Image Position /
+      Orientation (Patient); a projection mammogram usually has neither, and then Patient Orientation (PS3.3
+      C.7.6.1, type 2C) is copied from the source, or left empty when the source has none.
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
-    if "SliceThickness" not in source and "PixelMeasuresSequence" in shared:
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    if spacing is not None and len(spacing) == 2:
+        measures = shared.PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared else Dataset()
+        measures.PixelSpacing = [float(v) for v in spacing]
+        thickness = source.get("SliceThickness") or source.get("BodyPartThickness") or NOMINAL_PROJECTION_THICKNESS_MM
+        measures.SliceThickness = float(thickness)
+        shared.PixelMeasuresSequence = [measures]
+    elif "PixelMeasuresSequence" in shared and "SliceThickness" not in shared.PixelMeasuresSequence[0]:
         del shared.PixelMeasuresSequence
     if "ImageOrientationPatient" not in source and "PlaneOrientationSequence" not in shared:
         seg.PatientOrientation = source.get("PatientOrientation") or None

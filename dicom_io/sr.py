@@ -1,23 +1,33 @@
-"""TID 1500 Measurement Report for one study (PS3.16 TID 1500, TID 1410, TID 1501; highdicom Comprehensive 3D SR).
+"""TID 1500 Measurement Report for one study (PS3.16 TID 1500, TID 1410, TID 300; highdicom Comprehensive 3D SR).
 
-Layout, chosen so that a viewer shows what matters and our reader gets every field of ``StudyResult`` back exactly:
+Layout, chosen so that OHIF / Cornerstone3D, dwv and 3D Slicer draw each lesion as a planar annotation and our reader
+gets every field of ``StudyResult`` back exactly:
 
-* one TID 1410 planar ROI group per lesion: the box as an Image Region SCOORD (closed 5-point POLYLINE in
-  (column, row), PS3.3 C.18.6), finding "Calcification of breast" (SCT 309587003) at the breast with laterality,
-  qualitative evaluation "Behavior of the finding site" = Benign / Malignant, "Probability of cancer" (DCM 111047)
-  and the other probabilities as NUM with unit UCUM ``{ratio}``, the exact box edges as NUM in ``{pixels}``
-  (SCOORD GraphicData is 32-bit float and cannot hold every float64 coordinate);
-* one TID 1501 group per image, per breast and for the exam, told apart by their Measurement Method (a private
-  99MCCAD code, see ``dicom_io.codes``), with label, probabilities and the facts a reader needs back;
-* the report-level "Qualitative Evaluations" container (TID 1500 row 12) with warnings (the NOT FOR CLINICAL USE
-  banner), exam key, schema version, timings and one model description per model;
-* the algorithm (TID 4019) in every group and a device observer context (TID 1004).
+* "Imaging Measurements" holds one TID 1410 planar ROI group per lesion and nothing else (viewers take every group
+  there for an annotation on an image). Each group has
+  - the Tracking Identifier ``Cornerstone3DTools@^0.1.0:RectangleROI`` (the tool Cornerstone3D's SR adapter, and so
+    OHIF, turns it into) and a Tracking Unique Identifier derived from the study, the models and the lesion;
+  - Finding "Calcification cluster" (SCT 129769006: a box holds a cluster, not one calcification) at the breast with
+    laterality, and Behavior of the finding site (DCM 125312) = Benign / Malignant;
+  - the box as Image Region SCOORD (closed 5-point POLYLINE in (column, row), PS3.3 C.18.6) and again under the first
+    NUM, "Probability of cancer" (DCM 111047), as its INFERRED FROM coordinates (TID 300 row 8), which is where
+    Cornerstone3D's adapter and OHIF look for a measurement's region;
+  - a Comment (DCM 121106), the text viewers show as the annotation's label: "#<lesion id> <label>, P(cancer) <p>";
+  - Certainty of Finding (DCM 111012) = the detector's score, the pathotype / ER probabilities and the exact box
+    edges as NUM (SCOORD GraphicData is 32-bit float and cannot hold every float64 coordinate);
+* the report-level "Qualitative Evaluations" container (TID 1500 row 12) holds the warnings (the NOT FOR CLINICAL
+  USE banner), exam key, schema version, timings, one model description per model, and one container per image,
+  per breast and for the exam (told apart by a private 99MCCAD concept name, see ``dicom_io.codes``) with its label,
+  P(malignant) and the facts a reader needs back. They carry no region, so they stay out of Imaging Measurements;
+* the algorithm (TID 4019) in every lesion group and a device observer context (TID 1004).
 
-Every NUM carries the exact float in Floating Point Value (0040,A161) next to the Decimal String.
+Every NUM carries the exact float in Floating Point Value (0040,A161) next to the Decimal String. The confidence of
+each label is not stored: it is ``models.results.decide`` of the P(malignant), as everywhere else.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -27,12 +37,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io import codes as mc
 from dicom_io.result_identity import (DEVICE_SERIAL, MANUFACTURER, MODEL_NAME, SERIES_NUMBERS,
-                                      algorithm_identification, image_header, model_description, observation_context,
-                                      output_uids, software_versions)
+                                      algorithm_identification, evidence_for, image_header, model_description,
+                                      observation_context, output_uids, predecessors_of, software_versions)
 from dicom_io.uids import derive_uid
 from models.results import BreastResult, ImageResult, LesionResult, StudyResult
 
 KIND = "sr-tid1500"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 DOCUMENT_TITLE = codes.DCM.ImagingMeasurementReport
 
 
@@ -50,16 +61,21 @@ def clipped_box(lesion: LesionResult, image: ImageResult) -> tuple[float, float,
     return (min(max(x0, 0.0), cols), min(max(y0, 0.0), rows), min(max(x1, 0.0), cols), min(max(y1, 0.0), rows))
 
 
-def _ratio(name, value: float) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=float(value), unit=mc.RATIO)
+RT = hd.sr.RelationshipTypeValues
+#: What Cornerstone3D's SR adapter (and so OHIF) reads a TID 1410 rectangle as.
+CORNERSTONE_RECTANGLE = "Cornerstone3DTools@^0.1.0:RectangleROI"
+
+
+def _ratio(name, value: float, **kwargs) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=mc.RATIO, **kwargs)
 
 
 def _text(name, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=RT.CONTAINS)
 
 
 def _uidref(name, value: str) -> hd.sr.UIDRefContentItem:
-    return hd.sr.UIDRefContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    return hd.sr.UIDRefContentItem(name=name, value=value, relationship_type=RT.CONTAINS)
 
 
 def _finding_site(laterality: str | None) -> list[hd.sr.FindingSite]:
@@ -70,15 +86,19 @@ def _label(label: str) -> hd.sr.QualitativeEvaluation:
     return hd.sr.QualitativeEvaluation(name=mc.BEHAVIOR_OF_FINDING_SITE, value=mc.label_code(label))
 
 
-def _tracking(result: StudyResult, what: str, identifier: str) -> hd.sr.TrackingIdentifier:
-    return hd.sr.TrackingIdentifier(uid=derive_uid(result.study_instance_uid, result.model_version_tag(), KIND, what),
-                                    identifier=identifier)
+def lesion_comment(lesion: LesionResult) -> str:
+    """The Comment of a lesion group, the label a viewer shows: "#3 malignant, P(cancer) 0.87"."""
+    return f"#{lesion.lesion_id} {lesion.caption()}"
 
 
 def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
                   lesion: LesionResult) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    polyline = rectangle_polyline(clipped_box(lesion, image))
+    region_source = hd.sr.SourceImageForRegion.from_source_image(source)
+    coordinates = hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                                  graphic_data=polyline, source_image=region_source)
     measurements = [_ratio(mc.PROBABILITY_OF_CANCER, lesion.malignancy_probability),
-                    _ratio(mc.PROBABILITY_OF_PREDICTED_CLASS, lesion.probability)]
+                     _ratio(mc.CERTAINTY_OF_FINDING, lesion.score)]
     for name, value in ((mc.P_INVASIVE_INCL_MICROINVASION, lesion.invasive_incl_microinvasion_probability),
                         (mc.P_INVASIVE_EXCL_MICROINVASION, lesion.invasive_excl_microinvasion_probability),
                         (mc.P_ER_POSITIVE, lesion.er_positive_probability)):
@@ -86,103 +106,107 @@ def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
             measurements.append(_ratio(name, value))
     for name, value in zip((mc.BOX_X0, mc.BOX_Y0, mc.BOX_X1, mc.BOX_Y1), lesion.box.as_tuple()):
         measurements.append(hd.sr.Measurement(name=name, value=float(value), unit=mc.PIXELS))
-    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                               graphic_data=rectangle_polyline(clipped_box(lesion, image)),
-                               source_image=hd.sr.SourceImageForRegion.from_source_image(source))
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(result, f"lesion/{image.sop_instance_uid}/{lesion.lesion_id}",
-                                      f"lesion {lesion.lesion_id}: {lesion.label} {lesion.probability:.2f}"),
-        referenced_region=region, finding_type=mc.BREAST_CALCIFICATION,
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polyline,
+                               source_image=region_source)
+    uid = derive_uid(result.study_instance_uid, result.model_version_tag(), KIND,
+                     f"lesion/{image.sop_instance_uid}/{lesion.lesion_id}")
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=CORNERSTONE_RECTANGLE),
+        referenced_region=region, finding_type=mc.CALCIFICATION_CLUSTER,
         algorithm_id=algorithm_identification(result), finding_sites=_finding_site(image.laterality),
         measurements=measurements, qualitative_evaluations=[_label(lesion.label)])
+    # highdicom refuses coordinates under a TID 1410 measurement, TID 300 row 8 allows them: added after it checked
+    probability = next(item for item in group[0].ContentSequence if item.ValueType == "NUM")
+    probability.ContentSequence = hd.sr.ContentSequence([*probability.get("ContentSequence", []), coordinates])
+    group[0].ContentSequence.append(_text(mc.COMMENT, lesion_comment(lesion)))
+    return group
 
 
-def _image_group(result: StudyResult, image: ImageResult,
-                 source: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    measurements = [_ratio(mc.PROBABILITY_OF_CANCER, image.malignancy_probability),
-                    _ratio(mc.PROBABILITY_OF_PREDICTED_CLASS, image.probability)]
+def _assessment(name, laterality: str | None, label: str, malignancy_probability: float,
+                sites: bool = True) -> hd.sr.ContainerContentItem:
+    """A container with a finding's label and P(malignant), for the image, breast and exam assessments."""
+    container = hd.sr.ContainerContentItem(name=name, relationship_type=RT.CONTAINS)
+    items: list[Dataset] = []
+    if sites:
+        items += _finding_site(laterality)
+    items += [*_label(label), *_ratio(mc.PROBABILITY_OF_CANCER, malignancy_probability)]
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _image_assessment(image: ImageResult, source: Dataset) -> hd.sr.ContainerContentItem:
+    container = _assessment(mc.IMAGE_ASSESSMENT, image.laterality, image.label, image.malignancy_probability)
+    items = container.ContentSequence
+    items.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(source))
     if image.sppnet_malignancy_probability is not None:
-        measurements.append(_ratio(mc.SPPNET_PROBABILITY_OF_MALIGNANCY, image.sppnet_malignancy_probability))
-    measurements += [hd.sr.Measurement(name=mc.IMAGE_ROWS, value=int(image.rows), unit=mc.PIXELS),
-                     hd.sr.Measurement(name=mc.IMAGE_COLUMNS, value=int(image.columns), unit=mc.PIXELS)]
-    evaluations = [_label(image.label)]
+        items.extend(_ratio(mc.SPPNET_PROBABILITY_OF_MALIGNANCY, image.sppnet_malignancy_probability))
+    items.extend(hd.sr.Measurement(name=mc.IMAGE_ROWS, value=int(image.rows), unit=mc.PIXELS))
+    items.extend(hd.sr.Measurement(name=mc.IMAGE_COLUMNS, value=int(image.columns), unit=mc.PIXELS))
     if image.view is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(name=mc.IMAGE_VIEW, value=mc.view_code(image.view)))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(result, f"image/{image.sop_instance_uid}", f"image {image.view or ''}".strip()),
-        finding_type=mc.BREAST_CALCIFICATION, method=mc.IMAGE_ASSESSMENT, algorithm_id=algorithm_identification(result),
-        finding_sites=_finding_site(image.laterality), measurements=measurements, qualitative_evaluations=evaluations,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
-    extra = group[0].ContentSequence
+        items.extend(hd.sr.QualitativeEvaluation(name=mc.IMAGE_VIEW, value=mc.view_code(image.view)))
     if image.frame_of_reference_uid:
-        extra.append(_uidref(mc.FRAME_OF_REFERENCE_UID, image.frame_of_reference_uid))
+        items.append(_uidref(mc.FRAME_OF_REFERENCE_UID, image.frame_of_reference_uid))
     if image.heatmap is not None:
-        extra.append(_text(mc.HEATMAP_FILE, image.heatmap))
-    return group
+        items.append(_text(mc.HEATMAP_FILE, image.heatmap))
+    return container
 
 
-def _breast_group(result: StudyResult, breast: BreastResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(result, f"breast/{breast.laterality}", f"breast {breast.laterality or '?'}"),
-        finding_type=mc.BREAST_CALCIFICATION, method=mc.BREAST_ASSESSMENT,
-        algorithm_id=algorithm_identification(result),
-        finding_sites=_finding_site(breast.laterality),
-        measurements=[_ratio(mc.PROBABILITY_OF_CANCER, breast.malignancy_probability),
-                      _ratio(mc.PROBABILITY_OF_PREDICTED_CLASS, breast.probability)],
-        qualitative_evaluations=[_label(breast.label)])
-    extra = group[0].ContentSequence
+def _breast_assessment(breast: BreastResult) -> hd.sr.ContainerContentItem:
+    container = _assessment(mc.BREAST_ASSESSMENT, breast.laterality, breast.label, breast.malignancy_probability)
     if breast.decided_by is not None:
-        extra.append(_uidref(mc.DECIDED_BY_IMAGE, breast.decided_by))
+        container.ContentSequence.append(_uidref(mc.DECIDED_BY_IMAGE, breast.decided_by))
     for uid in breast.image_uids:
-        extra.append(_uidref(mc.IMAGE_OF_BREAST, uid))
-    return group
+        container.ContentSequence.append(_uidref(mc.IMAGE_OF_BREAST, uid))
+    return container
 
 
-def _exam_group(result: StudyResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    exam = result.exam
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(result, "exam", "exam"),
-        finding_type=mc.BREAST_CALCIFICATION, method=mc.EXAM_ASSESSMENT, algorithm_id=algorithm_identification(result),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=mc.BREAST)],
-        measurements=[_ratio(mc.PROBABILITY_OF_CANCER, exam.malignancy_probability),
-                      _ratio(mc.PROBABILITY_OF_PREDICTED_CLASS, exam.probability)],
-        qualitative_evaluations=[_label(exam.label)])
-
-
-def _report_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12: report-level qualitative evaluations (TEXT), here what no measurement group holds."""
-    container = hd.sr.ContainerContentItem(name=mc.QUALITATIVE_EVALUATIONS,
-                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    items = [_text(mc.WARNING, w) for w in result.warnings]
+def _report_evaluations(result: StudyResult, headers: dict[str, Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: report-level qualitative evaluations, here what no lesion group holds."""
+    container = hd.sr.ContainerContentItem(name=mc.QUALITATIVE_EVALUATIONS, relationship_type=RT.CONTAINS)
+    items: list[Dataset] = [_text(mc.WARNING, w) for w in result.warnings]
+    items.append(_uidref(mc.RESULT_STUDY_UID, result.study_instance_uid))
     if result.exam_key is not None:
         items.append(_text(mc.EXAM_KEY, result.exam_key))
     items.append(_text(mc.SCHEMA_VERSION, str(result.schema_version)))
     items.append(_text(mc.TIMINGS, json.dumps(result.timings_s)))
     items += [_text(mc.MODEL_DESCRIPTION, model_description(m)) for m in result.models]
+    items += [_image_assessment(image, headers[image.sop_instance_uid]) for image in result.images]
+    items += [_breast_assessment(breast) for breast in result.breasts]
+    items.append(_assessment(mc.EXAM_ASSESSMENT, None, result.exam.label, result.exam.malignancy_probability,
+                             sites=False))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
 
-def build_measurement_report(result: StudyResult, sources: dict[str, Dataset]) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 SR of ``result``; ``sources`` maps SOP Instance UID -> source header (pixels not needed)."""
+def build_measurement_report(result: StudyResult, sources: dict[str, Dataset], study_uid: str | None = None,
+                             earlier: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 SR of ``result`` filed into ``study_uid`` (default: the result's own study); ``sources`` maps
+    SOP Instance UID -> source header (pixels not needed). Every SR of an exam holds the whole result. The reports
+    in ``earlier`` of this study and SOP class, other than this one, become its Predecessor Documents."""
     template = next(iter(sources.values()), None)
     headers = {im.sop_instance_uid: image_header(im, sources, template) for im in result.images}
     groups: list = []
     for image in result.images:
         groups += [_lesion_group(result, image, headers[image.sop_instance_uid], lesion) for lesion in image.lesions]
-    groups += [_image_group(result, image, headers[image.sop_instance_uid]) for image in result.images]
-    groups += [_breast_group(result, breast) for breast in result.breasts]
-    groups.append(_exam_group(result))
+    # highdicom wants at least one group; TID 1500 needs Imaging Measurements only when there is one (row 6 or 12)
+    placeholder = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="none"))] if not groups else []
     report = hd.sr.MeasurementReport(observation_context=observation_context(),
-                                     procedure_reported=codes.SCT.Mammography, imaging_measurements=groups,
-                                     title=DOCUMENT_TITLE)
-    report[0].ContentSequence.append(_report_evaluations(result))
-    series_uid, sop_uid = output_uids(result, KIND)
-    evidence = list(headers.values()) or ([template] if template is not None else [])
+                                     procedure_reported=codes.SCT.Mammography,
+                                     imaging_measurements=groups or placeholder, title=DOCUMENT_TITLE)
+    content = report[0].ContentSequence
+    if placeholder:
+        content.remove(next(item for item in content if item.get("ValueType") == "CONTAINER"
+                            and mc.same_concept(item.ConceptNameCodeSequence[0], codes.DCM.ImagingMeasurements)))
+    content.append(_report_evaluations(result, headers))
+    study_uid = study_uid or result.study_instance_uid
+    series_uid, sop_uid = output_uids(result, KIND, study_uid=study_uid)
+    evidence = evidence_for(headers, study_uid)
+    predecessors = predecessors_of(earlier, study_uid, COMPREHENSIVE_3D_SR, sop_uid)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=series_uid, series_number=SERIES_NUMBERS[KIND],
         sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=software_versions(result), device_serial_number=DEVICE_SERIAL,
-        coding_schemes=[mc.coding_scheme_identification()], is_complete=True,
+        coding_schemes=[mc.coding_scheme_identification()], is_complete=True, previous_versions=predecessors,
         transfer_syntax_uid=ExplicitVRLittleEndian, series_description="mccad calcification findings (TID 1500)")
     return sr

@@ -2,10 +2,10 @@
 
 Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5; whole image, or tile by tile for a
 crops-trained detector, ``models.tiling``) -> breast gate (when the detector's manifest has
-``input_spec["breast_gate"]``: boxes centred outside the breast are dropped, ``models.breast_gate``) -> image verdict
-from boxes (2.6) -> SPPNet whole-image baseline -> pathotype and ER heads on malignant patches -> breast fusion of
-CC + MLO (2.7) -> exam verdict -> explanation heatmaps. Everything returned is in the source images' own pixel
-coordinates.
+``input_spec["breast_gate"]``: boxes centred outside the breast are dropped, ``models.breast_gate``) -> lesion and
+image findings from boxes (2.6, ``models.findings``) -> SPPNet whole-image baseline -> pathotype and ER heads on
+malignant patches -> breast fusion of CC + MLO (2.7) -> exam verdict -> explanation heatmaps. Everything returned is
+in the source images' own pixel coordinates.
 """
 from __future__ import annotations
 
@@ -21,38 +21,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import fusion
 from models.breast_gate import BreastGate, config_before_gate, gate_spacing_mm, gate_then_suppress
 from models.classifier import ClassifierConfig, SPPNet, classify
-from models.detector import CLASS_NAMES, DetectorConfig, detect
+from models.detector import DetectorConfig, detect
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
 from models.registry import ModelManifest, load_classifier, load_detector, load_manifest
 from models.onnx_runtime import detection_model
 from models.tiling import TilingSpec, native_scale
-from models.results import (
-    NOT_FOR_CLINICAL_USE,
-    BoxXYXY,
-    BreastResult,
-    ExamResult,
-    ImageResult,
-    LesionResult,
-    ModelInfo,
-    StudyResult,
-)
+from models.findings import breast_results, exam_result, image_decision, lesions_of_image
+from models.results import NOT_FOR_CLINICAL_USE, ImageResult, ModelInfo, StudyResult
 from models.types import MammogramImage
 
 log = logging.getLogger(__name__)
 
 #: Sub-folders of a model bundle and the role each plays. ``detector`` is required, the others optional.
 BUNDLE_ROLES = ("detector", "sppnet", "pathotype_incl", "pathotype_excl", "er")
-PATCH_HEAD_FIELDS = {
-    "pathotype_incl": "invasive_incl_microinvasion_probability",
-    "pathotype_excl": "invasive_excl_microinvasion_probability",
-    "er": "er_positive_probability",
-}
-MLO_LIKE_VIEWS = {"MLO", "ML", "LM", "LMO", "SIO"}
-CC_LIKE_VIEWS = {"CC", "XCCL"}
 
 
 class BundleError(RuntimeError):
@@ -203,20 +187,12 @@ class Pipeline:
             t = time.perf_counter()
             patch_probs = self._patch_probabilities(prep, det)
             timings["patch_heads"] += time.perf_counter() - t
-            lesions: list[LesionResult] = []
-            for k, (box, label_id, score) in enumerate(zip(boxes, det.labels, det.scores)):
-                lesion_counter += 1
-                label = CLASS_NAMES[int(label_id)]
-                # the box head's class split under lesion scores, else the paper's two-class reading of the score
-                malignant_score = det.malignancy_probability(k)
-                lesions.append(LesionResult(
-                    lesion_id=lesion_counter, box=BoxXYXY(x0=float(box[0]), y0=float(box[1]), x1=float(box[2]),
-                                                           y1=float(box[3])),
-                    label=label, probability=_unit(score), malignancy_probability=_unit(malignant_score),
-                    **{PATCH_HEAD_FIELDS[role]: probs[k] for role, probs in patch_probs.items()
-                       if label == "malignant"}))
-            verdict = fusion.image_verdict([int(v) for v in det.labels], [float(s) for s in det.scores],
-                                           image_id=img.meta.sop_instance_uid)
+            lesions = lesions_of_image(lesion_counter + 1, boxes, [int(v) for v in det.labels],
+                                       [float(v) for v in det.scores],
+                                       None if det.malignancy is None else [float(v) for v in det.malignancy],
+                                       patch_probs)
+            lesion_counter += len(lesions)
+            verdict = image_decision(lesions)
             heatmap_name = None
             if self.explain:
                 t = time.perf_counter()
@@ -230,20 +206,18 @@ class Pipeline:
                 series_instance_uid=img.meta.series_instance_uid, study_instance_uid=img.meta.study_instance_uid,
                 frame_of_reference_uid=img.meta.frame_of_reference_uid, laterality=img.meta.laterality,
                 view=img.meta.view, rows=img.meta.rows, columns=img.meta.columns, lesions=lesions,
-                label=verdict.label, malignancy_probability=_unit(verdict.malignancy_probability),
-                probability=_unit(verdict.probability),
+                label=verdict.label, malignancy_probability=verdict.malignancy_probability,
+                probability=verdict.probability,
                 sppnet_malignancy_probability=None if spp is None else _unit(spp), heatmap=heatmap_name))
 
         breasts = breast_results(image_results)
-        exam = fusion.exam_verdict([_as_verdict(b) for b in breasts])
         infos = self.model_infos()
         warnings = [NOT_FOR_CLINICAL_USE] if any(m.synthetic_only for m in infos) else []
         timings["total"] = time.perf_counter() - started
         result = StudyResult(
             study_instance_uid=images[0].meta.study_instance_uid, exam_key=images[0].meta.exam_key,
             images=image_results, breasts=breasts,
-            exam=ExamResult(label=exam.label, malignancy_probability=_unit(exam.malignancy_probability),
-                            probability=_unit(exam.probability)),
+            exam=exam_result(breasts),
             models=infos, timings_s={k: round(v, 4) for k, v in timings.items()}, warnings=warnings)
         return Analysis(result=result, heatmaps=heatmaps)
 
@@ -277,48 +251,6 @@ def crop_patch(pixels: np.ndarray, box: np.ndarray, size: int, margin: float = 0
     resized = F.interpolate(torch.from_numpy(out)[None, None], size=(size, size), mode="bilinear",
                             align_corners=False)
     return resized[0, 0].numpy()
-
-
-def breast_results(images: Sequence[ImageResult]) -> list[BreastResult]:
-    """Group images by laterality and fuse CC with MLO by the paper's rule (section 2.7).
-
-    When a breast has several images of one view (repeats), the one with the higher malignancy probability stands
-    for that view: a repeat exists because something needed a second look. Images without laterality form their own
-    "breast" of unknown side, fused the same way, so nothing is silently dropped.
-    """
-    by_side: dict[str | None, list[ImageResult]] = defaultdict(list)
-    for img in images:
-        by_side[img.laterality].append(img)
-    results: list[BreastResult] = []
-    for side in sorted(by_side, key=lambda s: (s is None, s or "")):
-        group = by_side[side]
-        cc = _strongest([i for i in group if (i.view or "").upper() in CC_LIKE_VIEWS])
-        mlo = _strongest([i for i in group if (i.view or "").upper() in MLO_LIKE_VIEWS])
-        if cc is None and mlo is None:  # views unknown: fuse the two strongest as if CC and MLO
-            ranked = sorted(group, key=lambda i: i.malignancy_probability, reverse=True)
-            cc, mlo = ranked[0], (ranked[1] if len(ranked) > 1 else None)
-        verdict = fusion.breast_verdict(_image_verdict(cc), _image_verdict(mlo))
-        results.append(BreastResult(laterality=side, label=verdict.label,
-                                    malignancy_probability=_unit(verdict.malignancy_probability),
-                                    probability=_unit(verdict.probability), decided_by=verdict.image_id or None,
-                                    image_uids=[i.sop_instance_uid for i in group]))
-    return results
-
-
-def _strongest(images: list[ImageResult]) -> ImageResult | None:
-    return max(images, key=lambda i: i.malignancy_probability) if images else None
-
-
-def _image_verdict(img: ImageResult | None) -> fusion.ImageVerdict | None:
-    if img is None:
-        return None
-    return fusion.ImageVerdict(label=img.label, malignancy_probability=img.malignancy_probability,
-                               probability=img.probability, image_id=img.sop_instance_uid)
-
-
-def _as_verdict(b: BreastResult) -> fusion.ImageVerdict:
-    return fusion.ImageVerdict(label=b.label, malignancy_probability=b.malignancy_probability,
-                               probability=b.probability, image_id=b.decided_by or "")
 
 
 def _clip_boxes(boxes: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -6,13 +6,64 @@ top-left pixel edge), never in model-input coordinates.
 """
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Label = Literal["benign", "malignant"]
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: model trained on synthetic data only"
+
+#: A finding is called malignant when its P(malignant) exceeds this: the class whose probability is higher.
+DECISION_THRESHOLD = 0.5
+#: How far a stored confidence may sit from the one ``decide`` gives (float rounding in JSON and DICOM FD is exact;
+#: this only absorbs values written with a different summation order).
+_CONSISTENCY_TOLERANCE = 1e-9
+
+
+class Decision(NamedTuple):
+    """What ``decide`` returns: the label, P(malignant) and the confidence of the label."""
+
+    label: Label
+    malignancy_probability: float
+    probability: float
+
+
+def decide(malignancy_probability: float) -> Decision:
+    """The one rule that turns a P(malignant) into a label and its confidence, for lesions, images, breasts and
+    exams alike: malignant when P(malignant) > ``DECISION_THRESHOLD``, else benign; the confidence is P(malignant)
+    for a malignant call and 1 - P(malignant) for a benign one, so it is never below one half. Values outside [0, 1]
+    are clipped; NaN is an error (a broken model, not a benign finding)."""
+    p = float(malignancy_probability)
+    if math.isnan(p):
+        raise ValueError("P(malignant) is NaN")
+    p = min(1.0, max(0.0, p))
+    if p > DECISION_THRESHOLD:
+        return Decision("malignant", p, p)
+    return Decision("benign", p, 1.0 - p)
+
+
+def caption(label: str, malignancy_probability: float) -> str:
+    """The text every picture and viewer shows for a finding, e.g. "malignant, P(cancer) 0.87": the label and the
+    probability it was decided from, so that the two can be seen to agree."""
+    return f"{label}, P(cancer) {malignancy_probability:.2f}"
+
+
+class _Decided(BaseModel):
+    """A finding whose ``label`` and ``probability`` are the ones ``decide`` gives for its P(malignant)."""
+
+    @model_validator(mode="after")
+    def _label_follows_probability(self):
+        expected = decide(self.malignancy_probability)
+        if self.label != expected.label or abs(self.probability - expected.probability) > _CONSISTENCY_TOLERANCE:
+            raise ValueError(f"{type(self).__name__} says {self.label} with confidence {self.probability} but "
+                             f"P(malignant) {self.malignancy_probability} means {expected.label} with confidence "
+                             f"{expected.probability}")
+        return self
+
+    def caption(self) -> str:
+        return caption(self.label, self.malignancy_probability)
 
 
 class BoxXYXY(BaseModel):
@@ -29,16 +80,18 @@ class BoxXYXY(BaseModel):
         return (self.x0, self.y0, self.x1, self.y1)
 
 
-class LesionResult(BaseModel):
-    """One detected calcification lesion (a detector box after thresholds and suppression)."""
+class LesionResult(_Decided):
+    """One detected calcification cluster (a detector box after thresholds and suppression)."""
 
     lesion_id: int = Field(description="1-based, unique within the study")
     box: BoxXYXY
-    label: Label
-    probability: float = Field(ge=0.0, le=1.0, description="detector score of the predicted class")
+    label: Label = Field(description="decide(malignancy_probability).label")
+    probability: float = Field(ge=0.0, le=1.0, description="confidence of the label: decide(...).probability")
     malignancy_probability: float = Field(
         ge=0.0, le=1.0, description="P(malignant): the box score if malignant, else 1 - its benign score (class "
                                     "scores); the box head's P(malignant) / (P(benign) + P(malignant)) (lesion scores)")
+    score: float = Field(ge=0.0, le=1.0, description="the detector's score that kept and ranked the box (its class "
+                                                     "score, or P(lesion) under lesion scores): certainty of finding")
     invasive_incl_microinvasion_probability: float | None = Field(
         default=None, description="P(invasive incl. microinvasion) vs pure DCIS; malignant lesions only")
     invasive_excl_microinvasion_probability: float | None = Field(
@@ -46,7 +99,7 @@ class LesionResult(BaseModel):
     er_positive_probability: float | None = Field(default=None, description="P(ER positive); malignant only")
 
 
-class ImageResult(BaseModel):
+class ImageResult(_Decided):
     sop_instance_uid: str
     sop_class_uid: str
     series_instance_uid: str
@@ -58,13 +111,14 @@ class ImageResult(BaseModel):
     columns: int
     lesions: list[LesionResult] = []
     label: Label
-    malignancy_probability: float = Field(ge=0.0, le=1.0, description="FPNNet image-level rule (paper 2.6)")
-    probability: float = Field(ge=0.0, le=1.0, description="confidence of the predicted label")
+    malignancy_probability: float = Field(ge=0.0, le=1.0, description="the highest P(malignant) of its lesions, 0 "
+                                                                      "without any (models.findings)")
+    probability: float = Field(ge=0.0, le=1.0, description="confidence of the label")
     sppnet_malignancy_probability: float | None = None
     heatmap: str | None = Field(default=None, description="file name of the heatmap PNG, relative to the result")
 
 
-class BreastResult(BaseModel):
+class BreastResult(_Decided):
     laterality: Literal["L", "R"] | None
     label: Label
     malignancy_probability: float = Field(ge=0.0, le=1.0)
@@ -73,7 +127,7 @@ class BreastResult(BaseModel):
     image_uids: list[str] = []
 
 
-class ExamResult(BaseModel):
+class ExamResult(_Decided):
     label: Label
     malignancy_probability: float = Field(ge=0.0, le=1.0)
     probability: float = Field(ge=0.0, le=1.0)
@@ -92,7 +146,7 @@ class ModelInfo(BaseModel):
 class StudyResult(BaseModel):
     """Everything mccad concluded about one study; JSON-serialisable and the content of every output object."""
 
-    schema_version: int = 1
+    schema_version: int = 2
     study_instance_uid: str
     exam_key: str | None = None
     images: list[ImageResult]

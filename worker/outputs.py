@@ -117,10 +117,9 @@ def render_overlay(pixels: np.ndarray, image: ImageResult, warnings: list[str]) 
         colour = COLOURS[lesion.label]
         pad = 3
         draw.rectangle([x0 - pad, y0 - pad, x1 + pad, y1 + pad], outline=colour, width=2)
-        draw.text((x0, max(0, y0 - pad - font.size - 2)), f"#{lesion.lesion_id} {lesion.label} {lesion.probability:.2f}",
+        draw.text((x0, max(0, y0 - pad - font.size - 2)), f"#{lesion.lesion_id} {lesion.caption()}",
                   fill=colour, font=font)
-    lines = [f"{image.laterality or '?'} {image.view or '?'}: {image.label} "
-             f"(P(malignant) {image.malignancy_probability:.2f}, {len(image.lesions)} lesion(s))"]
+    lines = [f"{image.laterality or '?'} {image.view or '?'}: {image.caption()} ({len(image.lesions)} lesion(s))"]
     if image.sppnet_malignancy_probability is not None:
         lines.append(f"SPPNet P(malignant) {image.sppnet_malignancy_probability:.2f}")
     y = 4
@@ -161,7 +160,7 @@ def render_html(result: StudyResult, outputs: StudyOutputs) -> str:
         pics = "".join(f'<a href="{e(n)}"><img src="{e(n)}" alt="{e(n)}" height="320"></a> '
                        for n in (overlay, img.heatmap) if n and (n in overlays or n == img.heatmap))
         lesions = "".join(
-            f"<li>#{les.lesion_id} {e(les.label)} p={les.probability:.3f} box=({les.box.x0:.0f},{les.box.y0:.0f})-"
+            f"<li>#{les.lesion_id} {e(les.caption())} box=({les.box.x0:.0f},{les.box.y0:.0f})-"
             f"({les.box.x1:.0f},{les.box.y1:.0f})"
             + (f" invasive(incl.)={les.invasive_incl_microinvasion_probability:.2f}"
                if les.invasive_incl_microinvasion_probability is not None else "")
@@ -180,8 +179,7 @@ def render_html(result: StudyResult, outputs: StudyOutputs) -> str:
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}} td,th{{border:1px solid #999;
 padding:4px 8px;vertical-align:top}} .warn{{color:#b00;font-weight:bold}}</style></head><body>
 <h1>Microcalcification CAD result</h1>{warnings}
-<p>Exam: <b>{e(result.exam.label)}</b>, P(malignant) {result.exam.malignancy_probability:.3f}
- (confidence {result.exam.probability:.3f}). Models: {models}.</p>
+<p>Exam: <b>{e(result.exam.caption())}</b>. Models: {models}.</p>
 <h2>Breasts (CC + MLO fused, paper section 2.7)</h2>
 <table><tr><th>side</th><th>label</th><th>P(malignant)</th><th>confidence</th></tr>{breasts}</table>
 <h2>Images</h2>

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, settings) -> int:
             "file": path.name, "laterality": result.laterality, "view": result.view,
             "rows": result.rows, "columns": result.columns, "pixel_spacing_mm": image.meta.pixel_spacing_mm,
             "boxes": len(labels), "benign": labels.count("benign"), "malignant": labels.count("malignant"),
-            "top_scores": sorted((round(lesion.probability, 3) for lesion in result.lesions), reverse=True)[:5],
+            "top_scores": sorted((round(lesion.score, 3) for lesion in result.lesions), reverse=True)[:5],
             "image_label": result.label, "seconds": round(seconds, 2),
         }
         records.append(record)

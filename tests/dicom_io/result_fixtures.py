@@ -100,11 +100,11 @@ def make_result(sources: list[Dataset], warnings: list[str] | None = None) -> St
             lesions = [
                 LesionResult(lesion_id=1, box=BoxXYXY(x0=10.25, y0=20.1, x1=60.333333333333336, y1=80.7),
                              label="malignant", probability=0.8712345678901234,
-                             malignancy_probability=0.8712345678901234,
+                             malignancy_probability=0.8712345678901234, score=0.9312345678901234,
                              invasive_incl_microinvasion_probability=0.31, invasive_excl_microinvasion_probability=0.2,
                              er_positive_probability=0.7777777777777778),
                 LesionResult(lesion_id=2, box=BoxXYXY(x0=100.0, y0=150.5, x1=130.0, y1=190.0), label="benign",
-                             probability=0.42, malignancy_probability=0.58),
+                             probability=1.0 - 0.42, malignancy_probability=0.42, score=0.61),
             ]
         images.append(ImageResult(
             sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,

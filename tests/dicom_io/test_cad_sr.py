@@ -28,9 +28,10 @@ def test_cad_report_is_a_valid_mammography_cad_sr(study, tmp_path):
     assert dciodvfy_problems(path) == []
     text = dsrdump_text(path)  # dsrdump checks the Mammography CAD SR relationship constraints (PS3.3 A.35.5.3)
     for expected in ("Mammography CAD Report", "Image Library", "All algorithms succeeded; with findings",
-                     "Calcification Cluster", "Individual Calcification", "Certainty of Finding", "Outline",
+                     "Calcification Cluster", "Certainty of Finding", "Outline",
                      "Summary of Detections", "Summary of Analyses", "mccad FPNNet", NOT_FOR_CLINICAL_USE):
         assert expected in text, expected
+    assert "Individual Calcification" not in text and "Number of calcifications" not in text  # a box is a cluster
 
 
 def test_cad_findings_read_back(study, tmp_path):
@@ -45,7 +46,7 @@ def test_cad_findings_read_back(study, tmp_path):
         assert finding.source_sop_instance_uid == image.sop_instance_uid
         expected = rectangle_polyline(lesion.box.as_tuple()).astype(np.float32)  # SCOORD data is 32-bit float
         np.testing.assert_array_equal(finding.outline, expected)
-        assert finding.certainty_percent == pytest.approx(lesion.probability * 100)
+        assert finding.certainty_percent == pytest.approx(lesion.score * 100)
         assert finding.probability_of_cancer_percent == pytest.approx(lesion.malignancy_probability * 100)
     assert back.impressions == [NOT_FOR_CLINICAL_USE]
 

@@ -66,7 +66,7 @@ def test_presentation_state_draws_boxes_captions_and_banner(tmp_path):
     assert dciodvfy_problems(path) == []
     back = read_presentation_state(pydicom.dcmread(path))
     assert back.source_sop_instance_uids == [source.SOPInstanceUID]
-    assert [b.caption for b in back.boxes] == ["malignant 0.87", "benign 0.42"]
+    assert [b.caption for b in back.boxes] == ["#1 malignant, P(cancer) 0.87", "#2 benign, P(cancer) 0.42"]
     for drawn, lesion in zip(back.boxes, result.images[0].lesions):
         np.testing.assert_allclose(drawn.box, lesion.box.as_tuple(), atol=1e-4)  # GraphicData is 32-bit float
     assert NOT_FOR_CLINICAL_USE in back.texts
@@ -122,7 +122,7 @@ def test_real_cbis_ddsm_header(tmp_path):
         study_instance_uid=real.StudyInstanceUID, laterality="L", view="CC", rows=int(real.Rows),
         columns=int(real.Columns), label="malignant", malignancy_probability=0.9, probability=0.9,
         lesions=[LesionResult(lesion_id=1, box=BoxXYXY(x0=1000.5, y0=2000.25, x1=1100, y1=2090), label="malignant",
-                              probability=0.9, malignancy_probability=0.9)])
+                              probability=0.9, malignancy_probability=0.9, score=0.95)])
     result = StudyResult(study_instance_uid=real.StudyInstanceUID, images=[image],
                          breasts=[BreastResult(laterality="L", label="malignant", malignancy_probability=0.9,
                                                probability=0.9)],

@@ -51,7 +51,7 @@ def test_measurement_report_is_valid_and_renders(study, tmp_path):
     (sr,) = _by_kind(write_result_objects(result, headers, {}, tmp_path), "sr-tid1500")
     assert dciodvfy_problems(sr.path) == []
     text = dsrdump_text(sr.path)
-    assert "Calcification of breast" in text and "Malignant" in text and "Probability of cancer" in text
+    assert "Calcification Cluster" in text and "Malignant" in text and "Probability of cancer" in text
     assert NOT_FOR_CLINICAL_USE in text
     assert "POLYLINE" in text and "Device" in text and "mccad FPNNet" in text
 
