@@ -17,19 +17,19 @@ MCC010     Bounding box left edge (column), source pixels, exact value of the SC
 MCC011     Bounding box top edge (row)
 MCC012     Bounding box right edge (column)
 MCC013     Bounding box bottom edge (row)
-MCC020     Image rows (source matrix size)
-MCC021     Image columns
+MCC020     (no longer written: DCM 110910 Pixel Data Rows)
+MCC021     (no longer written: DCM 110911 Pixel Data Columns)
 MCC022     Heatmap file name (relative to result.json)
 MCC023     Image-level assessment (container about one image, under the report's Qualitative Evaluations)
 MCC024     Breast-level assessment (container about one breast, paper section 2.7)
 MCC025     Exam-level assessment (container about the whole examination)
 MCC026     Decided by image (SOP Instance UID of the image that decided a breast verdict)
-MCC027     Image of this breast (SOP Instance UID)
+MCC027     (no longer written: the images of a breast are IMAGE items, DCM 121112 Source of Measurement)
 MCC030     Processing warning (for example the NOT FOR CLINICAL USE banner)
 MCC031     Exam key (groups images of one screening visit)
 MCC032     Result schema version
 MCC033     Processing timings (JSON object: step name -> seconds)
-MCC034     Model description (JSON object: role, name, version, sha256, synthetic_only)
+MCC034     (no longer written: a model's description is DCM 111002 Algorithm Parameters, a JSON object)
 MCC035     Other mammographic view (a view with no code in CID 4014)
 =========  ==========================================================================================
 """
@@ -97,26 +97,26 @@ BOX_X0 = _private("MCC010", "Bounding box left column")
 BOX_Y0 = _private("MCC011", "Bounding box top row")
 BOX_X1 = _private("MCC012", "Bounding box right column")
 BOX_Y1 = _private("MCC013", "Bounding box bottom row")
-IMAGE_ROWS = _private("MCC020", "Image rows")
-IMAGE_COLUMNS = _private("MCC021", "Image columns")
+IMAGE_ROWS = codes.DCM.PixelDataRows                              # DCM 110910
+IMAGE_COLUMNS = codes.DCM.PixelDataColumns                        # DCM 110911
 HEATMAP_FILE = _private("MCC022", "Heatmap file name")
 IMAGE_ASSESSMENT = _private("MCC023", "Image-level assessment")
 BREAST_ASSESSMENT = _private("MCC024", "Breast-level assessment")
 EXAM_ASSESSMENT = _private("MCC025", "Exam-level assessment")
 DECIDED_BY_IMAGE = _private("MCC026", "Decided by image")
-IMAGE_OF_BREAST = _private("MCC027", "Image of this breast")
+IMAGE_OF_BREAST = codes.DCM.SourceOfMeasurement                  # DCM 121112, an IMAGE item
 WARNING = _private("MCC030", "Processing warning")
 EXAM_KEY = _private("MCC031", "Exam key")
 SCHEMA_VERSION = _private("MCC032", "Result schema version")
 TIMINGS = _private("MCC033", "Processing timings")
-MODEL_DESCRIPTION = _private("MCC034", "Model description")
+MODEL_DESCRIPTION = codes.DCM.AlgorithmParameters                # DCM 111002 (TID 4019), JSON text
 OTHER_VIEW = _private("MCC035", "Other mammographic view")
 
 PRIVATE_CODES: tuple[CodedConcept, ...] = (
     P_INVASIVE_INCL_MICROINVASION, P_INVASIVE_EXCL_MICROINVASION, P_ER_POSITIVE,
-    SPPNET_PROBABILITY_OF_MALIGNANCY, BOX_X0, BOX_Y0, BOX_X1, BOX_Y1, IMAGE_ROWS, IMAGE_COLUMNS, HEATMAP_FILE,
-    IMAGE_ASSESSMENT, BREAST_ASSESSMENT, EXAM_ASSESSMENT, DECIDED_BY_IMAGE, IMAGE_OF_BREAST, WARNING, EXAM_KEY,
-    SCHEMA_VERSION, TIMINGS, MODEL_DESCRIPTION, OTHER_VIEW)
+    SPPNET_PROBABILITY_OF_MALIGNANCY, BOX_X0, BOX_Y0, BOX_X1, BOX_Y1, HEATMAP_FILE,
+    IMAGE_ASSESSMENT, BREAST_ASSESSMENT, EXAM_ASSESSMENT, DECIDED_BY_IMAGE, WARNING, EXAM_KEY,
+    SCHEMA_VERSION, TIMINGS, OTHER_VIEW)
 
 
 def label_code(label: str) -> CodedConcept:

@@ -177,7 +177,7 @@ def _breast(group: Dataset) -> BreastResult:
     return BreastResult(
         laterality=_laterality(group), **_decided(group),
         decided_by=None if decided is None else str(decided.UID),
-        image_uids=[str(item.UID) for item in find_all(group, mc.IMAGE_OF_BREAST)])
+        image_uids=[_referenced_sop(item) for item in find_all(group, mc.IMAGE_OF_BREAST)])
 
 
 @_damage_is_read_error

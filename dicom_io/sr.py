@@ -151,12 +151,14 @@ def _image_assessment(image: ImageResult, source: Dataset) -> hd.sr.ContainerCon
     return container
 
 
-def _breast_assessment(breast: BreastResult) -> hd.sr.ContainerContentItem:
+def _breast_assessment(breast: BreastResult, headers: dict[str, Dataset]) -> hd.sr.ContainerContentItem:
     container = _assessment(mc.BREAST_ASSESSMENT, breast.laterality, breast.label, breast.malignancy_probability)
     if breast.decided_by is not None:
         container.ContentSequence.append(_uidref(mc.DECIDED_BY_IMAGE, breast.decided_by))
     for uid in breast.image_uids:
-        container.ContentSequence.append(_uidref(mc.IMAGE_OF_BREAST, uid))
+        container.ContentSequence.append(hd.sr.ImageContentItem(
+            name=mc.IMAGE_OF_BREAST, referenced_sop_class_uid=headers[uid].SOPClassUID, referenced_sop_instance_uid=uid,
+            relationship_type=RT.CONTAINS))
     return container
 
 
@@ -171,7 +173,7 @@ def _report_evaluations(result: StudyResult, headers: dict[str, Dataset]) -> hd.
     items.append(_text(mc.TIMINGS, json.dumps(result.timings_s)))
     items += [_text(mc.MODEL_DESCRIPTION, model_description(m)) for m in result.models]
     items += [_image_assessment(image, headers[image.sop_instance_uid]) for image in result.images]
-    items += [_breast_assessment(breast) for breast in result.breasts]
+    items += [_breast_assessment(breast, headers) for breast in result.breasts]
     items.append(_assessment(mc.EXAM_ASSESSMENT, None, result.exam.label, result.exam.malignancy_probability,
                              sites=False))
     container.ContentSequence = hd.sr.ContentSequence(items)
