@@ -34,8 +34,8 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     csv: Path | None = None
-    format: Literal["paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder", "vindr_mammo", "cmmd"] = \
-        "paper_csv"
+    format: Literal["paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder", "vindr_mammo", "cmmd",
+                    "normals"] = "paper_csv"
     image_root: Path | None = None
     #: only the images of this archive split ("training", "test": CBIS-DDSM, VinDr-Mammo), and of ``val_csv``'s
     #: split ``val_split``

@@ -20,7 +20,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,9 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
     cases = level_cases(truth, predictions, op)
     out: dict[str, Any] = {"operating_point": op.__dict__, "n_images": len(truth),
                            "levels": {name: level_metrics(c, n_boot=n_boot, seed=seed) for name, c in cases.items()}}
+    normals = normal_image_false_positives(truth, predictions, op, n_boot=n_boot, seed=seed)
+    if normals is not None:
+        out["normal_images"] = normals
     if "lesion" in cases:
         out["froc"] = froc_metrics(truth, predictions, n_boot=n_boot, seed=seed,
                                    groups=_froc_groups(truth, simulation))
@@ -276,6 +279,70 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
             if breakdown is not None:
                 out["subgroups"] = breakdown
     return out
+
+
+# ------------------------------------------------------------------------------- false positives on normals
+def threshold_for_fp_rate(normals: Sequence[ImagePrediction], op: OperatingPoint, target: float, *,
+                          floor: float = 0.01) -> float:
+    """The lowest score threshold at which ``normals`` (predictions on lesion-free images, every box a false
+    positive) keep at most ``target`` boxes per image after ``op``'s suppression, never below ``floor`` (the lowest
+    score the predictions were recorded at: ``training.predict.FROC_SCORE_FLOOR``).
+
+    The threshold is one of the boxes' own scores (the lowest that keeps within ``target``); ``floor`` when every
+    recorded box fits within it; just above the highest score when even that one box per image is too many.
+    Boxes are counted as the product shows them (``training.evaluate.kept_indices``).
+    """
+    if not normals:
+        raise ValueError("no normal images to choose an operating point on")
+    scores = np.unique(np.concatenate([np.asarray(p.scores, dtype=np.float64).reshape(-1) for p in normals]
+                                      + [np.zeros(0)]))
+    scores = scores[scores >= floor]
+    best: float | None = None
+    for t in scores[::-1]:  # descending: the count of kept boxes only grows
+        if fp_per_image(normals, replace(op, score_thresh=float(t))) > target:
+            return best if best is not None else float(min(np.nextafter(t, 1.0), 1.0 - 1e-6))
+        best = float(t)
+    return float(floor)
+
+
+def fp_per_image(normals: Sequence[ImagePrediction], op: OperatingPoint) -> float:
+    """Mean number of boxes kept at ``op`` per lesion-free image."""
+    return float(np.mean([len(kept_indices(p, op)) for p in normals])) if normals else float("nan")
+
+
+def fp_interval_by_woman(normals: Sequence[ImagePrediction], women: Sequence[str], op: OperatingPoint, *,
+                         n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the false positives per image, resampling women (an image's
+    ``women[i]``) with replacement, since a woman's two films share her tissue and her film's grain."""
+    counts = np.asarray([len(kept_indices(p, op)) for p in normals], dtype=np.float64)
+    names = sorted(set(women))
+    members = [np.flatnonzero(np.asarray(women) == w) for w in names]
+    rng = np.random.default_rng(seed)
+    rates = []
+    for _ in range(n_boot):
+        pick = np.concatenate([members[i] for i in rng.integers(len(members), size=len(members))])
+        rates.append(counts[pick].mean())
+    low, high = np.percentile(rates, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def normal_image_false_positives(truth: Sequence[Sample], predictions: Sequence[ImagePrediction],
+                                 op: OperatingPoint, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """For a detector, the boxes it keeps at ``op`` on the images of ``truth`` without any lesion (normal images:
+    every box a false positive): false positives per image with a 95 % bootstrap interval over women (patients),
+    the share of normal images with any box, and the counts; None when no image is normal or the predictions carry
+    no boxes (an image classifier). ``mccad evaluate`` on a folder of normals (``--format normals``) reports this."""
+    by_id = {p.image_id: p for p in predictions}
+    pairs = [(s, by_id[s.image_id]) for s in truth if not s.lesions and s.image_id in by_id]
+    if not pairs or all(p.image_probability is not None for _, p in pairs):
+        return None
+    preds = [p for _, p in pairs]
+    women = [s.patient_id for s, _ in pairs]
+    counts = [len(kept_indices(p, op)) for p in preds]
+    low, high = fp_interval_by_woman(preds, women, op, n_boot=max(n_boot, 1), seed=seed) if n_boot else (None, None)
+    return {"images": len(preds), "women": len(set(women)), "score_thresh": op.score_thresh,
+            "false_positives": int(sum(counts)), "fp_per_image": fp_per_image(preds, op),
+            "fp_per_image_ci95": [low, high], "images_with_a_box": int(sum(c > 0 for c in counts))}
 
 
 def compare(truth: Sequence[Sample], a: Sequence[ImagePrediction], b: Sequence[ImagePrediction], *,

