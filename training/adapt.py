@@ -46,6 +46,9 @@ RECIPE = Path(__file__).resolve().parent / "experiments" / "site-adapt-detector.
 #: the side of a training crop in millimetres (256 px at the detector's 0.1 mm)
 CROP_MM = 25.6
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: where normal images come from: a folder of DICOM normals, or the images of a public dataset with no finding at
+#: all (VinDr-Mammo's reader leaves out the images of every finding other than calcification; the rest are normal)
+NORMAL_FORMATS = ("normals", "vindr_mammo")
 
 
 class AdaptationError(ValueError):
@@ -111,10 +114,29 @@ def froc_at_rates(truth: Sequence[Sample], predictions: Sequence[ImagePrediction
 
 
 # ------------------------------------------------------------------------------------------------ the steps
-def load_split(normals: Path, work: Path, seed: int) -> dict[str, list[Sample]]:
-    """The women's split of ``normals`` (see ``PARTS``), written to ``work/split.json``; a split already on disk
-    must be this one (same folder, seed and images), else the work folder belongs to another adaptation."""
-    samples = read_normals_folder(normals)
+def read_normals(path: Path, fmt: str = "normals") -> list[Sample]:
+    """The normal images of a dataset (``NORMAL_FORMATS``): every DICOM under a folder (``fmt`` "normals"), or the
+    images of VinDr-Mammo in its publisher's layout that carry no finding (no lesion, and the reader leaves out
+    the images of other findings), DICOM only (the films' pitch is read from their headers). Archives whose every
+    image holds a finding (CBIS-DDSM, CMMD) have no normals to adapt with."""
+    from training.datasets.readers import read_dataset
+
+    if fmt not in NORMAL_FORMATS:
+        raise AdaptationError(f"normals come from a folder of DICOM normals or a dataset with normal images "
+                              f"({', '.join(NORMAL_FORMATS)}), not {fmt!r}")
+    if fmt == "normals":
+        return read_normals_folder(path)
+    samples = [s for s in read_dataset(path, fmt) if not s.lesions and s.label == "benign" and s.is_dicom]
+    if not samples:
+        raise AdaptationError(f"the {fmt} dataset at {path} holds no normal DICOM image (no lesion, benign)")
+    return samples
+
+
+def load_split(normals: Path, work: Path, seed: int, fmt: str = "normals") -> dict[str, list[Sample]]:
+    """The women's split of the normal images of ``normals`` (read as ``fmt``, see :func:`read_normals`; parts:
+    ``PARTS``), written to ``work/split.json``; a split already on disk must be this one (same folder, seed and
+    images), else the work folder belongs to another adaptation."""
+    samples = read_normals(normals, fmt)
     parts = split_women(samples, PARTS, seed)
     record = {"normals": str(Path(normals).resolve()), "seed": seed, "fractions": PARTS,
               "parts": {name: {"women": sorted({s.patient_id for s in part}), "images": [s.image_id for s in part]}
@@ -268,10 +290,11 @@ def choose(candidates: dict[str, dict[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------------------------ the whole run
 def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSettings = AdaptSettings(), *,
-          command: str = "", runtime: str = "auto", progress: bool = True,
+          command: str = "", runtime: str = "auto", progress: bool = True, fmt: str = "normals",
           version: str | None = None, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Adapt ``base`` (a detector folder) to the site whose normal films lie under ``normals``; writes the kept
-    detector to ``out/detector`` and returns (and writes to ``out/adaptation.json``) every figure."""
+    """Adapt ``base`` (a detector folder) to the site whose normal films lie under ``normals`` (a folder of DICOM
+    normals, or a public dataset read as ``fmt``: :func:`read_normals`); writes the kept detector to
+    ``out/detector`` and returns (and writes to ``out/adaptation.json``) every figure."""
     normals, out, base, work = Path(normals), Path(out), Path(base), Path(work)
     say = on_step or (lambda text: log.info("%s", text))
     if not (base / "manifest.json").is_file():
@@ -281,7 +304,7 @@ def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSetti
         raise AdaptationError(f"--out {out} exists and is not empty: a bundle is written into a new folder")
     say("split the women")
     try:
-        parts = load_split(normals, work, settings.seed)
+        parts = load_split(normals, work, settings.seed, fmt)
     except DatasetError as exc:
         raise AdaptationError(str(exc)) from exc
     pitch = site_pitch_mm(parts["adapt"])

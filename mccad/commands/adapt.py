@@ -17,12 +17,15 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.adapt import AdaptSettings
+    from training.adapt import NORMAL_FORMATS, AdaptSettings
 
     d = AdaptSettings()
     p = sub.add_parser("adapt", help="adapt the detector to a site from a folder of its normal studies")
     p.add_argument("--normals", type=Path, required=True,
                    help="folder of the site's normal mammograms (DICOM, any layout, any pitch; split by PatientID)")
+    p.add_argument("--format", default="normals", choices=NORMAL_FORMATS,
+                   help="how --normals is laid out: normals (default: a folder of DICOM normals, any layout) or "
+                        "vindr_mammo (VinDr-Mammo as its publisher ships it: its images without any finding)")
     p.add_argument("--out", type=Path, required=True, help="new model bundle folder (OUT/detector is written)")
     p.add_argument("--model", type=Path, default=Path("models/weights/default/detector"),
                    help="base detector folder (default: the shipped detector)")
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
     from models.errors import RegistryError
     from training.adapt import AdaptationError, AdaptSettings, adapt
+    from training.datasets.samples import DatasetError
     from training.trainers.common import TrainingError
 
     work = args.work or args.out.with_name(args.out.name + ".work")
@@ -59,9 +63,10 @@ def run(args: argparse.Namespace, settings) -> int:
                                fine_tune=args.fine_tune, workers=args.workers)
         report = adapt(args.normals, args.out, args.model, work, chosen,
                        command="mccad " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                       runtime=settings.detector_runtime, progress=not args.no_progress, version=args.version,
+                       runtime=settings.detector_runtime, progress=not args.no_progress, fmt=args.format,
+                       version=args.version,
                        on_step=lambda text: print(f"mccad adapt: {text}", file=sys.stderr, flush=True))
-    except (AdaptationError, TrainingError, RegistryError, ValueError) as exc:
+    except (AdaptationError, DatasetError, TrainingError, RegistryError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     summary = {"bundle": str(args.out), "kept": report["kept"], "pitch_mm": report["pitch_mm"],
                "split": report["split"],

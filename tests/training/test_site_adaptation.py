@@ -200,3 +200,16 @@ def test_fine_tuning_starts_from_the_base_and_moves_its_weights(tmp_path, one_to
     trained = state["model"]
     moved = [k for k in shipped if k in trained and not torch.allclose(shipped[k].float(), trained[k].float())]
     assert moved, "fine-tuning left every weight of the base as it was"
+
+
+def test_normals_of_a_public_dataset_are_its_images_without_any_finding(tmp_path):
+    from tests.training.test_vindr_cmmd_readers import build_vindr
+    from training.adapt import read_normals
+
+    build_vindr(tmp_path / "vindr")
+    normals = read_normals(tmp_path / "vindr", "vindr_mammo")
+    ids = {Path(s.image_id).stem for s in normals}
+    assert "s1img0" not in ids and "s1img2" not in ids  # a calcification; a mass
+    assert {"s1img1", "s1img3", "s2img0", "s3img3"} <= ids and all(not s.lesions for s in normals)
+    with pytest.raises(AdaptationError, match="not 'cmmd'"):
+        read_normals(tmp_path / "vindr", "cmmd")
