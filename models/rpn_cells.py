@@ -11,7 +11,7 @@ computed in (at the centre of a 512 px tile, the shipped detector's FPN features
 of the whole image by 9 % (P2) to 27 % (P5) of their mean magnitude). Measured on the shipped detector with the
 test-time flip, validation seed 52, FROC sensitivity at 1 FP per image: 0.97 in fixed 512 px tiles; in tiles of at
 most 2048 px 0.85, with the counts scaled to the tile's area 0.88, with 512 px cells 0.91
-(``training/experiments/flip-even-tiles-062.md``). A detector is read in the tiles it was validated in.
+(``docs/experiments/flip-even-tiles-062.md``). A detector is read in the tiles it was validated in.
 
 How: within :func:`proposal_cells`, the RPN's ``filter_proposals`` ranks each proposal against those of its own level
 whose centres fall in the same ``cell`` x ``cell`` px square of the input, keeps the best ``pre_nms_top_n`` of each,
