@@ -1,1 +1,1 @@
-"""Benchmarks of issue 7 (inference, ingest, end to end); run as ``python -m bench.<name>``, see bench/README.md."""
+"""Benchmarks (inference, ingest, end to end); run as ``python -m bench.<name>``, see bench/README.md."""

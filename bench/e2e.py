@@ -1,4 +1,4 @@
-"""End-to-end latency and throughput: PACS C-STORE of a 4-view study -> mccad -> SR stored back in the PACS (issue 7).
+"""End-to-end latency and throughput: PACS C-STORE of a 4-view study -> mccad -> SR stored back in the PACS.
 
 Orthanc plays the PACS on loopback (``tests.peers.orthanc.OrthancPeer``): the synthetic studies are uploaded to it
 over REST before the clock starts, then ``POST /modalities/cad/store`` makes Orthanc C-STORE a study to

@@ -1,4 +1,4 @@
-"""Inference speed and memory of FPNNet (detector) and SPPNet, eager PyTorch against faster execution paths (issue 7).
+"""Inference speed and memory of FPNNet (detector) and SPPNet, eager PyTorch against faster execution paths.
 
 What is measured, per model x resolution x device x path:
 
@@ -21,7 +21,7 @@ its sides fit ``min_size`` / ``max_size``); ``full`` raises those limits to 1300
 2048 x 1300 full-field image. SPPNet: ``default`` is ``input_size`` of its config, ``full`` a 2048 px long side
 (``classify`` pads to a square, as the pipeline would).
 
-A crops-trained detector (``input_spec["tiling"]`` in its manifest, issue 8) never sees a resized whole image:
+A crops-trained detector (``input_spec["tiling"]`` in its manifest) never sees a resized whole image:
 ``Pipeline.analyze`` resamples the mammogram to ``input_spec["standardise"]["spacing_mm"]`` and runs
 ``models.tiling.detect_tiled``. For such a bundle ``default`` is a whole standardised mammogram at that spacing (the
 2048 x 1300 phantom is a 20.5 x 13 cm breast at 0.1 mm) run tile by tile, so each row's seconds, FLOPs and peak memory
@@ -89,7 +89,7 @@ log = logging.getLogger("bench.inference")
 CPU_PATHS = ("eager", "channels_last", "torchscript", "onnxruntime")
 GPU_PATHS = ("eager", "channels_last", "autocast_bf16", "autocast_fp16", "torchscript")
 ALL_PATHS = ("eager", "channels_last", "torchscript", "onnxruntime", "autocast_bf16", "autocast_fp16", "compile")
-FULL_FIELD = (2048, 1300)  # rows x columns of a full-field standardised mammogram (issue 7)
+FULL_FIELD = (2048, 1300)  # rows x columns of a full-field standardised mammogram
 #: the spacing the phantom of FULL_FIELD pixels stands for: a breast of about 20.5 x 13 cm
 PHANTOM_SPACING_MM = 0.1
 #: a tiled (crops-trained) detector's ``full`` resolution: the same breast at this finer spacing (4096 x 2600 px)
@@ -100,7 +100,7 @@ STUDY_VIEWS = 4
 BOX_TOL_PX = 1.0
 SCORE_TOL = 1e-3
 FEATURE_REL_TOL = 1e-3
-#: issue 7 and issue 3 targets; "met" is decided in ``evaluate_targets``.
+#: the speed and memory targets (the "issue3" keys: the first CPU limits); "met" is decided in ``evaluate_targets``.
 TARGETS = {
     "detector_cpu_default_median_s_per_image_max": 6.0,
     "issue3_detector_cpu_default_median_s_per_image_max": 20.0,
@@ -761,7 +761,7 @@ def describe_resolutions(models: LoadedModels) -> dict[str, str]:
 
 
 def evaluate_targets(rows: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
-    """Compare the rows with issue 7 / issue 3 targets (only meaningful at the real default resolution).
+    """Compare the rows with the targets (only meaningful at the real default resolution).
 
     The targets are per mammogram: for a tiled (crops-trained) detector the ``default`` rows are already the whole
     standardised mammogram (every tile, the merge), never one tile, and ``scope`` says which input they timed.

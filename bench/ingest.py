@@ -1,4 +1,4 @@
-"""Ingest throughput: our Storage SCP (durable writes, fsync on) against dcmtk's ``storescp``, in one run (issue 7).
+"""Ingest throughput: our Storage SCP (durable writes, fsync on) against dcmtk's ``storescp``, in one run.
 
 Both receivers get the same synthetic MG files from the same sender, dcmtk's ``storescu``, over loopback, one
 association carrying every file. A run is timed from the start of ``storescu`` to its exit (so association set-up and
@@ -8,7 +8,7 @@ machine does not land on one side only. Each run writes into a fresh folder.
 
 Reported: instances per second and MB/s (file bytes sent / seconds) for each receiver, and ours / storescp as a ratio
 (target: at least 0.8). dcmtk 3.6.7's ``storescp`` has no fsync option: it leaves its files in the page cache,
-whereas ours acknowledges only after ``fsync`` of the file and its folder (DESIGN.md, "Nothing received is lost"), so
+whereas ours acknowledges only after ``fsync`` of the file and its folder (nothing received is lost), so
 the ratio is conservative for us. Our SCP runs in this process with its production settings (chunked receive to a
 temporary file, header checks, the spool), as ``mccad serve`` runs it.
 

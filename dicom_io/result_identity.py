@@ -2,7 +2,7 @@
 
 Shared by the SR, Mammography CAD SR, SEG and GSPS writers so that all four name the same device, software
 versions and algorithm (PS3.3 C.7.5.1 General Equipment, PS3.16 TID 4019 Algorithm Identification, PS3.3 C.8.20.2
-Segment Algorithm Identification) and derive their UIDs the same deterministic way (DESIGN.md "idempotent outputs").
+Segment Algorithm Identification) and derive their UIDs the same deterministic way, so that outputs are idempotent.
 """
 from __future__ import annotations
 

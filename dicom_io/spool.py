@@ -1,6 +1,6 @@
 """The spool: received instances on disk, one folder per study, before anything else happens to them.
 
-DESIGN.md "Nothing received is lost": the Storage SCP acknowledges a C-STORE (PS3.4 B.2.3, status 0x0000) only after
+Nothing received is lost: the Storage SCP acknowledges a C-STORE (PS3.4 B.2.3, status 0x0000) only after
 the instance is here, written through :func:`dicom_io.durable.write_durably` (temporary name, fsync, rename, fsync
 the directory). Paths are built only from UIDs that passed :func:`dicom_io.uids.require_uid` (PS3.5 section 9.1:
 digits and dots), so hostile values such as ``../`` never reach the file system. A repeated instance replaces the

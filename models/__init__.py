@@ -1,5 +1,5 @@
 """Pure computation: standardisation, detector, classifiers, fusion, explanations, pipeline and weight registry.
 
-This package imports none of mccad's other packages (see DESIGN.md): it receives pixels and metadata, and
+This package imports none of mccad's other packages (docs/architecture.md): it receives pixels and metadata, and
 returns typed results.
 """

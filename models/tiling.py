@@ -2,7 +2,7 @@
 
 Why: whole-image mode (the paper's, ``models.detector``) scales a standardised mammogram of about 2000 x 4500 px
 to 1333 px high, so a 0.2 mm calcification at 0.05 mm pixels (4 px) becomes about 1 px and may vanish. A detector
-trained on crops at native resolution (issue 8, item 2) sees it at full size when run tile by tile.
+trained on crops at native resolution sees it at full size when run tile by tile.
 
 How:
 
@@ -272,7 +272,7 @@ def native_scale(model: torch.nn.Module, height: int, width: int, scale: float =
 
 @dataclass(frozen=True)
 class TilingSpec:
-    """How a crops-trained detector runs on whole images (issue 8): its manifest's ``input_spec["tiling"]``, read by
+    """How a crops-trained detector runs on whole images: its manifest's ``input_spec["tiling"]``, read by
     the pipeline, by evaluation and by the benchmark alike."""
 
     tile: int = 800

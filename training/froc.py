@@ -10,7 +10,7 @@ Definitions (stated here because FROC figures are only comparable when they are)
 - At threshold ``t``: sensitivity = lesions with score >= t / all lesions; FP rate = false-positive boxes with
   score >= t / number of images (images without lesions count, they are where false positives are made).
 - The reported sensitivity at an FP rate ``r`` is the highest sensitivity over thresholds whose FP rate <= r
-  (0.25, 0.5, 1, 2, 4 FP per image as issue 6 asks).
+  (0.25, 0.5, 1, 2, 4 FP per image).
 - Intervals (:func:`froc_bootstrap`): percentile bootstrap over groups of images (patients; for a simulated set, the
   background each image was made on), and the paired difference of two models on the same images. A set of a few
   dozen images gives intervals some 0.3 wide at 1 FP per image: a difference of one or two lesions between two models

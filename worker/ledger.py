@@ -1,6 +1,6 @@
 """The ledger: what happened to every study and instance, in a database that survives crashes.
 
-DESIGN.md "Nothing received is lost" and "At-least-once processing": the broker only carries *requests to work*;
+Nothing received is lost, and every study is processed at least once: the broker only carries *requests to work*;
 the ledger says what is true. Every state change is one conditional ``UPDATE ... WHERE state IN (...)`` so that two
 processes racing on a study cannot both win (the assembler enqueues a study exactly once; a duplicate task message
 finds nothing to do), and a crash at any point leaves a state from which ``mccad requeue`` can carry on.
@@ -45,7 +45,7 @@ UNFINISHED = (COMPLETE, QUEUED, ANALYSING, SENDING, FAILED)
 REOPENABLE = (COMPLETE, DONE, FAILED, DEAD_LETTERED)
 #: For the guard of :meth:`Ledger.claim` ``complete`` and ``queued`` are one state: the publisher writes
 #: ``complete -> queued`` after the broker took the message, which an idle Redis worker may be claiming already.
-#: Giving way to that write left the study ``queued`` with its only message acknowledged (issue 7: a stalled study).
+#: Giving way to that write left the study ``queued`` with its only message acknowledged: a stalled study.
 _CLAIM_SAME_STATE = {COMPLETE: (COMPLETE, QUEUED), QUEUED: (COMPLETE, QUEUED)}
 
 INTERACTIVE = "interactive"

@@ -3,7 +3,7 @@
 Counters of the SCP (received, refused) live in the ``mccad serve`` process that receives. Everything about studies
 is read from the ledger and the broker at scrape time, so the numbers cover every GPU worker on every host (they all
 write the same ledger) without a metrics push from each of them. Labels carry states and queue names only, never
-UIDs or patient data (DESIGN.md "Privacy").
+UIDs or patient data.
 """
 from __future__ import annotations
 

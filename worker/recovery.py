@@ -1,7 +1,7 @@
 """Recovery after a crash: the spool is the truth, the ledger is brought back in line with it, and every study that
 was acknowledged but not finished is handed to the broker again.
 
-DESIGN.md "Nothing received is lost": an instance can be on disk and acknowledged while the ledger never heard of it
+Nothing received may be lost, yet an instance can be on disk and acknowledged while the ledger never heard of it
 (the process died between the rename and the ledger insert), and a task message can be lost (embedded broker
 messages a dead worker held, Redis without persistence). Both are repaired here, at ``mccad serve`` start-up and by
 ``mccad requeue``. Publishing a study twice is harmless: the second task finds it done, or redoes it idempotently.

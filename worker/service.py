@@ -1,6 +1,6 @@
 """What ``mccad serve`` runs: the Storage SCP, the assembler, health and metrics, and (embedded mode) a worker.
 
-Start-up order follows DESIGN.md "Nothing received is lost": first the ledger is reconciled with the spool and every
+Start-up order keeps the promise that nothing received is lost: first the ledger is reconciled with the spool and every
 acknowledged, unfinished study is published again; only then does the SCP accept new associations. Shutdown runs the
 other way: the SCP stops accepting, the embedded worker gets SIGTERM (Celery's warm shutdown lets the running study
 finish; if it does not within ``shutdown_grace_s`` it is killed and its study is re-published at the next start).

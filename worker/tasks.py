@@ -1,6 +1,6 @@
 """The task ``analyze_study``: spool -> pipeline -> output objects -> C-STORE to each destination -> ledger ``done``.
 
-Celery's task guide and DESIGN.md "At-least-once processing, idempotent outputs": the message carries a study UID
+Celery's task guide (at-least-once processing, idempotent outputs): the message carries a study UID
 (and optionally the model bundle for reprocessing), never pixels. Running it twice is harmless: outputs land in
 ``results_dir/<study_uid>/`` through durable writes, their UIDs are derived by the writer from the study UID and the
 model versions, so a repeat replaces files and PACS objects instead of adding copies.

@@ -1,5 +1,5 @@
 """``mccad evaluate``: the paper's image / breast / lesion metrics, FROC, calibration and the k-fold table, written
-as ``metrics.json``, PNG figures and ``report.html`` (issue 6, item 3).
+as ``metrics.json``, PNG figures and ``report.html``.
 
 Ways in:
   mccad evaluate --model MODEL_OR_RUN --data CSV --out DIR          run a model, then evaluate

@@ -1,4 +1,4 @@
-"""``mccad export RUN --out MODEL_DIR``: a training run becomes a registry model folder (issue 6, item 4).
+"""``mccad export RUN --out MODEL_DIR``: a training run becomes a registry model folder.
 
 ``mccad export MODEL_DIR --out NEW_DIR --version V ...``: a model folder re-issued under a new version with settings
 chosen after training (operating point, box score, malignant offset, tiles per pass, test-time flip, tile geometry),

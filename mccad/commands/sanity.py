@@ -1,6 +1,6 @@
 """``mccad sanity [PATH...] --out DIR``: what a model draws on real mammograms that have no ground truth.
 
-Issue 8, item 6: a detector trained on simulated lesions must be checked on real images before anyone trusts it. With
+A detector trained on simulated lesions must be checked on real images before anyone trusts it. With
 no calcification annotations at hand, the check is how many boxes it draws per image at its operating threshold (on
 images without suspicious calcifications that count must stay low) and what they look like. Default input: the 8
 real CBIS-DDSM images of the `mammograms` package. Writes ``sanity.json`` (per image: view, boxes per class, the

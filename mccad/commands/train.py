@@ -1,4 +1,4 @@
-"""``mccad train detector|sppnet|patches --data CSV --out RUN``: offline training (issue 6).
+"""``mccad train detector|sppnet|patches --data CSV --out RUN``: offline training.
 
 The experiment file (``--config exp.toml``, see ``training.config``) holds every setting; command-line options
 override it. The run folder receives ``config.toml`` (the trainer's settings), ``experiment.toml``, ``metrics.jsonl``,

@@ -1,4 +1,4 @@
-"""Children of a benchmark die with it (issue 7: workers and Orthanc outlived a bench.e2e that was killed).
+"""Children of a benchmark die with it (workers and Orthanc once outlived a bench.e2e that was killed).
 
 A small Python process plays the benchmark: it starts ``sh`` (which starts a ``sleep`` of its own, a grandchild in the
 child's process group) through ``bench.common.spawn_child`` and is then killed with SIGKILL (the kernel's parent-death

@@ -1,6 +1,6 @@
 """Each benchmark runs end to end with ``--quick`` and writes a JSON report whose rows carry the figures it promises.
 
-The benchmarks are measurements, not tests (issue 7); these smoke runs keep them working as the code they measure
+The benchmarks are measurements, not tests; these smoke runs keep them working as the code they measure
 changes. Sizes are toy sizes, so no figure is checked against a target, only that it was measured.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`mccad sanity`: boxes per image, overlays and a contact sheet for real images without ground truth (issue 8)."""
+"""`mccad sanity`: boxes per image, overlays and a contact sheet for real images without ground truth."""
 from __future__ import annotations
 
 import json

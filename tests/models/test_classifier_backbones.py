@@ -1,4 +1,4 @@
-"""SPPNet's backbone choice (issue 8): the paper's ResNet18 or an EfficientNet-Lite trunk before the pyramid, with the
+"""SPPNet's backbone choice: the paper's ResNet18 or an EfficientNet-Lite trunk before the pyramid, with the
 same four stages for explanations, and the registry round trip under ``sppnet-<backbone>``."""
 from __future__ import annotations
 

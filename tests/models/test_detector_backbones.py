@@ -1,4 +1,4 @@
-"""FPNNet's backbone choice (issue 8): ResNet50 or EfficientNet-Lite under the FPN, configurable FPN and box-head
+"""FPNNet's backbone choice: ResNet50 or EfficientNet-Lite under the FPN, configurable FPN and box-head
 widths, the package's ImageNet weights for Lite, and the registry round trip under ``fpnnet-<backbone>``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each rule of models.fusion, case by case, from the paper's text (sections 2.6-2.7, PAPER.md items 3, 5, 6)."""
+"""Each rule of models.fusion, case by case, from the paper's text (sections 2.6-2.7)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Resampling to a fixed pixel spacing before the ``max_side`` cap (issue 8: detectors trained on crops at native
+"""Resampling to a fixed pixel spacing before the ``max_side`` cap (for detectors trained on crops at native
 resolution), the exact coordinate map through it, and reading a standardise record from a newer manifest."""
 from __future__ import annotations
 

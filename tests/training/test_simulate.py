@@ -88,7 +88,7 @@ def test_patterns_differ_in_count_size_and_shape_as_designed():
         clusters = [simulate_cluster(rng, pattern, 0.1) for _ in range(20)]
         calcs = [c for cl in clusters for c in cl.calcifications]
         sizes = np.array([c.size_mm for c in calcs])
-        assert sizes.min() >= 0.1 - 1e-6 and sizes.max() <= 2.0 + 1e-6, pattern  # issue 8: 0.1-2 mm
+        assert sizes.min() >= 0.1 - 1e-6 and sizes.max() <= 2.0 + 1e-6, pattern  # 0.1-2 mm
         stats[pattern] = {
             "count": np.mean([len(cl.calcifications) for cl in clusters]),
             "size": float(np.median(sizes)),

@@ -1,4 +1,4 @@
-"""Issue 8 training options: a wall-time budget, short epochs (``samples_per_epoch``), a separate validation file
+"""Training options: a wall-time budget, short epochs (``samples_per_epoch``), a separate validation file
 (``data.val_csv`` / ``--val-data``), and a crops-trained detector (``spacing_mm``, ``tile*``, a Lite backbone) whose
 export carries the tiling and spacing that evaluation then uses on whole images."""
 from __future__ import annotations

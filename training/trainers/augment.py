@@ -1,4 +1,4 @@
-"""Training-time augmentation: horizontal flips and intensity changes (issue 6; the released code flips).
+"""Training-time augmentation: horizontal flips and intensity changes (the released code flips).
 
 Drawn from the epoch's generator so that a resumed run repeats the uninterrupted run's augmentations exactly.
 Intensity changes are multiplicative (gamma and contrast about zero), so the black background the standardisation

@@ -55,7 +55,7 @@ class DetectorTrainConfig:
     max_side: int | None = 640  # 0 or None: no cap (TOML has no null)
     column_tolerance: float = 0.01
     spacing_mm: float | None = None  # resample every image to this pixel spacing first (crops at native resolution)
-    # tiled inference for models trained on crops (issue 8): written into the manifest, used by the pipeline and
+    # tiled inference for models trained on crops: written into the manifest, used by the pipeline and
     # by evaluation on whole images; None keeps the paper's whole-image mode
     tile: int | None = None
     tile_overlap: int = 64
