@@ -11,7 +11,7 @@ either class, and gives it one box: the likelier class's label and that class's 
 FROC) then ranks by lesion-ness; the benign/malignant call stays the likelier class, as the paper's image rule ("an
 image is malignant if a malignant box is found") needs. The mode is a setting of the detector's manifest
 (``DetectorConfig.score_mode``): the network is the same, only its post-processing differs, so a model trained
-either way runs either way. Measured on the shipped model: ``models/weights/default/MODEL_CARD.md``.
+either way runs either way. Measured on the shipped model: ``docs/experiments/default-bundle-record.md``.
 
 The class split of a lesion box is carried with it: ``lesion_postprocess`` keeps each box's
 ``P(malignant) / (P(benign) + P(malignant))`` (the network's malignancy reading of a proposal it believes is a lesion)
@@ -28,7 +28,7 @@ Brier score (0.096 against 0.122), since it reports confidently found lesions as
 ``malignant_logit_offset`` (``DetectorConfig``; 0 by default) adds a constant to the malignant logit of every
 proposal before either mode's softmax: the prior-shift correction ("logit adjustment") for a network whose training
 data made it call too much malignant (or benign). A fine-tune on clusters whose suspicious patterns are all visible
-moved the shipped detector's calls towards malignant (model card, "0.6.2"); the offset puts the split back without
+moved the shipped detector's calls towards malignant (``docs/experiments/default-bundle-record.md``, "0.6.2"); the offset puts the split back without
 retraining, chosen on validation images like the operating point, and like it a setting of the manifest. It acts at
 inference only (``postprocess_detections``), so training losses are unchanged.
 """

