@@ -28,7 +28,8 @@ Brier score (0.096 against 0.122), since it reports confidently found lesions as
 ``malignant_logit_offset`` (``DetectorConfig``; 0 by default) adds a constant to the malignant logit of every
 proposal before either mode's softmax: the prior-shift correction ("logit adjustment") for a network whose training
 data made it call too much malignant (or benign). A fine-tune on clusters whose suspicious patterns are all visible
-moved the shipped detector's calls towards malignant (``docs/experiments/default-bundle-record.md``, "0.6.2"); the offset puts the split back without
+moved the shipped detector's calls towards malignant (``docs/experiments/default-bundle-record.md``, "0.6.2"); the
+offset puts the split back without
 retraining, chosen on validation images like the operating point, and like it a setting of the manifest. It acts at
 inference only (``postprocess_detections``), so training losses are unchanged.
 """

@@ -2,7 +2,8 @@
 
 Why: no detector trained here finds the faintest simulated clusters (peak contrast-to-noise ratio below 8, almost all
 amorphous; ``training.subgroups``), and they alone hold FROC sensitivity at 1 false positive per image below the
-target of 0.9 (docs/experiments/default-bundle-record.md, section "The reader's annotation rule"). Whether that is a model that could learn more or
+target of 0.9 (docs/experiments/default-bundle-record.md, section "The reader's annotation rule"). Whether that is a
+model that could learn more or
 clusters that do not stand out of the breast's own structure decides where GPU time goes. Pixel noise (the CNR) does
 not answer it: breast texture also makes calcification-sized bright blobs. This measures the clusters against the
 texture.

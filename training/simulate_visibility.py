@@ -4,7 +4,8 @@ Why: real ground truth (CBIS-DDSM, a hospital's biopsy-proven cases) holds the c
 outlined; a cluster whose calcifications are no brighter than the breast's own texture is never in it. The simulator
 draws contrast from physics (size, density, attenuation, the background's characteristic curve), so a small share of
 its clusters, almost all amorphous, come out at texture level: not one of them stands out of its breast to a blob
-detector (``training.cluster_visibility``; ``docs/experiments/default-bundle-record.md``, section "The reader's annotation rule"), and every detector
+detector (``training.cluster_visibility``; ``docs/experiments/default-bundle-record.md``, section "The reader's
+annotation rule"), and every detector
 trained here missed every one. Annotating them made the simulated truth hold findings no reader would have marked.
 With this rule a cluster is annotated (inserted at all) only when at least ``min_visible`` of its calcifications show
 as bright blobs of at least ``Z_VISIBLE`` texture spreads; a cluster that does not is drawn again (same pattern, so
