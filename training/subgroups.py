@@ -127,6 +127,18 @@ def recurring_false_positives(places: Sequence[tuple[int, np.ndarray, float]]) -
     return count
 
 
+def _froc_by(pairs: Sequence[tuple[Sample, Any]], keys: Sequence[str], hit_iou: float) -> dict[str, Any]:
+    """FROC sensitivity at each false-positive rate of the images sharing each key (``keys[i]`` is image i's), with
+    their image and cluster counts: e.g. by background source or by the pixel spacing the image was made at."""
+    out: dict[str, Any] = {}
+    for key in sorted(set(keys)):
+        subset = [pair for pair, k in zip(pairs, keys, strict=True) if k == key]
+        curve = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in subset], hit_iou=hit_iou)
+        out[key] = {"images": curve.n_images, "clusters": curve.n_lesions,
+                    "sensitivity_at_fp_per_image": {str(k): v for k, v in curve.at_rates.items()}}
+    return out
+
+
 def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dict[str, Any]],
                      operating_threshold: float, hit_iou: float = DEFAULT_HIT_IOU) -> dict[str, Any] | None:
     """The breakdown for ``pairs`` of (ground truth, ``ImagePrediction``) whose images ``records`` describe; None
@@ -149,12 +161,9 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
     everything = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in pairs], hit_iou=hit_iou)
     thresholds = {"operating_point": float(operating_threshold), "at_1fp": everything.threshold_at(1.0)}
 
-    by_source: dict[str, Any] = {}
-    for source in sorted({img[0] for img in images}):
-        subset = [(s, p) for (s, p), img in zip(pairs, images) if img[0] == source]
-        curve = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in subset], hit_iou=hit_iou)
-        by_source[source] = {"images": curve.n_images, "clusters": curve.n_lesions,
-                             "sensitivity_at_fp_per_image": {str(k): v for k, v in curve.at_rates.items()}}
+    by_source = _froc_by(pairs, [img[0] for img in images], hit_iou)
+    by_spacing = _froc_by(pairs, [f"{float(records[s.image_id].get('spacing_mm', 0.1)):g} mm" for s, _ in pairs],
+                          hit_iou)
     by_cnr = _found_by_contrast_to_noise([records[s.image_id] for s, _ in pairs], [img[2] for img in images])
     patterns: dict[str, list[float]] = defaultdict(list)
     for _, _, found, _, names in images:
@@ -168,6 +177,7 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
         if background in places:
             false_positives[background]["recurring_at_operating_point"] = recurring_false_positives(places[background])
     return {"thresholds": thresholds, "hit_iou": hit_iou, "recur_mm": RECUR_MM, "by_source": by_source,
+            "by_pixel_spacing": by_spacing,
             "by_pattern": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
                            for name, scores in sorted(patterns.items())},
             "false_positives_by_background": false_positives,

@@ -245,5 +245,9 @@ def run(args: argparse.Namespace, settings) -> int:
         if key in metrics.get("subgroups", {}):
             printed[f"clusters_found_{key}"] = {name: f"{g['found']['operating_point']}/{g['clusters']}"
                                                 for name, g in metrics["subgroups"][key].items()}
+    by_spacing = metrics.get("subgroups", {}).get("by_pixel_spacing", {})
+    if len(by_spacing) > 1:  # a set made at several pitches: the figures per acquisition
+        printed["froc_sensitivity_by_pixel_spacing"] = {name: row["sensitivity_at_fp_per_image"]
+                                                        for name, row in by_spacing.items()}
     print(json.dumps(printed, indent=2, default=str))
     return 0

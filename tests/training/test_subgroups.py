@@ -222,3 +222,24 @@ def test_mccad_evaluate_draws_the_strongest_false_positives(simulated, tmp_path,
     assert len(metrics["false_positive_sheet"]["false_positives"]) == min(2, expected)
     assert metrics["figures"]["false_positives"] == "false_positives.png"
     assert "false_positives.png" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_froc_by_pixel_spacing_is_the_froc_of_the_images_made_at_that_spacing(tmp_path):
+    """A set rendered at two pitches (digital 0.1 mm, film 0.2 mm) is broken down by the pitch each image was made
+    at, so that a model's figures are read per acquisition, not pooled over it."""
+    csv = make_simulated_dataset(tmp_path, 8, seed=9, sources=("phantom",), crop=64, spacing_mm=(0.1, 0.2),
+                                 clusters_per_image=(1, 1))
+    samples, records = read_dataset(csv), simulation_records(csv)
+    spacings = {records[s.image_id]["spacing_mm"] for s in samples}
+    assert spacings == {0.1, 0.2}  # the seed draws both
+    predictions = [ImagePrediction(s.image_id, s.boxes if records[s.image_id]["spacing_mm"] == 0.1 else
+                                   np.zeros((0, 4)), ["malignant"] * (len(s.boxes) if records[s.image_id]
+                                                                       ["spacing_mm"] == 0.1 else 0),
+                                   np.full(len(s.boxes) if records[s.image_id]["spacing_mm"] == 0.1 else 0, 0.9))
+                   for s in samples]
+    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.5)
+    rows = result["by_pixel_spacing"]
+    assert set(rows) == {"0.1 mm", "0.2 mm"}
+    assert rows["0.1 mm"]["sensitivity_at_fp_per_image"]["1.0"] == 1.0  # every 0.1 mm cluster boxed
+    assert rows["0.2 mm"]["sensitivity_at_fp_per_image"]["1.0"] == 0.0  # none of the 0.2 mm ones
+    assert sum(r["images"] for r in rows.values()) == len(samples)
