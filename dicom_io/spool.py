@@ -119,6 +119,26 @@ class Spool:
         """Study UIDs that have a folder here (folders with other names are not ours and are skipped)."""
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_uid(p.name))
 
+    def remove_older_than(self, study_uid: str, cutoff: float) -> int:
+        """Delete the study's instances last written at or before ``cutoff`` (UNIX seconds), and its folder when
+        that leaves it empty; returns the bytes freed. An instance written after ``cutoff`` (a late resend racing
+        with a retention sweep) is kept: only what was analysed and delivered goes."""
+        folder = self.study_dir(study_uid)
+        if not folder.is_dir():
+            return 0
+        freed = 0
+        for path in self.instances(study_uid):
+            st = path.stat()
+            if st.st_mtime <= cutoff:
+                path.unlink(missing_ok=True)
+                freed += st.st_size
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something newer arrived
+            pass
+        fsync_dir(self.root)
+        return freed
+
     def remove_study(self, study_uid: str) -> None:
         """Delete a study's folder (after its results are safely delivered); removing it twice is harmless."""
         folder = self.study_dir(study_uid)

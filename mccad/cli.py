@@ -15,19 +15,37 @@ class UserError(Exception):
     """An error whose message is the whole story for the operator; printed without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``only`` (when it names one): importing a command module can be slow
+    (training modules load scipy), and an operator's ``mccad status`` should not wait for the others."""
     parser = argparse.ArgumentParser(prog="mccad", description="Microcalcification CAD for mammography, PACS-integrated.")
     parser.add_argument("--version", action="version", version=f"mccad {__version__}")
     parser.add_argument("--log-level", default=None, help="override MCCAD_LOG_LEVEL")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(mccad.commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"mccad.commands.{info.name}")
+    names = sorted(info.name for info in pkgutil.iter_modules(mccad.commands.__path__))
+    for name in [only] if only in names else names:
+        module = importlib.import_module(f"mccad.commands.{name}")
         module.register(sub)
     return parser
 
 
+def _command_named(argv: list[str]) -> str | None:
+    """The subcommand in ``argv`` (the first word that is not an option or the value of ``--log-level``)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--log-level":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+        elif word in ("-h", "--help", "--version"):
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_named(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     from mccad.config import load_settings
     from mccad.logs import configure_logging

@@ -69,10 +69,18 @@ class Settings(BaseSettings):
 
     # study assembly and processing
     study_idle_s: float = Field(default=10.0, ge=0.0)
-    max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_s: float = Field(default=5.0, ge=0.0)
+    max_attempts: int = Field(default=3, ge=1)  # failed analyses, then dead-lettered
+    max_crashes: int = Field(default=10, ge=1)  # attempts ended by the death of the worker process
+    retry_backoff_s: float = Field(default=5.0, ge=0.0)  # first wait before a retry; doubles with each failure
+    retry_backoff_max_s: float = Field(default=600.0, ge=0.0)  # longest wait between two deliveries
+    delivery_horizon_s: float = Field(default=12 * 3600.0, ge=0.0)  # keep re-sending this long, then dead-letter
     destinations: list[Destination] = []
-    send_retries: int = Field(default=3, ge=0)
+    send_retries: int = Field(default=3, ge=0)  # immediate reconnects within one delivery (no waiting)
+    task_time_limit_s: float = Field(default=1800.0, gt=0.0)  # an attempt running longer fails the study
+    worker_stale_s: float = Field(default=60.0, gt=0.0)  # a worker silent this long is taken as dead
+    supervise_interval_s: float = Field(default=5.0, gt=0.0)  # how often the ledger is reconciled with the broker
+    stuck_after_s: float = Field(default=900.0, gt=0.0)  # waiting longer than this makes /healthz "degraded"
+    spool_retention_s: float = Field(default=7 * 86400.0, ge=0.0)  # delivered studies' instances kept this long
 
     # models and images
     model_dir: Path = Field(default_factory=default_model_dir)

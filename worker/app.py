@@ -60,6 +60,8 @@ def make_celery(settings: Settings, *, main: str = "mccad") -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        # prefork pool: a child past the limit is killed; the study was already failed by the task's own watchdog
+        task_time_limit=settings.task_time_limit_s + 60,
         worker_concurrency=1,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -89,9 +91,12 @@ def publish_study(app: Celery, study_uid: str, *, queue: str = INTERACTIVE, mode
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; use one of {', '.join(QUEUES)}")
     try:
-        # argsrepr: Celery logs task arguments; DESIGN.md allows UIDs in logs only hashed
+        # argsrepr: Celery logs task arguments; UIDs go into logs only hashed.
+        # exchange "": the nameless exchange routes by queue name. Through the "mccad" exchange kombu's Redis
+        # transport looks the queue up in a binding set kept in Redis, which a restart without persistence empties
+        # while the publisher's in-process cache says it is declared: every message would be dropped silently.
         app.send_task(TASK_ANALYZE, args=[study_uid], kwargs={"model_dir": model_dir}, queue=queue,
-                      routing_key=queue, exchange="mccad", argsrepr=f"[study {short_uid(study_uid)}]",
+                      routing_key=queue, exchange="", argsrepr=f"[study {short_uid(study_uid)}]",
                       kwargsrepr=repr({"model_dir": model_dir}))
     except Exception as exc:  # kombu raises transport-specific errors (redis, sqlalchemy, socket)
         raise BrokerUnavailable(f"cannot publish study to queue {queue!r} on broker "
@@ -126,3 +131,11 @@ def queue_depths(app: Celery) -> dict[str, int]:
             except Exception:  # a queue nobody declared yet is empty
                 depths[name] = 0
     return depths
+
+def ready_study_uids(app: Celery) -> set[str] | None:
+    """Study UIDs of the messages waiting in our queues now (not those a worker holds); None when the broker cannot
+    be read. The supervisor publishes a ``queued`` study again when its message is not among them."""
+    from worker.broker_peek import waiting_messages
+
+    found = waiting_messages(app.mccad_settings)  # type: ignore[attr-defined]
+    return None if found is None else {uid for uids in found.values() for uid in uids}

@@ -2,6 +2,9 @@
 
 ``/healthz`` answers 200 with a JSON body when every check passes (SCP listening, broker reachable, ledger
 reachable, embedded worker alive) and 503 with the same body otherwise, so an operator sees which part is down.
+When every part is up but work waits longer than its deadline (a stuck study, see :func:`worker.supervisor.
+stuck_studies`) it answers 200 with ``"status": "degraded"`` and the reasons: the service still receives, so a load
+balancer keeps it, while monitoring that reads the body alerts.
 ``/metrics`` is the Prometheus text format of :class:`worker.metrics.ServiceMetrics`.
 """
 from __future__ import annotations
@@ -43,9 +46,11 @@ def run_checks(checks: dict[str, Check]) -> tuple[bool, dict[str, bool]]:
 class HealthServer:
     """A small threaded HTTP server; ``port`` 0 picks a free port (read it back from :attr:`port`)."""
 
-    def __init__(self, host: str, port: int, checks: dict[str, Check], registry: CollectorRegistry) -> None:
+    def __init__(self, host: str, port: int, checks: dict[str, Check], registry: CollectorRegistry,
+                 degraded: Callable[[], list[str]] | None = None) -> None:
         self.checks = checks
         self.registry = registry
+        self.degraded = degraded
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,7 +58,14 @@ class HealthServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     ok, results = run_checks(owner.checks)
-                    body = json.dumps({"status": "ok" if ok else "unavailable", "checks": results}).encode()
+                    reasons: list[str] = []
+                    if ok and owner.degraded is not None:
+                        try:
+                            reasons = owner.degraded()
+                        except Exception as exc:
+                            reasons = [f"stuck work could not be checked: {type(exc).__name__}"]
+                    status = "unavailable" if not ok else ("degraded" if reasons else "ok")
+                    body = json.dumps({"status": status, "checks": results, "reasons": reasons}).encode()
                     self._answer(200 if ok else 503, "application/json", body)
                 elif path == "/metrics":
                     try:

@@ -17,6 +17,8 @@ where SCP and GPU workers run on several hosts. Timestamps are UNIX seconds (UTC
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,9 @@ REOPENABLE = (COMPLETE, DONE, FAILED, DEAD_LETTERED)
 #: Giving way to that write left the study ``queued`` with its only message acknowledged: a stalled study.
 _CLAIM_SAME_STATE = {COMPLETE: (COMPLETE, QUEUED), QUEUED: (COMPLETE, QUEUED)}
 
+#: What a study starts over with when it is re-opened, re-run or done.
+_FRESH_BUDGETS: dict[str, Any] = dict(crashes=0, retry_at=None, delivery_failures=0, delivery_since=None)
+
 INTERACTIVE = "interactive"
 BATCH = "batch"
 
@@ -73,6 +78,18 @@ studies = sa.Table(
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True, index=True),
     sa.Column("duration_s", sa.Float, nullable=True, doc="wall time of the last successful task"),
+    sa.Column("crashes", sa.Integer, nullable=False, default=0, server_default="0",
+              doc="attempts ended by the death of the worker process (they do not spend ``attempts``)"),
+    sa.Column("retry_at", sa.Float, nullable=True, doc="when a failed study is due to be published again"),
+    sa.Column("delivery_failures", sa.Integer, nullable=False, default=0, server_default="0",
+              doc="failed deliveries in a row (they do not spend ``attempts``; the back-off doubles with each)"),
+    sa.Column("delivery_since", sa.Float, nullable=True, doc="first failed delivery of the current outage"),
+)
+
+workers = sa.Table(
+    "mccad_workers", metadata,
+    sa.Column("name", sa.String(255), primary_key=True, doc="host/pid, as in mccad_studies.worker"),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
 )
 
 instances = sa.Table(
@@ -112,6 +129,10 @@ class StudyRecord:
     started_at: float | None
     finished_at: float | None
     duration_s: float | None
+    crashes: int = 0
+    retry_at: float | None = None
+    delivery_failures: int = 0
+    delivery_since: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -127,6 +148,7 @@ class Claim:
     started_at: float = 0.0
     model_dir: str | None = None
     reason: str | None = None
+    crashed_before: bool = False  # the previous attempt ended with its worker process
 
 
 def normalise_url(url: str) -> str:
@@ -159,6 +181,36 @@ def _engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a ledger made by an earlier version up to this table definition (new columns only, with defaults)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(studies.name)}
+    missing = [c for c in studies.columns if c.name not in present]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for column in missing:
+            default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+            null = " NOT NULL" if not column.nullable and default else ""
+            conn.execute(sa.text(f"ALTER TABLE {studies.name} ADD COLUMN {column.name} "
+                                 f"{column.type.compile(engine.dialect)}{default}{null}"))
+
+
+def worker_is_gone(name: str | None, heartbeat_at: float | None, *, now: float, stale_s: float) -> bool:
+    """Whether the worker process ``name`` (``host/pid``) that claimed a study is dead: its heartbeat is older than
+    ``stale_s``, or it ran on this host and its process no longer exists (known at once, without waiting)."""
+    if not name:
+        return True
+    host, _, pid = name.rpartition("/")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    return heartbeat_at is None or now - heartbeat_at > stale_s
+
+
 class Ledger:
     """Study and instance states in one database; safe to share between threads, processes and hosts."""
 
@@ -171,6 +223,7 @@ class Ledger:
         try:
             self.engine = _engine(url)
             metadata.create_all(self.engine, checkfirst=True)
+            _add_missing_columns(self.engine)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the ledger at {self.safe_url}: {exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0]}") from exc
@@ -228,7 +281,7 @@ class Ledger:
             return True
         values: dict[str, Any] = dict(instance_count=studies.c.instance_count + 1, last_instance_at=now, updated_at=now)
         if row.state in REOPENABLE:
-            values.update(state=RECEIVING, attempts=0, reason=None, queue=None)
+            values.update(state=RECEIVING, attempts=0, reason=None, queue=None, **_FRESH_BUDGETS)
         conn.execute(studies.update().where(studies.c.study_uid == study_uid).values(**values))
         return True
 
@@ -255,34 +308,83 @@ class Ledger:
         """For reprocessing or an operator's requeue: a study in ``states`` becomes ``complete`` on ``queue`` with
         a fresh attempt budget, ready to be published."""
         return self._transition(study_uid, tuple(states), state=COMPLETE, queue=queue, model_dir=model_dir,
-                                attempts=0, reason=None, completed_at=time.time())
+                                attempts=0, reason=None, completed_at=time.time(), **_FRESH_BUDGETS)
+
+    def republish_due(self, study_uid: str, states: Sequence[str]) -> bool:
+        """After the supervisor published a study again: a ``failed`` study whose retry is due becomes ``queued``;
+        a ``queued`` (or orphaned ``analysing``/``sending``) study only gets a new ``queued_at``."""
+        now = time.time()
+        if FAILED in states and self._transition(study_uid, (FAILED,), state=QUEUED, queued_at=now, retry_at=None):
+            return True
+        others = tuple(st for st in states if st != FAILED)
+        return bool(others) and self._transition(study_uid, others, queued_at=now)
 
     # running -----------------------------------------------------------------------------------------------------
-    def claim(self, study_uid: str, *, max_attempts: int, worker: str) -> Claim:
-        """Start an attempt. A study past ``max_attempts`` claims is dead-lettered instead: a study that kills its
-        worker every time (its message comes back after each crash) stops after ``max_attempts`` tries.
+    def claim(self, study_uid: str, *, max_attempts: int, worker: str, max_crashes: int = 10,
+              worker_stale_s: float = 60.0) -> Claim:
+        """Start an attempt. A study that already failed ``max_attempts`` times is dead-lettered instead.
 
-        A study left ``analysing`` or ``sending`` is taken over (its worker died and the message came back). Two
-        messages for one study claimed at the same moment: one wins, the other skips."""
+        A study left ``analysing`` or ``sending`` by a worker that is gone (:func:`worker_is_gone`: no heartbeat for
+        ``worker_stale_s``, or its process on this host has exited) is taken over: that attempt ended in a crash of
+        our own process, which costs the study a *crash* (``crashes``), not one of its ``max_attempts``; a study
+        that stopped its worker ``max_crashes`` times is dead-lettered. While its worker is alive a duplicate
+        message is skipped. Two messages for one study claimed at the same moment: one wins, the other skips."""
         record = self.get(study_uid)
         if record is None:
             return Claim("skip", None, reason="unknown study")
         if record.state not in CLAIMABLE:
             return Claim("skip", record.state, reason=f"study is {record.state}")
         now = time.time()
+        crashed = record.state in (ANALYSING, SENDING)
+        if crashed and not worker_is_gone(record.worker, self.heartbeat_of(record.worker), now=now,
+                                          stale_s=worker_stale_s):
+            return Claim("skip", record.state, reason=f"worker {record.worker} is still on this study")
         # another claim in between raised ``attempts``; a re-opened or finished study left the state (group) read
-        guard = (studies.c.attempts == record.attempts) & studies.c.state.in_(
+        guard = (studies.c.attempts == record.attempts) & (studies.c.crashes == record.crashes) & studies.c.state.in_(
             _CLAIM_SAME_STATE.get(record.state, (record.state,)))
-        if record.attempts >= max_attempts:
+        crashes = record.crashes + int(crashed)
+        attempt = record.attempts if crashed else record.attempts + 1
+        reason = None
+        if crashed and crashes >= max_crashes:
+            reason = (f"gave up: the worker process stopped during this study {crashes} times "
+                      f"(max_crashes={max_crashes}); last error: {record.reason or 'none'}")
+        elif not crashed and record.attempts >= max_attempts:
             reason = (f"gave up after {record.attempts} attempts (max_attempts={max_attempts}); "
                       f"last error: {record.reason or 'the worker stopped during the task'}")
+        if reason is not None:
             if self._transition(study_uid, CLAIMABLE, extra=guard, state=DEAD_LETTERED, reason=reason,
-                                finished_at=now, failures=studies.c.failures + 1):
+                                finished_at=now, failures=studies.c.failures + 1, crashes=crashes, retry_at=None):
                 return Claim("dead", DEAD_LETTERED, attempt=record.attempts, reason=reason)
-        elif self._transition(study_uid, CLAIMABLE, extra=guard, state=ANALYSING, attempts=record.attempts + 1,
-                              started_at=now, worker=worker):
-            return Claim("run", ANALYSING, attempt=record.attempts + 1, started_at=now, model_dir=record.model_dir)
+        else:
+            self.heartbeat(worker, now)  # before the claim is visible: a racing claim must see this worker alive
+            if self._transition(study_uid, CLAIMABLE, extra=guard, state=ANALYSING, attempts=max(attempt, 1),
+                                crashes=crashes, started_at=now, worker=worker, retry_at=None):
+                return Claim("run", ANALYSING, attempt=max(attempt, 1), started_at=now,
+                             model_dir=record.model_dir, crashed_before=crashed)
         return Claim("skip", None, reason="another worker changed the study at the same moment")
+
+    # workers -----------------------------------------------------------------------------------------------------
+    def heartbeat(self, worker: str, now: float | None = None) -> None:
+        """Record that the worker process ``worker`` (``host/pid``) is alive."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            if conn.execute(workers.update().where(workers.c.name == worker).values(heartbeat_at=now)).rowcount:
+                return
+            try:
+                with conn.begin_nested():
+                    conn.execute(workers.insert().values(name=worker, heartbeat_at=now))
+            except IntegrityError:  # inserted by another thread of the same worker meanwhile
+                conn.execute(workers.update().where(workers.c.name == worker).values(heartbeat_at=now))
+
+    def heartbeat_of(self, worker: str | None) -> float | None:
+        if not worker:
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(workers.c.heartbeat_at).where(workers.c.name == worker)).scalar()
+
+    def heartbeats(self) -> dict[str, float]:
+        with self.engine.connect() as conn:
+            return {r.name: r.heartbeat_at for r in conn.execute(sa.select(workers.c.name, workers.c.heartbeat_at))}
 
     def mark_sending(self, study_uid: str) -> bool:
         return self._transition(study_uid, (ANALYSING,), state=SENDING)
@@ -293,18 +395,67 @@ class Ledger:
         now = time.time()
         reopened = self._transition(study_uid, (ANALYSING, SENDING), extra=studies.c.last_instance_at > started_at,
                                     state=RECEIVING, attempts=0, reason=None, finished_at=now,
-                                    duration_s=now - started_at, model_used=model_used)
+                                    duration_s=now - started_at, model_used=model_used, **_FRESH_BUDGETS)
         if reopened:
             return RECEIVING
         if self._transition(study_uid, (ANALYSING, SENDING), state=DONE, reason=None, finished_at=now,
-                            duration_s=now - started_at, model_used=model_used):
+                            duration_s=now - started_at, model_used=model_used, retry_at=None,
+                            delivery_failures=0, delivery_since=None):  # ``crashes`` stays: the study's history
             return DONE
         return None
 
-    def fail(self, study_uid: str, reason: str, *, dead: bool) -> bool:
-        """Record a failed attempt: ``failed`` (a retry follows) or ``dead_lettered`` (no more automatic tries)."""
+    def fail(self, study_uid: str, reason: str, *, dead: bool, retry_at: float | None = None) -> bool:
+        """Record a failed attempt: ``failed`` (published again at ``retry_at`` by the supervisor) or
+        ``dead_lettered`` (no more automatic tries)."""
         return self._transition(study_uid, (ANALYSING, SENDING), state=DEAD_LETTERED if dead else FAILED,
-                                reason=reason[:4000], failures=studies.c.failures + 1, finished_at=time.time())
+                                reason=reason[:4000], failures=studies.c.failures + 1, finished_at=time.time(),
+                                retry_at=None if dead else (time.time() if retry_at is None else retry_at))
+
+    def fail_delivery(self, study_uid: str, reason: str, *, horizon_s: float, backoff_s: float,
+                      backoff_max_s: float, now: float | None = None) -> tuple[str, float | None]:
+        """Record a delivery that failed (the analysis succeeded): it spends no attempt. The study is ``failed``
+        with ``retry_at`` after a back-off that doubles per failure (``backoff_s``, capped at ``backoff_max_s``),
+        until ``horizon_s`` seconds after the first failure of this outage; then ``dead_lettered``.
+        Returns (new state, retry_at)."""
+        now = time.time() if now is None else now
+        record = self.get(study_uid)
+        if record is None or record.state not in (ANALYSING, SENDING):
+            return (record.state if record else "unknown", None)
+        since = record.delivery_since if record.delivery_since is not None else now
+        failures = record.delivery_failures + 1
+        common = dict(failures=studies.c.failures + 1, finished_at=now, delivery_failures=failures,
+                      delivery_since=since, attempts=max(record.attempts - 1, 0))
+        if now - since >= horizon_s:
+            dead_reason = (f"delivery given up {now - since:.0f} s after its first failure "
+                           f"(delivery_horizon_s={horizon_s:.0f}, {failures} tries); last error: {reason}")
+            self._transition(study_uid, (ANALYSING, SENDING), state=DEAD_LETTERED, reason=dead_reason[:4000],
+                             retry_at=None, **common)
+            return DEAD_LETTERED, None
+        retry_at = now + min(backoff_max_s, backoff_s * 2 ** (failures - 1))
+        self._transition(study_uid, (ANALYSING, SENDING), state=FAILED, retry_at=retry_at,
+                         reason=f"delivery failed ({failures} in a row, retrying): {reason}"[:4000], **common)
+        return FAILED, retry_at
+
+    def due_now(self, now: float | None = None) -> list[StudyRecord]:
+        """``failed`` studies whose retry is due (``retry_at`` passed or unset)."""
+        now = time.time() if now is None else now
+        query = studies.select().where((studies.c.state == FAILED)
+                                       & (studies.c.retry_at.is_(None) | (studies.c.retry_at <= now)))
+        with self.engine.connect() as conn:
+            return [StudyRecord(**r._mapping) for r in conn.execute(query.order_by(studies.c.retry_at))]
+
+    def delivery_waiting(self) -> list[StudyRecord]:
+        """``failed`` studies waiting for a destination to come back (their analysis is done)."""
+        query = studies.select().where((studies.c.state == FAILED) & (studies.c.delivery_failures > 0))
+        with self.engine.connect() as conn:
+            return [StudyRecord(**r._mapping) for r in conn.execute(query)]
+
+    def retry_now(self, study_uids: Iterable[str]) -> int:
+        """Make the retries of ``study_uids`` (still ``failed``) due at once (a destination answers again)."""
+        n = 0
+        for uid in study_uids:
+            n += self._transition(uid, (FAILED,), retry_at=time.time())
+        return n
 
     # reading -----------------------------------------------------------------------------------------------------
     def get(self, study_uid: str) -> StudyRecord | None:

@@ -8,6 +8,7 @@ UIDs or patient data.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter
@@ -25,11 +26,23 @@ REFUSAL_EVENTS = {"refused": "instance", "association_rejected": "association", 
 class LedgerCollector(Collector):
     """Study states, failures and task durations from the ledger; queue depths from the broker."""
 
-    def __init__(self, ledger: Ledger, queue_depths: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(self, ledger: Ledger, queue_depths: Callable[[], dict[str, int]] | None = None,
+                 spool: object | None = None) -> None:
         self.ledger = ledger
         self.queue_depths = queue_depths
+        self.spool = spool
 
     def collect(self) -> Iterator[Metric]:
+        if self.spool is not None:
+            yield GaugeMetricFamily("mccad_spool_bytes", "Bytes of received instances held in the spool",
+                                    value=self.spool.size_bytes())  # type: ignore[attr-defined]
+        waiting = self.ledger.delivery_waiting()
+        yield GaugeMetricFamily("mccad_deliveries_waiting", "Analysed studies waiting for a destination to answer",
+                                value=len(waiting))
+        yield GaugeMetricFamily("mccad_delivery_outage_seconds",
+                                "Age of the oldest delivery outage still being retried (alert before the horizon)",
+                                value=max((time.time() - (r.delivery_since or time.time()) for r in waiting),
+                                          default=0.0))
         states = GaugeMetricFamily("mccad_studies", "Studies in the ledger by state", labels=["state"])
         for state, n in self.ledger.counts_by_state().items():
             states.add_metric([state], n)
@@ -59,13 +72,14 @@ class LedgerCollector(Collector):
 class ServiceMetrics:
     """The registry ``/metrics`` serves, with the SCP counters fed by the serve process."""
 
-    def __init__(self, ledger: Ledger, queue_depths: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(self, ledger: Ledger, queue_depths: Callable[[], dict[str, int]] | None = None,
+                 spool: object | None = None) -> None:
         self.registry = CollectorRegistry()
         self.received = Counter("mccad_instances_received", "Instances stored in the spool and acknowledged",
                                 registry=self.registry)
         self.rejected = Counter("mccad_instances_rejected", "Instances or associations the SCP refused",
                                 ["kind"], registry=self.registry)
-        self.registry.register(LedgerCollector(ledger, queue_depths))
+        self.registry.register(LedgerCollector(ledger, queue_depths, spool))
 
     def count_received(self, _instance: object = None) -> None:
         self.received.inc()

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from mccad.config import Settings
-from worker.app import broker_reachable, make_celery, publish_study, queue_depths
+from mccad.logs import short_uid
+from worker.app import broker_reachable, make_celery, publish_study, queue_depths, ready_study_uids
 from worker.assembler import Assembler
 from worker.health import HealthServer, tcp_listening
 from worker.ledger import Ledger
 from worker.metrics import ServiceMetrics
 from worker.recovery import register_spool, requeue
+from worker.supervisor import Supervisor, stuck_studies
 
 LOG = logging.getLogger("worker.service")
 
@@ -100,9 +102,11 @@ class Service:
         self.ledger = Ledger(s.effective_ledger_url)
         self.spool = Spool(s.spool_dir)
         self.app = make_celery(s)
-        self.metrics = ServiceMetrics(self.ledger, lambda: queue_depths(self.app))
+        self.metrics = ServiceMetrics(self.ledger, lambda: queue_depths(self.app), spool=self.spool)
         self.assembler = Assembler(self.ledger, self._publish, s.study_idle_s,
                                    on_registered=self.metrics.count_received)
+        self.supervisor = Supervisor(s, self.ledger, self._publish, lambda: ready_study_uids(self.app),
+                                     spool=self.spool, destinations_up=lambda: destinations_answer(s))
         self.recover()
         self._refusals = self.metrics.refusal_handler()
         logging.getLogger("dicom_io.scp").addHandler(self._refusals)
@@ -113,10 +117,16 @@ class Service:
         if s.embedded_broker:
             checks["worker"] = lambda: self.worker_proc is not None and self.worker_proc.poll() is None
             self.start_worker()
-        self.health = HealthServer(s.http_host, s.http_port, checks, self.metrics.registry).start()
+        self.health = HealthServer(s.http_host, s.http_port, checks, self.metrics.registry,
+                                   degraded=self.degraded_reasons).start()
         LOG.info("mccad serve ready", extra={"event": "serve_ready", "scp_port": self.scp.port,
                                               "http_port": self.health.port, "embedded": s.embedded_broker})
         return self
+
+    def degraded_reasons(self) -> list[str]:
+        """Why ``/healthz`` says degraded: each stuck study (hashed UID) with its reason, the oldest first."""
+        stuck = sorted(stuck_studies(self.ledger, self.settings), key=lambda st: -st.waiting_s)
+        return [f"study {short_uid(st.study_uid)} {st.state} for {st.waiting_s:.0f} s: {st.why}" for st in stuck[:20]]
 
     def recover(self) -> None:
         """The start-up recovery pass (also after the embedded worker died): spool -> ledger -> broker. If the
@@ -170,6 +180,7 @@ class Service:
             self.assembler.tick()
         except Exception:
             LOG.exception("assembler tick failed; trying again", extra={"event": "assembler_error"})
+        self.supervisor.tick_if_due()
         self.supervise_worker()
 
     def stop(self) -> None:
@@ -201,6 +212,19 @@ class Service:
             if hasattr(self, "ledger"):
                 self.stop()
         return 0
+
+
+def destinations_answer(settings: Settings) -> bool:
+    """True when every configured destination answers a C-ECHO now (the supervisor's probe while deliveries wait)."""
+    from dicom_io.scu import echo
+    from dicom_io.tls import client_context
+
+    for dest in settings.destinations:
+        tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if dest.tls else None
+        if not echo(ae_title=dest.ae_title, host=dest.host, port=dest.port, calling_ae=settings.ae_title,
+                    tls_context=tls, timeout_s=5):
+            return False
+    return bool(settings.destinations)
 
 
 def model_dir_problem(path: Path) -> str | None:

@@ -5,10 +5,17 @@ Celery's task guide (at-least-once processing, idempotent outputs): the message 
 ``results_dir/<study_uid>/`` through durable writes, their UIDs are derived by the writer from the study UID and the
 model versions, so a repeat replaces files and PACS objects instead of adding copies.
 
-Attempts are counted in the ledger at claim time, not by Celery: a study whose analysis kills the worker process
-(the message then comes back through ``task_reject_on_worker_lost`` or the Redis visibility timeout) is
-dead-lettered after ``max_attempts`` claims instead of looping forever. Ordinary errors are retried with
-exponential back-off (``retry_backoff_s * 2**(attempt-1)``) and dead-lettered with their reason after the last try.
+Attempts are counted in the ledger at claim time, not by Celery. Nothing here sleeps or asks Celery for a delayed
+retry: a failure is written to the ledger with the time its retry is due (``retry_at``), and the supervisor
+(:mod:`worker.supervisor`) publishes the study again then, so a waiting retry survives a broker or worker restart
+and never holds a worker.
+
+- An analysis error spends one of ``max_attempts``; the retry waits ``retry_backoff_s * 2**(attempt-1)``.
+- A delivery error spends no attempt: the objects are kept (``work.json``) and re-sent with a back-off that doubles
+  up to ``retry_backoff_max_s``, for ``delivery_horizon_s`` after the first failure, then the study is dead-lettered.
+- An attempt ended by the death of the worker process (crash, kill, out of memory) spends one of ``max_crashes``
+  instead (:meth:`worker.ledger.Ledger.claim`): a crash of ours is not the study's fault, but a study that kills its
+  worker every time still stops.
 """
 from __future__ import annotations
 
@@ -85,6 +92,31 @@ def ledger_for(settings: Settings) -> Ledger:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
+
+
+#: Seconds between two heartbeats of a worker process (``Settings.worker_stale_s`` must be several of these).
+HEARTBEAT_S = 5.0
+_HEARTBEATS: dict[str, threading.Thread] = {}
+
+
+def ensure_heartbeat(ledger: Ledger) -> None:
+    """Start (once per process and ledger) a daemon thread that writes this process's heartbeat every
+    :data:`HEARTBEAT_S`: while it beats, a study it claimed is not taken over by another worker."""
+    key = f"{os.getpid()}:{ledger.url}"
+    if key in _HEARTBEATS and _HEARTBEATS[key].is_alive():
+        return
+
+    def beat() -> None:
+        while True:
+            try:
+                ledger.heartbeat(worker_name())
+            except Exception:  # the ledger is down for a moment: the next beat tries again
+                LOG.warning("heartbeat not written", extra={"event": "heartbeat_failed"})
+            time.sleep(HEARTBEAT_S)
+
+    thread = threading.Thread(target=beat, name="mccad-heartbeat", daemon=True)
+    thread.start()
+    _HEARTBEATS[key] = thread
 
 
 # --- the work itself ---------------------------------------------------------------------------------------------
@@ -164,7 +196,7 @@ def deliver(settings: Settings, paths: list[Path]) -> list[str]:
         try:
             result = send_files(paths, ae_title=dest.ae_title, host=dest.host, port=dest.port,
                                 calling_ae=settings.ae_title, tls_context=tls, retries=settings.send_retries,
-                                backoff_s=settings.retry_backoff_s)
+                                backoff_s=0.0)  # waiting is the ledger's job (retry_at), never a sleep here
         except SendError as exc:
             problems.append(f"{dest.ae_title}@{dest.host}:{dest.port}: {exc}")
             continue
@@ -179,10 +211,46 @@ def deliver(settings: Settings, paths: list[Path]) -> list[str]:
     return delivered
 
 
+#: Exit status of a worker process stopped by the per-task time limit (systemd ``Restart=on-failure`` and
+#: ``mccad serve`` start a fresh one).
+EXIT_TIME_LIMIT = 75
+
+
+def _time_limit_hit(settings: Settings, study_uid: str, limit_s: float) -> None:
+    """The attempt outlived ``task_time_limit_s``: the study is dead-lettered with that reason, then this process
+    exits at once. A computation inside PyTorch or NumPy cannot be interrupted from another thread, and the queue
+    must not wait for it: the worker is restarted by its supervisor (``mccad serve``, systemd, compose) and the
+    message, if Redis gives it back, finds the study dead-lettered and is skipped."""
+    reason = (f"the analysis took longer than task_time_limit_s={limit_s:g} s and was stopped (a very large image "
+              f"or too slow a worker); raise the limit or reprocess the study on a faster worker")
+    try:
+        ledger_for(settings).fail(study_uid, reason, dead=True)
+        LOG.error("study stopped by the task time limit; the worker process exits", extra={
+            "event": "task_time_limit", "study": short_uid(study_uid), "limit_s": limit_s})
+    finally:
+        logging.shutdown()
+        os._exit(EXIT_TIME_LIMIT)
+
+
 def run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | None) -> dict[str, Any]:
-    """One attempt at a study, with the ledger bookkeeping around it. Returns a small summary for logs."""
+    """One attempt at a study, with the ledger bookkeeping around it. Returns a small summary for logs.
+
+    The attempt is bounded by ``settings.task_time_limit_s`` (:func:`_time_limit_hit`)."""
+    watchdog = threading.Timer(settings.task_time_limit_s, _time_limit_hit,
+                               args=(settings, study_uid, settings.task_time_limit_s))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return _run_study(task, settings, study_uid, model_dir)
+    finally:
+        watchdog.cancel()
+
+
+def _run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | None) -> dict[str, Any]:
     ledger = ledger_for(settings)
-    claim = ledger.claim(study_uid, max_attempts=settings.max_attempts, worker=worker_name())
+    ensure_heartbeat(ledger)
+    claim = ledger.claim(study_uid, max_attempts=settings.max_attempts, worker=worker_name(),
+                         max_crashes=settings.max_crashes, worker_stale_s=settings.worker_stale_s)
     tag = short_uid(study_uid)
     if claim.action == "skip":
         LOG.info("nothing to do for study: %s", claim.reason, extra={"event": "task_skipped", "study": tag})
@@ -190,13 +258,14 @@ def run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | N
     if claim.action == "dead":
         LOG.error("study dead-lettered: %s", claim.reason, extra={"event": "dead_lettered", "study": tag})
         return {"study": tag, "action": "dead"}
+    if claim.crashed_before:
+        LOG.warning("taking over a study whose worker stopped during it (a crash: no attempt spent)",
+                    extra={"event": "crash_recovered", "study": tag, "attempt": claim.attempt})
     bundle = Path(model_dir or claim.model_dir or settings.model_dir)
     LOG.info("analysing study", extra={"event": "task_started", "study": tag, "attempt": claim.attempt,
                                        "model_dir": str(bundle)})
     try:
         objects = analyse_from_spool(settings, study_uid, bundle)
-        ledger.mark_sending(study_uid)
-        delivered = deliver(settings, objects) if objects else []
     except PermanentStudyError as exc:
         ledger.fail(study_uid, f"{exc}", dead=True)
         LOG.error("study dead-lettered: %s", exc, extra={"event": "dead_lettered", "study": tag})
@@ -204,15 +273,30 @@ def run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | N
     except Exception as exc:
         reason = f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"
         dead = claim.attempt >= settings.max_attempts
-        ledger.fail(study_uid, reason, dead=dead)
+        countdown = settings.retry_backoff_s * (2 ** (claim.attempt - 1))
+        ledger.fail(study_uid, reason, dead=dead, retry_at=time.time() + countdown)
         if dead:
             LOG.error("study dead-lettered after %d attempts", claim.attempt,
                       extra={"event": "dead_lettered", "study": tag, "reason": reason[:500]})
             return {"study": tag, "action": "dead"}
-        countdown = settings.retry_backoff_s * (2 ** (claim.attempt - 1))
-        LOG.warning("study failed, retrying in %.1f s", countdown,
+        LOG.warning("study failed, retry due in %.1f s", countdown,
                     extra={"event": "task_retry", "study": tag, "reason": reason[:500]})
-        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_attempts)
+        return {"study": tag, "action": "retry", "in_s": countdown}
+    ledger.mark_sending(study_uid)
+    try:
+        delivered = deliver(settings, objects) if objects else []
+    except Exception as exc:
+        state, retry_at = ledger.fail_delivery(study_uid, f"{type(exc).__name__}: {exc}",
+                                               horizon_s=settings.delivery_horizon_s,
+                                               backoff_s=max(settings.retry_backoff_s, 0.1),
+                                               backoff_max_s=settings.retry_backoff_max_s)
+        if state == "dead_lettered":
+            LOG.error("delivery given up after the delivery horizon", extra={
+                "event": "dead_lettered", "study": tag, "reason": str(exc)[:500]})
+            return {"study": tag, "action": "dead"}
+        LOG.warning("delivery failed, next try in %.1f s", (retry_at or time.time()) - time.time(),
+                    extra={"event": "delivery_retry", "study": tag, "reason": str(exc)[:500]})
+        return {"study": tag, "action": "delivery_retry"}
     state = ledger.finish(study_uid, claim.started_at, model_used=str(bundle))
     LOG.info("study finished", extra={"event": "task_done" if state == DONE else "task_reopened", "study": tag,
                                       "state": str(state), "objects": len(objects),
@@ -240,6 +324,7 @@ def _after_fork(**_: Any) -> None:
     _OWNER_PID = os.getpid()
     forget_pipelines()
     _LEDGERS.clear()  # database connections must not be shared with the parent process
+    _HEARTBEATS.clear()  # threads do not cross a fork: the child beats for itself
 
 
 from celery.signals import worker_process_init  # noqa: E402  (signal wiring sits next to the handler it wires)

@@ -1,4 +1,8 @@
-"""``mccad status``: studies per state, what waits in the queues, and the latest failures with their reasons."""
+"""``mccad status``: studies per state, what waits in the queues, each stuck study with why, the last failures.
+
+Reads the ledger and peeks at the broker directly (``worker.broker_peek``, no Celery): it answers in well under a
+second, and within its timeout when the broker is down.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +11,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show studies per state, queue depths and the last failures")
+    p = sub.add_parser("status", help="show studies per state, queue depths, stuck studies and the last failures")
     p.add_argument("--failures", type=int, default=10, metavar="N", help="how many recent failures to list")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -18,21 +22,22 @@ def _iso(ts: float | None) -> str | None:
 
 
 def collect_status(settings, failures: int = 10) -> dict:
+    from worker.broker_peek import waiting_messages
     from worker.ledger import DEAD_LETTERED, FAILED, Ledger
+    from worker.supervisor import stuck_studies
 
     ledger = Ledger(settings.effective_ledger_url)
-    try:
-        from worker.app import make_celery, queue_depths
-
-        depths: dict[str, int] | None = queue_depths(make_celery(settings))
-    except Exception:
-        depths = None  # the broker is down; the ledger still answers
-    last = [{"study_uid": r.study_uid, "state": r.state, "attempts": r.attempts, "reason": r.reason,
-             "when": _iso(r.finished_at or r.updated_at), "queue": r.queue}
+    waiting = waiting_messages(settings, timeout_s=0.5)
+    depths = None if waiting is None else {name: len(uids) for name, uids in waiting.items()}
+    last = [{"study_uid": r.study_uid, "state": r.state, "attempts": r.attempts, "crashes": r.crashes,
+             "reason": r.reason, "when": _iso(r.finished_at or r.updated_at), "retry_at": _iso(r.retry_at),
+             "queue": r.queue}
             for r in ledger.studies_in([FAILED, DEAD_LETTERED], limit=failures)]
+    stuck = [{"study_uid": st.study_uid, "state": st.state, "waiting_s": round(st.waiting_s), "why": st.why}
+             for st in sorted(stuck_studies(ledger, settings), key=lambda st: -st.waiting_s)]
     report = {"ledger": ledger.safe_url, "broker": "embedded" if settings.embedded_broker else "external",
               "studies": ledger.counts_by_state(), "instances": ledger.count_instances(),
-              "queue_depth": depths, "last_failures": last}
+              "queue_depth": depths, "stuck": stuck, "last_failures": last}
     ledger.close()
     return report
 
@@ -46,6 +51,11 @@ def run(args: argparse.Namespace, settings) -> int:
     print("studies: " + "  ".join(f"{k}={v}" for k, v in report["studies"].items()))
     depth = report["queue_depth"]
     print("queues: " + ("broker unreachable" if depth is None else "  ".join(f"{k}={v}" for k, v in depth.items())))
+    if report["stuck"]:
+        print(f"stuck ({len(report['stuck'])}):")
+    for s in report["stuck"]:
+        print(f"  {s['state']:<13} {s['study_uid']}  for {s['waiting_s']} s  {s['why']}")
     for f in report["last_failures"]:
-        print(f"  {f['when']}  {f['state']:<13} {f['study_uid']}  attempts={f['attempts']}  {f['reason']}")
+        retry = f"  retry at {f['retry_at']}" if f["retry_at"] and f["state"] == "failed" else ""
+        print(f"  {f['when']}  {f['state']:<13} {f['study_uid']}  attempts={f['attempts']}{retry}  {f['reason']}")
     return 0

@@ -39,9 +39,35 @@ def run(args: argparse.Namespace, settings) -> int:
 
         pipeline_for(settings.model_dir, settings.device, settings.threads, settings.explain,
                      settings.detector_runtime)
+    start_supervisor(settings)
     hostname = args.hostname or f"mccad@%h-{os.getpid()}"
     argv = ["worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}", f"--queues={args.queues}",
             f"--hostname={hostname}", f"--loglevel={settings.log_level.upper()}", "--without-gossip",
             "--without-mingle"]
     app.worker_main(argv=argv)
     return 0
+
+
+def start_supervisor(settings) -> None:
+    """This worker's heartbeat and a supervisor loop (``worker.supervisor``) in daemon threads: every worker
+    reconciles the ledger with the broker, so a study stalls on no host even when ``mccad serve`` is down."""
+    import threading
+    import time
+
+    from worker.app import make_celery, publish_study, ready_study_uids
+    from worker.service import destinations_answer
+    from worker.supervisor import Supervisor
+    from worker.tasks import ensure_heartbeat, ledger_for
+
+    ledger = ledger_for(settings)
+    ensure_heartbeat(ledger)
+    app = make_celery(settings)  # its own app: publishing from this thread shares no producer with the consumer
+    supervisor = Supervisor(settings, ledger, lambda uid, q, m: publish_study(app, uid, queue=q, model_dir=m),
+                            lambda: ready_study_uids(app), destinations_up=lambda: destinations_answer(settings))
+
+    def loop() -> None:
+        while True:
+            supervisor.tick_if_due()
+            time.sleep(min(1.0, settings.supervise_interval_s))
+
+    threading.Thread(target=loop, name="mccad-supervisor", daemon=True).start()

@@ -38,7 +38,7 @@ def test_healthz_is_200_when_everything_answers_and_503_naming_what_does_not(tmp
     base = f"http://127.0.0.1:{server.port}"
     try:
         status, body = _get(base + "/healthz")
-        assert status == 200 and json.loads(body) == {"status": "ok",
+        assert status == 200 and json.loads(body) == {"status": "ok", "reasons": [],
                                                       "checks": {"scp": True, "broker": True, "ledger": True}}
         listener.close()
         checks["broker"] = lambda: broker_reachable(dead_app, timeout_s=1)

@@ -69,21 +69,58 @@ def test_an_idle_study_is_completed_and_queued_exactly_once_under_contention(led
     assert ledger.get("1.2.4").state == QUEUED and ledger.get("1.2.5").state == RECEIVING
 
 
-def test_attempts_are_counted_per_claim_and_the_study_is_dead_lettered_after_the_last(ledger):
+def test_attempts_are_counted_per_failure_and_the_study_is_dead_lettered_after_the_last(ledger):
     ledger.record_instance("1.2.6", "1.2.6.1", "/p", now=1.0)
     ledger.mark_complete("1.2.6", cutoff=5.0)
     first = ledger.claim("1.2.6", max_attempts=2, worker="w/1")
     assert (first.action, first.attempt) == ("run", 1) and ledger.get("1.2.6").state == ANALYSING
-    # the worker died: the message comes back while the study is still "analysing"
+    assert ledger.fail("1.2.6", "boom", dead=False) and ledger.get("1.2.6").state == FAILED
     second = ledger.claim("1.2.6", max_attempts=2, worker="w/2")
     assert (second.action, second.attempt) == ("run", 2)
-    assert ledger.fail("1.2.6", "boom", dead=False) and ledger.get("1.2.6").state == FAILED
+    assert ledger.fail("1.2.6", "boom again", dead=False)
     third = ledger.claim("1.2.6", max_attempts=2, worker="w/3")
     record = ledger.get("1.2.6")
     assert third.action == "dead" and record.state == DEAD_LETTERED
-    assert "gave up after 2 attempts" in record.reason and "boom" in record.reason
+    assert "gave up after 2 attempts" in record.reason and "boom again" in record.reason
     assert ledger.claim("1.2.6", max_attempts=2, worker="w/4").action == "skip"
-    assert ledger.total_failures() == 2
+    assert ledger.total_failures() == 3
+
+
+def test_a_crash_of_the_worker_spends_no_attempt_but_a_crash_budget(ledger):
+    """The message of a study whose worker died comes back while it is still ``analysing``: taking it over costs a
+    crash, not an attempt, so three crashes of a healthy study do not dead-letter it (max_attempts=2 here); a study
+    that stops its worker ``max_crashes`` times is dead-lettered. A duplicate message while the worker is alive
+    (its heartbeat is fresh) is skipped."""
+    ledger.record_instance("1.2.5", "1.2.5.1", "/p", now=1.0)
+    ledger.mark_complete("1.2.5", cutoff=5.0)
+    assert ledger.claim("1.2.5", max_attempts=2, worker="w/1").attempt == 1
+    duplicate = ledger.claim("1.2.5", max_attempts=2, worker="w/2")  # w/1 beat just now: it is alive
+    assert duplicate.action == "skip" and ledger.get("1.2.5").worker == "w/1"
+    for n in range(1, 4):  # w/n died (no heartbeat for longer than worker_stale_s)
+        takeover = ledger.claim("1.2.5", max_attempts=2, worker=f"w/{n + 1}", max_crashes=5, worker_stale_s=0.0)
+        assert (takeover.action, takeover.attempt, takeover.crashed_before) == ("run", 1, True)
+        assert (ledger.get("1.2.5").crashes, ledger.get("1.2.5").attempts) == (n, 1)
+    last = None
+    for n in range(4, 6):
+        last = ledger.claim("1.2.5", max_attempts=2, worker=f"w/{n + 1}", max_crashes=5, worker_stale_s=0.0)
+    record = ledger.get("1.2.5")
+    assert last.action == "dead" and record.state == DEAD_LETTERED and record.crashes == 5
+    assert "stopped during this study 5 times" in record.reason
+
+
+def test_a_worker_process_that_exited_on_this_host_is_known_dead_at_once(ledger):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{socket.gethostname()}/{proc.stdout.strip()}"
+    ledger.record_instance("1.2.4", "1.2.4.1", "/p", now=1.0)
+    ledger.mark_complete("1.2.4", cutoff=5.0)
+    assert ledger.claim("1.2.4", max_attempts=2, worker=dead).action == "run"  # its heartbeat is fresh
+    takeover = ledger.claim("1.2.4", max_attempts=2, worker=f"{socket.gethostname()}/{os.getpid()}")
+    assert (takeover.action, takeover.crashed_before) == ("run", True)
 
 
 def test_finish_marks_done_or_reopens_when_instances_arrived_during_the_task(ledger):
