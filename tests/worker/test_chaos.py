@@ -1,0 +1,166 @@
+"""Chaos: a stream of small synthetic studies while the SCP (``mccad serve``), the worker (``mccad worker``), Redis
+(with the runbook's persistence) and the destination Orthanc are killed (SIGKILL) and restarted at random moments.
+At the end every acknowledged study is delivered exactly once (each result object once in the PACS) and nothing
+is left stuck. Kept to a few minutes; the seeds are fixed so that a failure repeats."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mccad.config import Destination
+from tests.peers.dcmtk import dcmtk
+from tests.peers.orthanc import OrthancPeer
+from tests.peers.ports import free_port, wait_for_port
+from tests.worker.conftest import make_settings
+from tests.worker.studies import write_study
+from worker.ledger import DONE, Ledger
+from worker.service import settings_env
+from worker.supervisor import stuck_studies
+
+SEED = 23
+STUDIES = 6
+CHAOS_S = 75.0
+
+
+class Component:
+    """A process the chaos thread may kill and restart."""
+
+    def __init__(self, name: str, start) -> None:
+        self.name, self._start = name, start
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            self.proc = self._start()
+
+    def kill(self) -> None:
+        with self.lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait(30)
+
+    def stop(self) -> None:
+        with self.lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+
+
+@pytest.mark.slow
+def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(tmp_path, tiny_model_dir):
+    rng = random.Random(SEED)
+    redis_port, redis_dir = free_port(), tmp_path / "redis"
+    redis_dir.mkdir()
+    pacs = OrthancPeer(tmp_path / "pacs")
+    settings = make_settings(
+        tmp_path, broker_url=f"redis://127.0.0.1:{redis_port}/0", model_dir=tiny_model_dir, port=free_port(),
+        http_port=free_port(), study_idle_s=1.0, retry_backoff_s=0.5, retry_backoff_max_s=2.0,
+        supervise_interval_s=1.0, worker_stale_s=5.0, send_retries=0, max_crashes=50,
+        destinations=[Destination(ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)])
+    env = settings_env(settings)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def redis_start() -> subprocess.Popen:
+        proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir",
+                                 str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+                                stdout=(logs / "redis.log").open("ab"), stderr=subprocess.STDOUT)
+        wait_for_port(redis_port, 20)
+        return proc
+
+    def serve_start() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "mccad", "serve"], env=env,
+                                stdout=(logs / "serve.log").open("ab"), stderr=subprocess.STDOUT)
+        wait_for_port(settings.port, 120)
+        return proc
+
+    def worker_start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-P", "-m", "mccad", "worker", "--pool", "solo"], env=env,
+                                stdout=(logs / "worker.log").open("ab"), stderr=subprocess.STDOUT)
+
+    def orthanc_start() -> subprocess.Popen:
+        pacs.start()
+        return pacs.process
+
+    components = [Component("redis", redis_start), Component("orthanc", orthanc_start),
+                  Component("scp", serve_start), Component("worker", worker_start)]
+    for component in components:
+        component.start()
+    studies = [write_study(tmp_path / "in", f"chaos-{i}", views=1, seed=i) for i in range(STUDIES)]
+    acknowledged: list[str] = []
+    faults: list[str] = []
+    stop = threading.Event()
+
+    def send_like_a_pacs() -> None:
+        """Each study until storescu says every instance was acknowledged (a PACS resends what was not)."""
+        for study in studies:
+            while not stop.is_set():
+                sent = subprocess.run([dcmtk("storescu"), "-aet", "PACS1", "-aec", "MCCAD", "127.0.0.1",
+                                       str(settings.port), *map(str, study.paths)],
+                                      capture_output=True, text=True, timeout=120)
+                if sent.returncode == 0 and "Status" not in sent.stderr:
+                    acknowledged.append(study.study_uid)
+                    break
+                time.sleep(1.0)
+            time.sleep(rng.uniform(2.0, 6.0))
+
+    def chaos() -> None:
+        victims = random.Random(SEED + 1)
+        end = time.monotonic() + CHAOS_S
+        while time.monotonic() < end and not stop.is_set():
+            time.sleep(victims.uniform(3.0, 9.0))
+            victim = victims.choice(components)
+            victim.kill()
+            time.sleep(victims.uniform(0.5, 3.0))
+            victim.start()
+            faults.append(victim.name)
+
+    sender, chaos_thread = threading.Thread(target=send_like_a_pacs), threading.Thread(target=chaos)
+    ledger = Ledger(settings.effective_ledger_url)
+    try:
+        sender.start()
+        chaos_thread.start()
+        chaos_thread.join(CHAOS_S + 120)
+        sender.join(600)
+        assert len(acknowledged) == STUDIES, f"sender stopped with {acknowledged}"
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            records = {uid: ledger.get(uid) for uid in acknowledged}
+            if all(r is not None and r.state == DONE for r in records.values()):
+                break
+            time.sleep(1.0)
+        states = {uid[-12:]: (r.state, r.reason) if r else None for uid, r in records.items()}
+        assert all(r is not None and r.state == DONE for r in records.values()), \
+            f"faults {faults}; states {states}; " + (logs / "worker.log").read_text()[-3000:]
+        for uid in acknowledged:
+            work = json.loads((settings.results_dir / uid / "work.json").read_text())
+            ours = {dcmread_uid(settings.results_dir / uid / name) for name in work["dicom_objects"]}
+            in_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.find_instances(StudyInstanceUID=uid)]
+            results = [sop for sop in in_pacs if sop in ours]
+            assert sorted(results) == sorted(ours), f"study {uid[-12:]}: each result exactly once in the PACS"
+        assert stuck_studies(ledger, settings.model_copy(update={"stuck_after_s": 1.0})) == []
+        print(f"chaos: {len(faults)} faults survived: {faults}")
+        assert len(faults) >= 6
+    finally:
+        stop.set()
+        for component in reversed(components):
+            component.stop()
+
+
+def dcmread_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
