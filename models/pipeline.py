@@ -54,6 +54,16 @@ class Analysis:
 #: Grad-CAM of a tiled detector runs on the whole image at half its native scale: a quarter of the cost of native
 #: scale (on the CPU that was 17 s per 0.1 mm mammogram, more than detection), and CAM maps are coarse (stride 4-32)
 TILED_CAM_SCALE = 0.5
+#: ... and on at most this many pixels: the whole-image pass holds every activation for the gradient, so its time and
+#: memory grow faster than the image (cache and memory traffic); a larger image is explained at a lower scale, which
+#: a map this coarse affords. A 0.1 mm mammogram (2048 x 1300) stays at ``TILED_CAM_SCALE``.
+TILED_CAM_MAX_PIXELS = 1_500_000
+
+
+def tiled_cam_scale(height: int, width: int) -> float:
+    """The scale a tiled detector's Grad-CAM runs at for a ``height`` x ``width`` image: ``TILED_CAM_SCALE``, lowered
+    so that the explained image has at most ``TILED_CAM_MAX_PIXELS`` pixels (its cost is then bounded)."""
+    return min(TILED_CAM_SCALE, (TILED_CAM_MAX_PIXELS / max(1, height * width)) ** 0.5)
 
 
 @dataclass
@@ -130,11 +140,12 @@ class Pipeline:
                    device=dev, explain=explain, runtime=runtime)
 
     def _cam_scale(self, tensor: torch.Tensor) -> AbstractContextManager:
-        """A crops-trained (tiled) detector explains the whole image at ``TILED_CAM_SCALE`` of its native scale (one
-        pass, where detection took many tiles); whole-image models at the size they were trained on."""
+        """A crops-trained (tiled) detector explains the whole image at :func:`tiled_cam_scale` of its native scale
+        (one pass, where detection took many tiles); whole-image models at the size they were trained on."""
         if self.tiling is None:
             return nullcontext()
-        return native_scale(self.detector, int(tensor.shape[-2]), int(tensor.shape[-1]), TILED_CAM_SCALE)
+        height, width = int(tensor.shape[-2]), int(tensor.shape[-1])
+        return native_scale(self.detector, height, width, tiled_cam_scale(height, width))
 
     def model_infos(self) -> list[ModelInfo]:
         infos = [_model_info("detector", self.detector_manifest).model_copy(update={"runtime": self.detector_runtime})]
