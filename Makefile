@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
-APT_PACKAGES := orthanc dcmtk dicom3tools redis-server chromium
+APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools redis-server chromium chromium-driver
 
 .PHONY: demo test venv system-deps services node-peers clean
 

@@ -126,7 +126,8 @@ def _evidence(ds: Dataset) -> dict[str, tuple[str, str, str]]:
 
 
 def _lesion(group: Dataset) -> tuple[str, LesionResult]:
-    region = find_one(group, mc.codes.DCM.ImageRegion)
+    probability = find_one(group, mc.PROBABILITY_OF_CANCER)
+    region = next(item for item in children(probability) if item.ValueType == "SCOORD")
     source_uid = _referenced_sop(children(region)[0])
     comment = _text(group, mc.COMMENT)
     try:
@@ -192,9 +193,8 @@ def read_measurement_report(ds: Dataset) -> StudyResult:
     evidence = _evidence(ds)
     lesions: dict[str, list[LesionResult]] = {}
     for group in [] if measurements is None else find_all(measurements, mc.codes.DCM.MeasurementGroup):
-        if find_one(group, mc.codes.DCM.ImageRegion, required=False) is not None:
-            source_uid, lesion = _lesion(group)
-            lesions.setdefault(source_uid, []).append(lesion)
+        source_uid, lesion = _lesion(group)
+        lesions.setdefault(source_uid, []).append(lesion)
     images = [_image(group, evidence, lesions) for group in find_all(evaluations, mc.IMAGE_ASSESSMENT)]
     breasts = [_breast(group) for group in find_all(evaluations, mc.BREAST_ASSESSMENT)]
     exam_group = find_one(evaluations, mc.EXAM_ASSESSMENT)

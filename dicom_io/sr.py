@@ -1,17 +1,19 @@
-"""TID 1500 Measurement Report for one study (PS3.16 TID 1500, TID 1410, TID 300; highdicom Comprehensive 3D SR).
+"""TID 1500 Measurement Report for one study (PS3.16 TID 1500, TID 1501, TID 300; highdicom Comprehensive 3D SR).
 
 Layout, chosen so that OHIF / Cornerstone3D, dwv and 3D Slicer draw each lesion as a planar annotation and our reader
 gets every field of ``StudyResult`` back exactly:
 
-* "Imaging Measurements" holds one TID 1410 planar ROI group per lesion and nothing else (viewers take every group
-  there for an annotation on an image). Each group has
+* "Imaging Measurements" holds one measurement group per lesion and nothing else (viewers take every group there
+  for an annotation on an image), written the way Cornerstone3D writes its own rectangles: TID 1501 with the region
+  under the first measurement (TID 300), not TID 1410's group-level Image Region, which OHIF 3 draws but labels
+  with the NUM values only and cannot track. Each group has
   - the Tracking Identifier ``Cornerstone3DTools@^0.1.0:RectangleROI`` (the tool Cornerstone3D's SR adapter, and so
     OHIF, turns it into) and a Tracking Unique Identifier derived from the study, the models and the lesion;
   - Finding "Calcification cluster" (SCT 129769006: a box holds a cluster, not one calcification) at the breast with
     laterality, and Behavior of the finding site (DCM 125312) = Benign / Malignant;
-  - the box as Image Region SCOORD (closed 5-point POLYLINE in (column, row), PS3.3 C.18.6) and again under the first
-    NUM, "Probability of cancer" (DCM 111047), as its INFERRED FROM coordinates (TID 300 row 8), which is where
-    Cornerstone3D's adapter and OHIF look for a measurement's region;
+  - the box as a closed 5-point POLYLINE SCOORD in (column, row) (PS3.3 C.18.6), INFERRED FROM under the first
+    NUM, "Probability of cancer" (DCM 111047) (TID 300 row 8), which is where Cornerstone3D's adapter and OHIF look
+    for a measurement's region;
   - a Comment (DCM 121106), the text viewers show as the annotation's label: "#<lesion id> <label>, P(cancer) <p>";
   - Certainty of Finding (DCM 111012) = the detector's score, the pathotype / ER probabilities and the exact box
     edges as NUM (SCOORD GraphicData is 32-bit float and cannot hold every float64 coordinate);
@@ -92,13 +94,13 @@ def lesion_comment(lesion: LesionResult) -> str:
 
 
 def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
-                  lesion: LesionResult) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    polyline = rectangle_polyline(clipped_box(lesion, image))
-    region_source = hd.sr.SourceImageForRegion.from_source_image(source)
-    coordinates = hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                                                  graphic_data=polyline, source_image=region_source)
-    measurements = [_ratio(mc.PROBABILITY_OF_CANCER, lesion.malignancy_probability),
-                     _ratio(mc.CERTAINTY_OF_FINDING, lesion.score)]
+                  lesion: LesionResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    coordinates = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=rectangle_polyline(clipped_box(lesion, image)),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source))
+    measurements = [_ratio(mc.PROBABILITY_OF_CANCER, lesion.malignancy_probability,
+                           referenced_coordinates=[coordinates]),
+                    _ratio(mc.CERTAINTY_OF_FINDING, lesion.score)]
     for name, value in ((mc.P_INVASIVE_INCL_MICROINVASION, lesion.invasive_incl_microinvasion_probability),
                         (mc.P_INVASIVE_EXCL_MICROINVASION, lesion.invasive_excl_microinvasion_probability),
                         (mc.P_ER_POSITIVE, lesion.er_positive_probability)):
@@ -106,18 +108,13 @@ def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
             measurements.append(_ratio(name, value))
     for name, value in zip((mc.BOX_X0, mc.BOX_Y0, mc.BOX_X1, mc.BOX_Y1), lesion.box.as_tuple()):
         measurements.append(hd.sr.Measurement(name=name, value=float(value), unit=mc.PIXELS))
-    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polyline,
-                               source_image=region_source)
     uid = derive_uid(result.study_instance_uid, result.model_version_tag(), KIND,
                      f"lesion/{image.sop_instance_uid}/{lesion.lesion_id}")
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=CORNERSTONE_RECTANGLE),
-        referenced_region=region, finding_type=mc.CALCIFICATION_CLUSTER,
-        algorithm_id=algorithm_identification(result), finding_sites=_finding_site(image.laterality),
-        measurements=measurements, qualitative_evaluations=[_label(lesion.label)])
-    # highdicom refuses coordinates under a TID 1410 measurement, TID 300 row 8 allows them: added after it checked
-    probability = next(item for item in group[0].ContentSequence if item.ValueType == "NUM")
-    probability.ContentSequence = hd.sr.ContentSequence([*probability.get("ContentSequence", []), coordinates])
+        finding_type=mc.CALCIFICATION_CLUSTER, algorithm_id=algorithm_identification(result),
+        finding_sites=_finding_site(image.laterality), measurements=measurements,
+        qualitative_evaluations=[_label(lesion.label)])
     group[0].ContentSequence.append(_text(mc.COMMENT, lesion_comment(lesion)))
     return group
 
@@ -196,11 +193,10 @@ def build_measurement_report(result: StudyResult, sources: dict[str, Dataset], s
     report = hd.sr.MeasurementReport(observation_context=observation_context(),
                                      procedure_reported=codes.SCT.Mammography,
                                      imaging_measurements=groups or placeholder, title=DOCUMENT_TITLE)
-    content = report[0].ContentSequence
-    if placeholder:
-        content.remove(next(item for item in content if item.get("ValueType") == "CONTAINER"
-                            and mc.same_concept(item.ConceptNameCodeSequence[0], codes.DCM.ImagingMeasurements)))
-    content.append(_report_evaluations(result, headers))
+    content = [item for item in report[0].ContentSequence
+               if not (placeholder and item.ValueType == "CONTAINER"
+                       and mc.same_concept(item.ConceptNameCodeSequence[0], codes.DCM.ImagingMeasurements))]
+    report[0].ContentSequence = hd.sr.ContentSequence([*content, _report_evaluations(result, headers)])
     study_uid = study_uid or result.study_instance_uid
     series_uid, sop_uid = output_uids(result, KIND, study_uid=study_uid)
     evidence = evidence_for(headers, study_uid)

@@ -2,7 +2,8 @@
 
 Started with its own configuration, storage and index folders on free loopback ports; stopped by ``stop()``.
 ``modalities`` maps a name to (AE title, host, port) of peers Orthanc may send to (for example our SCP);
-``popen_kwargs`` go to ``subprocess.Popen`` (the benchmarks start it in its own process group, to die with them).
+``popen_kwargs`` go to ``subprocess.Popen`` (the benchmarks start it in its own process group, to die with them);
+``dicomweb`` loads Debian's orthanc-dicomweb plugin (``/dicom-web/``, for viewers such as OHIF).
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from typing import Any
 from tests.peers.ports import free_port, wait_for_port
 
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class OrthancPeer:
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, str, int]] | None = None,
-                 overwrite_instances: bool = True, popen_kwargs: dict[str, Any] | None = None) -> None:
+                 overwrite_instances: bool = True, popen_kwargs: dict[str, Any] | None = None,
+                 dicomweb: bool = False) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.dicom_port = free_port()
@@ -30,6 +33,7 @@ class OrthancPeer:
         self.modalities = dict(modalities or {})
         self.overwrite_instances = overwrite_instances
         self.popen_kwargs = dict(popen_kwargs or {})
+        self.dicomweb = dicomweb
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,6 +47,8 @@ class OrthancPeer:
 
     def start(self) -> "OrthancPeer":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.dicomweb and not DICOMWEB_PLUGIN.is_file():
+            raise FileNotFoundError(f"{DICOMWEB_PLUGIN} missing: apt-get install orthanc-dicomweb (make system-deps)")
         config = {
             "Name": "mccad-test-pacs",
             "StorageDirectory": str(self.workdir / "storage"),
@@ -57,7 +63,8 @@ class OrthancPeer:
             "DicomCheckCalledAet": False,
             "OverwriteInstances": self.overwrite_instances,
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "HttpTimeout": 60,
             "DicomScuTimeout": 30,
             "StableAge": 1,
