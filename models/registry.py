@@ -4,7 +4,8 @@ The manifest says what the weights are (architecture, role, classes), how to fee
 standardisation and network configs), how to read their output (``thresholds``), where they came from
 (``training_data``, ``synthetic_only``, ``metrics``) and the SHA-256 of the weights file. Loading checks all of it
 before a single weight is used: a wrong folder, a changed file or weights of another network fail with an
-``models.errors.RegistryError`` that names the file. Nothing is ever downloaded.
+``models.errors.RegistryError`` that names the file. Nothing is ever downloaded. The one model without weights is
+the training-free spot detector (``spots-dog``, ``models.spot_detector``): its folder is a manifest alone.
 
 Weights are stored as float16 (the repository ships them; half the size of float32) and loaded into float32 networks.
 BatchNorm's ``num_batches_tracked`` counters are not stored: inference does not use them.
@@ -30,12 +31,14 @@ from models.classifier import ARCHITECTURE as CLASSIFIER_ARCHITECTURE
 from models.detector import DetectorConfig, apply_thresholds, build_detector
 from models.detector import ARCHITECTURE as DETECTOR_ARCHITECTURE
 from models.errors import ArchitectureMismatch, ModelNotFound, WeightsNotFound, WeightsTampered
+from models.spot_detector import ARCHITECTURE as SPOTS_ARCHITECTURE
+from models.spot_detector import SpotDetectorConfig
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 Architecture = Literal["fpnnet-resnet50", "fpnnet-efficientnet_lite0", "fpnnet-efficientnet_lite2",
-                       "sppnet-resnet18", "sppnet-efficientnet_lite0", "sppnet-efficientnet_lite2"]
+                       "sppnet-resnet18", "sppnet-efficientnet_lite0", "sppnet-efficientnet_lite2", "spots-dog"]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Detector thresholds an operator may tune in manifest.json without retraining (the weights hash is unaffected).
 DETECTOR_THRESHOLD_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "cross_class_iou")
@@ -235,6 +238,36 @@ def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[S
     model = _load_state(folder, manifest, config.architecture, lambda: build_classifier(config))
     log.info("loaded classifier %s %s (%s) from %s", manifest.name, manifest.version, manifest.role, folder)
     return model.to(device).eval(), config, manifest  # type: ignore[return-value]
+
+
+def load_spot_detector(folder: Path) -> tuple[SpotDetectorConfig, ModelManifest]:
+    """Load a training-free spot detector folder (``models.spot_detector``): a manifest and no weights.
+
+    Its parameters are ``input_spec["spots"]`` (``SpotDetectorConfig``: an unknown key is an error, a key left out
+    takes its documented default); its operating point, ``thresholds["score_thresh"]``, must be given and is the only
+    threshold. Its role is ``detector``. A folder whose manifest names a weights hash or holds a weights file is
+    refused, since nothing would check or use them.
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if manifest.architecture != SPOTS_ARCHITECTURE:
+        raise ArchitectureMismatch(folder, f"the manifest says {manifest.architecture}, a spot detector is "
+                                           f"{SPOTS_ARCHITECTURE}")
+    if manifest.sha256 or (folder / manifest.weights_file).exists():
+        raise ArchitectureMismatch(folder, f"{SPOTS_ARCHITECTURE} has no weights: remove the sha256 from {MANIFEST} "
+                                           f"and {manifest.weights_file} from the folder")
+    unknown = sorted(set(manifest.input_spec) - {"spots"})
+    if unknown:
+        raise ArchitectureMismatch(folder, f"input_spec of a {SPOTS_ARCHITECTURE} model holds only 'spots', not "
+                                           f"{unknown}")
+    if manifest.role != "detector":
+        raise ArchitectureMismatch(folder, f"a {SPOTS_ARCHITECTURE} model's role is detector, not {manifest.role}")
+    if set(manifest.thresholds) != {"score_thresh"}:
+        raise ArchitectureMismatch(folder, f"thresholds of a {SPOTS_ARCHITECTURE} model hold 'score_thresh' and "
+                                           f"nothing else, not {sorted(manifest.thresholds)}")
+    config = _config(folder, manifest, "spots", SpotDetectorConfig)
+    log.info("loaded spot detector %s %s from %s", manifest.name, manifest.version, folder)
+    return config, manifest
 
 
 def _config(folder: Path, manifest: ModelManifest, key: str, cls: Any) -> Any:

@@ -5,6 +5,8 @@ detector boxes are mapped back to original pixels. The detector runs with a low 
 cross-class suppression so that FROC sees the whole score range; ``training.evaluate`` applies the operating point.
 A detector whose manifest (or training run) has the breast gate (``models.breast_gate``) has it applied after
 detection, on the standardised image, as ``models.pipeline`` does; ``mccad evaluate --no-breast-gate`` turns it off.
+The training-free spot detector (``models.spot_detector``, a manifest without weights) reads each image at its own
+pixel pitch instead, unstandardised (it finds the breast itself), and gives one box per cluster.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from models.preprocess import StandardiseConfig, standardise_config_from
+from models.spot_detector import SpotDetectorConfig, detect_clusters
 from training.datasets.images import prepare
 from training.datasets.samples import Sample
 from training.evaluate import ImagePrediction, OperatingPoint
@@ -27,17 +30,22 @@ LABEL_NAMES = {1: "benign", 2: "malignant"}
 
 @dataclasses.dataclass
 class LoadedModel:
-    kind: str  # detector or sppnet (patch heads are evaluated on patches, not here)
-    model: torch.nn.Module
+    kind: str  # detector, sppnet or spots (patch heads are evaluated on patches, not here)
+    model: torch.nn.Module | None  # None for the spot detector, whose network_config is its SpotDetectorConfig
     network_config: Any
     standardise: StandardiseConfig
     description: dict[str, Any]
     tiling: dict[str, int] | None = None  # a detector trained on crops runs tile by tile (models.tiling)
     #: the manifest's ``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``); None: no gate
     breast_gate: dict[str, float] | None = None
+    #: the spot detector's operating point (its manifest's ``thresholds["score_thresh"]``); None for the others
+    score_thresh: float | None = None
 
     @property
     def operating_point(self) -> OperatingPoint:
+        if self.kind == "spots":  # one class: nothing for a cross-class suppression to do
+            return OperatingPoint(float(self.score_thresh if self.score_thresh is not None else 0.0),
+                                  cross_class_suppression=False)
         if self.kind != "detector":
             return OperatingPoint()
         c = self.network_config
@@ -48,11 +56,16 @@ def load_model(path: Path, device: str = "cpu") -> LoadedModel:
     """A registry folder (``manifest.json``) or a training run folder (``best.pt``)."""
     path = Path(path)
     if (path / "manifest.json").is_file():
-        from models.registry import load_classifier, load_detector, load_manifest
+        from models.registry import load_classifier, load_detector, load_manifest, load_spot_detector
+        from models.spot_detector import ARCHITECTURE as SPOTS_ARCHITECTURE
 
         manifest = load_manifest(path)
-        std = standardise_config_from(manifest.input_spec.get("standardise", {}))
         desc = {"source": str(path), "name": manifest.name, "version": manifest.version, "role": manifest.role}
+        if manifest.architecture == SPOTS_ARCHITECTURE:
+            spots, manifest = load_spot_detector(path)
+            return LoadedModel("spots", None, spots, StandardiseConfig(), desc,
+                               score_thresh=float(manifest.thresholds["score_thresh"]))
+        std = standardise_config_from(manifest.input_spec.get("standardise", {}))
         if manifest.architecture.startswith("fpnnet-"):
             model, cfg, _ = load_detector(path, device=device)
             return LoadedModel("detector", model, cfg, std, desc, manifest.input_spec.get("tiling"),
@@ -71,6 +84,19 @@ def load_model(path: Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(run.kind, run.model.to(device), run.network_config, std, desc, run.tiling, run.breast_gate)
 
 
+def predict_spots(config: SpotDetectorConfig, sample: Sample) -> ImagePrediction:
+    """The spot detector's clusters on one sample (``models.spot_detector.detect_clusters`` with ``config``, a
+    ``SpotDetectorConfig``): the image at the pitch its file states (the mean of row and column spacing), else at
+    ``config.assumed_spacing_mm``. Every box is labelled malignant, meaning a cluster the rule calls suspicious (the
+    detector does not tell benign from malignant), so that its score is the box's P(malignant) for every level."""
+    from training.datasets.images import load_pixels, pixel_spacing
+
+    spacing = pixel_spacing(sample)
+    spacing_mm = float(np.mean(spacing)) if spacing is not None else config.assumed_spacing_mm
+    found = detect_clusters(load_pixels(sample), spacing_mm, config, view=sample.view, laterality=sample.breast)
+    return ImagePrediction(sample.image_id, found.boxes, ["malignant"] * len(found), found.scores)
+
+
 def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = False) -> list[ImagePrediction]:
     """One ImagePrediction per sample (boxes in original pixels for the detector, P(malignant) for SPPNet)."""
     from models.breast_gate import BreastGate, gate_spacing_mm
@@ -83,6 +109,9 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         from tqdm import tqdm
 
         items = tqdm(samples, desc="predict", unit="img")
+    if loaded.kind == "spots":
+        return [predict_spots(loaded.network_config, sample) for sample in items]
+    assert loaded.model is not None
     device = next(loaded.model.parameters()).device
     wide = None
     if loaded.kind == "detector":
