@@ -1,0 +1,20 @@
+"""The large-image benchmark runs end to end (``--quick``: small sizes) and writes its report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_large_image_quick_reports_seconds_memory_and_ratio(tmp_path: Path) -> None:
+    from bench import large_image
+
+    out = tmp_path / "large-image.json"
+    assert large_image.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["bench"] == "large_image" and [row["side"] for row in doc["rows"]] == [400, 800]
+    for row in doc["rows"]:
+        assert row["seconds"] > 0 and row["peak_rss_mib"] > 0 and row["ratio"] > 0
+    assert doc["targets"] == {"seconds": 60.0, "peak_rss_mib": 2048.0} and isinstance(doc["met"], bool)
