@@ -1,7 +1,7 @@
 """TID 1500 Measurement Report for one study (PS3.16 TID 1500, TID 1501, TID 300; highdicom Comprehensive 3D SR).
 
-Layout, chosen so that OHIF / Cornerstone3D, dwv and 3D Slicer draw each lesion as a planar annotation and our reader
-gets every field of ``StudyResult`` back exactly:
+Layout, chosen so that OHIF / Cornerstone3D draw each lesion as a planar annotation with its label (the tests check
+both) and our reader gets every field of ``StudyResult`` back exactly:
 
 * "Imaging Measurements" holds one measurement group per lesion and nothing else (viewers take every group there
   for an annotation on an image), written the way Cornerstone3D writes its own rectangles: TID 1501 with the region
@@ -18,7 +18,8 @@ gets every field of ``StudyResult`` back exactly:
   - Certainty of Finding (DCM 111012) = the detector's score, the pathotype / ER probabilities and the exact box
     edges as NUM (SCOORD GraphicData is 32-bit float and cannot hold every float64 coordinate);
 * the report-level "Qualitative Evaluations" container (TID 1500 row 12) holds the warnings (the NOT FOR CLINICAL
-  USE banner), exam key, schema version, timings, one model description per model, and one container per image,
+  USE banner), the result's own Study Instance UID (an exam spanning studies has a report in each, see
+  ``dicom_io.outputs``), exam key, schema version, timings, one model description per model, one container per image,
   per breast and for the exam (told apart by a private 99MCCAD concept name, see ``dicom_io.codes``) with its label,
   P(malignant) and the facts a reader needs back. They carry no region, so they stay out of Imaging Measurements;
 * the algorithm (TID 4019) in every lesion group and a device observer context (TID 1004).
