@@ -27,14 +27,16 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The Node readers the tests hydrate our SRs with (Cornerstone3D's adapters, dcmjs), pinned by the lockfile and
-# installed beside the tests, outside the product. Node comes from Debian where none is on the PATH.
+# The Node readers the tests hydrate our SRs with (Cornerstone3D's adapters, dcmjs), pinned by the lockfile, and
+# OHIF's prebuilt viewer (tests/peers/ohif_viewer.py), installed beside the tests, outside the product. Node comes
+# from Debian where none is on the PATH.
 NODE_PEERS := tests/peers/node
-node-peers: system-deps
+node-peers: system-deps $(STAMP)
 	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 	@test -f $(NODE_PEERS)/node_modules/@cornerstonejs/adapters/package.json \
 	  || npm ci --prefix $(NODE_PEERS) --no-audit --no-fund --loglevel=error
+	@$(BIN)/python -c "from tests.peers.ohif_viewer import install_ohif; install_ohif()"
 
 services: system-deps
 	@$(BIN)/python -c "import redis; redis.Redis(host='127.0.0.1', port=6379, socket_connect_timeout=1).ping()" 2>/dev/null \
