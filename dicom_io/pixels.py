@@ -31,6 +31,10 @@ class VoiError(ValueError):
     """The VOI attributes cannot be applied (bad window width, unknown function, unusable LUT)."""
 
 
+#: Pixels per step where a whole-image temporary would be large (see :func:`effective_bits`).
+_CHUNK = 1 << 22
+
+
 def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
     """Pixels marked as padding by Pixel Padding Value (0028,0120) and Range Limit (0028,0121), on stored values."""
     value = ds.get("PixelPaddingValue")
@@ -55,20 +59,29 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
     if function == "LINEAR":
         if width < 1:
             raise VoiError(f"Window Width {width} is below 1, which PS3.3 C.11.2.1.2.1 forbids for LINEAR")
-        out = (x - (center - 0.5)) / (width - 1) + 0.5 if width > 1 else (x > center - 0.5).astype(np.float64)
-        out = np.where(x <= center - 0.5 - (width - 1) / 2, 0.0, out)
-        out = np.where(x > center - 0.5 + (width - 1) / 2, 1.0, out)
+        # in place on one new array (x may be the caller's): a whole-image temporary per operation would hold
+        # several copies of a large image at once
+        if width > 1:
+            out = x - (center - 0.5)
+            out /= width - 1
+            out += 0.5
+        else:
+            out = (x > center - 0.5).astype(np.float64)
+        out[x <= center - 0.5 - (width - 1) / 2] = 0.0
+        out[x > center - 0.5 + (width - 1) / 2] = 1.0
     elif function == "LINEAR_EXACT":
         if width <= 0:
             raise VoiError(f"Window Width {width} must be above 0 for LINEAR_EXACT (PS3.3 C.11.2.1.3.2)")
-        out = (x - center) / width + 0.5
+        out = x - center
+        out /= width
+        out += 0.5
     elif function == "SIGMOID":
         if width <= 0:
             raise VoiError(f"Window Width {width} must be above 0 for SIGMOID (PS3.3 C.11.2.1.3.1)")
         out = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700, 700)))
     else:
         raise VoiError(f"VOI LUT Function {function!r} is not one of LINEAR, LINEAR_EXACT, SIGMOID (PS3.3 C.11.2.1.3)")
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _first(value: object) -> float:
@@ -121,7 +134,11 @@ def effective_bits(stored: np.ndarray, bits_stored: int, mask: np.ndarray | None
     lo, hi = int(data.min()), int(data.max())
     range_bits = max(1, math.ceil(math.log2(hi - lo + 1)))
     if np.issubdtype(data.dtype, np.integer) and hi - lo < 2**20:
-        levels = np.flatnonzero(np.bincount((data.astype(np.int64) - lo).ravel()))
+        counts = np.zeros(hi - lo + 1, np.int64)
+        flat = data.ravel()
+        for start in range(0, flat.size, _CHUNK):  # by chunks: an int64 copy of a 64 Mpx image is 512 MiB
+            counts += np.bincount(flat[start:start + _CHUNK].astype(np.int64) - lo, minlength=hi - lo + 1)
+        levels = np.flatnonzero(counts)
     else:
         levels = np.unique(data)
     if levels.size > 2 and float(np.median(np.diff(levels))) >= 2:
@@ -139,7 +156,10 @@ def range_to_unit(values: np.ndarray, mask: np.ndarray | None, quirks: list[str]
     if hi <= lo:
         quirks.append("constant-image")
         return np.zeros(values.shape, np.float64)
-    return np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    unit = values.astype(np.float64)  # one working copy, then in place: the memory of an image stays 8 B per pixel
+    unit -= lo
+    unit /= hi - lo
+    return np.clip(unit, 0.0, 1.0, out=unit)
 
 
 def is_inverted(ds: Dataset, quirks: list[str]) -> bool:
@@ -174,6 +194,7 @@ def to_unit_image(stored: np.ndarray, ds: Dataset, quirks: list[str]) -> np.ndar
         unit = range_to_unit(values, mask, quirks)
     elif has_voi(ds):
         unit = apply_voi_to_unit(values, ds, quirks)
+        del values  # the Modality LUT's float64 copy is not needed past here: free it before the float32 copy
     else:
         measured = effective_bits(stored, bits_stored, mask)
         if 0 < measured < bits_stored:
@@ -184,4 +205,4 @@ def to_unit_image(stored: np.ndarray, ds: Dataset, quirks: list[str]) -> np.ndar
         unit = 1.0 - unit
     if mask is not None:
         unit = np.where(mask, 0.0, unit)
-    return unit.astype(np.float32)
+    return unit.astype(np.float32, copy=False)
