@@ -226,7 +226,7 @@ def run(args: argparse.Namespace, settings) -> int:
     summary = {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
                for lvl, b in metrics["levels"].items()}
     printed: dict = {"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}
-    if "froc" in metrics:  # sensitivity at each FP rate, with its bootstrap interval when one was drawn
+    if "froc" in metrics and metrics["froc"]["all"]["n_lesions"]:  # sensitivity at each FP rate, with its interval
         curve = metrics["froc"]["all"]
         printed["froc_sensitivity"] = _with_intervals(curve["sensitivity_at_fp_per_image"], curve.get("ci"))
     if "normal_images" in metrics:  # boxes on images without lesions: every one a false positive
