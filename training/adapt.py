@@ -322,7 +322,7 @@ def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSetti
         candidates["B"] = judge("B", run_dir, parts, inserted, work, settings, runtime)
     kept = choose(candidates)
     say(f"kept candidate {kept}; writing the bundle")
-    report = {"command": command, "normals": str(normals.resolve()), "base": str(base.resolve()),
+    report = {"command": command, "normals": str(normals), "base": str(base),  # as given: a card names no host path
               "settings": dataclasses.asdict(settings), "pitch_mm": pitch,
               "split": {name: {"women": len({s.patient_id for s in part}), "images": len(part)}
                         for name, part in parts.items()},
