@@ -45,6 +45,7 @@ __all__ = [
     "SUPPORTED_TRANSFER_SYNTAXES",
     "check_instance",
     "exam_key_of",
+    "is_dicom_file",
     "read_mammogram",
     "read_meta",
 ]
@@ -70,6 +71,17 @@ _ITEM, _SEQUENCE_DELIMITER = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 
 # --------------------------------------------------------------------------------------------------- reading bytes
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a DICOM Part 10 file: ``DICM`` after the 128-byte preamble, whatever the file's name.
+    An unreadable file is not one."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 @contextmanager
 def _open(source: str | os.PathLike | bytes) -> Iterator[tuple[BinaryIO, str | None]]:
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -209,32 +209,44 @@ def simulate_part(name: str, samples: Sequence[Sample], work: Path, pitch: float
     return [dataclasses.replace(s, image_id=f"inserted/{s.image_id}") for s in inserted]
 
 
-def predictions_of(model_dir: Path, samples: Sequence[Sample], cache: Path, runtime: str) -> list[ImagePrediction]:
-    """The detector's predictions on ``samples`` (``training.predict``: the product's reading, low floor, no
-    cross-class suppression), cached in ``cache`` (a predictions file) for resumption."""
-    from models.onnx_runtime import detection_model
-    from training.evaluate import read_predictions, write_predictions
-    from training.predict import load_model, predict
+class CandidateReader:
+    """One candidate detector read as ``training.predict`` reads it (the product's reading, low score floor, no
+    cross-class suppression), loaded once; the runtime twin (``models.onnx_runtime``) is built at the first
+    prediction that is not cached, so a resumed adaptation whose predictions are all on disk builds none."""
 
-    if cache.is_file():
-        preds, _ = read_predictions(cache)
-        if {p.image_id for p in preds} == {s.image_id for s in samples}:
-            return preds
-    loaded = load_model(model_dir, device="cpu")
-    if loaded.kind != "detector":
-        raise AdaptationError(f"{model_dir} is not a detector")
-    loaded.model, _ = detection_model(loaded.model, runtime, "cpu")
-    preds = predict(loaded, samples, progress=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(cache, preds, {**loaded.description, "operating_point": loaded.operating_point.__dict__})
-    return preds
+    def __init__(self, model_dir: Path, runtime: str) -> None:
+        from training.predict import load_model
 
+        self.model_dir, self.runtime = Path(model_dir), runtime
+        self.loaded = load_model(self.model_dir, device="cpu")
+        if self.loaded.kind != "detector":
+            raise AdaptationError(f"{model_dir} is not a detector")
+        self._twin_built = False
 
-def operating_point_of(model_dir: Path) -> OperatingPoint:
-    """The suppression settings (cross-class) a detector folder or run applies; the threshold is chosen here."""
-    from training.predict import load_model
+    @property
+    def operating_point(self) -> OperatingPoint:
+        """The suppression settings (cross-class) the detector applies; the threshold is chosen by adaptation."""
+        return self.loaded.operating_point
 
-    return load_model(model_dir, device="cpu").operating_point
+    def predictions(self, samples: Sequence[Sample], cache: Path) -> list[ImagePrediction]:
+        """The predictions on ``samples``, read from ``cache`` (a predictions file) when it holds exactly them,
+        else made and written there for resumption."""
+        from models.onnx_runtime import detection_model
+        from training.evaluate import read_predictions, write_predictions
+        from training.predict import predict
+
+        if cache.is_file():
+            preds, _ = read_predictions(cache)
+            if {p.image_id for p in preds} == {s.image_id for s in samples}:
+                return preds
+        if not self._twin_built:
+            self.loaded.model, _ = detection_model(self.loaded.model, self.runtime, "cpu")
+            self._twin_built = True
+        preds = predict(self.loaded, samples, progress=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_predictions(cache, preds, {**self.loaded.description,
+                                         "operating_point": self.loaded.operating_point.__dict__})
+        return preds
 
 
 def fine_tune(base: Path, train: Sequence[Sample], work: Path, settings: AdaptSettings, progress: bool) -> Path:
@@ -255,15 +267,16 @@ def judge(name: str, model: Path, normals: dict[str, list[Sample]], inserted: di
     """One candidate's figures: its operating point on the calibration normals, then clusters found at it on the
     calibration copies, and on the test women false positives per image (interval by woman), FROC and
     sensitivity at the operating point."""
-    op = operating_point_of(model)
+    reader = CandidateReader(model, runtime)
+    op = reader.operating_point
     cache = work / "predictions" / name
-    cal_normals = predictions_of(model, normals["calibrate"], cache / "calibrate-normals.json", runtime)
-    cal_inserted = predictions_of(model, inserted["calibrate"], cache / "calibrate-inserted.json", runtime)
+    cal_normals = reader.predictions(normals["calibrate"], cache / "calibrate-normals.json")
+    cal_inserted = reader.predictions(inserted["calibrate"], cache / "calibrate-inserted.json")
     threshold = threshold_for_fp_rate(cal_normals, op, settings.target_fp_per_image)
     at = dataclasses.replace(op, score_thresh=threshold)
     cal_found, cal_total = sensitivity_at(inserted["calibrate"], cal_inserted, at)
-    test_normals = predictions_of(model, normals["test"], cache / "test-normals.json", runtime)
-    test_inserted = predictions_of(model, inserted["test"], cache / "test-inserted.json", runtime)
+    test_normals = reader.predictions(normals["test"], cache / "test-normals.json")
+    test_inserted = reader.predictions(inserted["test"], cache / "test-inserted.json")
     women = [s.patient_id for s in normals["test"]]
     low, high = fp_interval_by_woman(test_normals, women, at, n_boot=settings.n_boot, seed=settings.seed)
     test_found, test_total = sensitivity_at(inserted["test"], test_inserted, at)

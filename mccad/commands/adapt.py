@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how --normals is laid out: normals (default: a folder of DICOM normals, any layout) or "
                         "vindr_mammo (VinDr-Mammo as its publisher ships it: its images without any finding)")
     p.add_argument("--out", type=Path, required=True, help="new model bundle folder (OUT/detector is written)")
-    p.add_argument("--model", type=Path, default=Path("models/weights/default/detector"),
-                   help="base detector folder (default: the shipped detector)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="base detector folder (default: the detector of the configured bundle, MCCAD_MODEL_DIR, "
+                        "the shipped one unless set)")
     p.add_argument("--work", type=Path, default=None,
                    help="work folder (split, simulated images, the fine-tuning run, predictions); an interrupted "
                         "adaptation resumes from it (default: OUT.work)")
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace, settings) -> int:
         chosen = AdaptSettings(seed=args.seed, train_crops=args.train_crops, epochs=args.epochs,
                                samples_per_epoch=args.samples_per_epoch, target_fp_per_image=args.target_fp,
                                fine_tune=args.fine_tune, workers=args.workers)
-        report = adapt(args.normals, args.out, args.model, work, chosen,
+        report = adapt(args.normals, args.out, args.model or settings.model_dir / "detector", work, chosen,
                        command="mccad " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                        runtime=settings.detector_runtime, progress=not args.no_progress, fmt=args.format,
                        version=args.version,

@@ -26,17 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def find_dicom_files(paths: list[Path]) -> list[Path]:
     """Files named on the command line are taken as they are; folders contribute every file that starts with a
     DICOM preamble (``DICM`` at byte 128), whatever its name."""
+    from dicom_io.reader import is_dicom_file
+
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
-                try:
-                    with open(candidate, "rb") as handle:
-                        handle.seek(128)
-                        if handle.read(4) == b"DICM":
-                            found.append(candidate)
-                except OSError:
-                    continue
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and is_dicom_file(p))
         elif path.is_file():
             found.append(path)
         else:

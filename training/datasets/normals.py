@@ -20,20 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dicom_io.reader import is_dicom_file
 from training.datasets.samples import DatasetError, Sample, breast_from_text, view_from_text
-
-#: the DICOM preamble's magic, at byte 128 of a Part 10 file
-_DICM = b"DICM"
-
-
-def is_dicom_file(path: Path) -> bool:
-    """True when ``path`` is a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == _DICM
 
 
 def read_normals_folder(folder: Path | str) -> list[Sample]:
@@ -52,9 +40,9 @@ def read_normals_folder(folder: Path | str) -> list[Sample]:
     for path in sorted(p for p in files if p.is_file()):
         if not is_dicom_file(path):
             continue
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, defer_size=1024)  # one read: large values (the pixels) stay on disk
         where = str(path.relative_to(root))
-        if "PixelData" not in ds and "FloatPixelData" not in ds and not _has_pixels(path):
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
             raise DatasetError(f"{where}: DICOM file without pixel data (not an image)")
         patient = str(ds.get("PatientID", "") or "").strip()
         if not patient:
@@ -65,13 +53,6 @@ def read_normals_folder(folder: Path | str) -> list[Sample]:
     if not samples:
         raise DatasetError(f"normals folder {str(root)!r} holds no DICOM file")
     return samples
-
-
-def _has_pixels(path: Path) -> bool:
-    """Whether the file holds pixel data (``stop_before_pixels`` leaves the element out of the dataset)."""
-    import pydicom
-
-    return "PixelData" in pydicom.dcmread(path)
 
 
 def split_women(samples: Sequence[Sample], fractions: Mapping[str, float], seed: int) -> dict[str, list[Sample]]:
