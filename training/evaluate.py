@@ -305,16 +305,21 @@ def threshold_for_fp_rate(normals: Sequence[ImagePrediction], op: OperatingPoint
     return float(floor)
 
 
+def kept_counts(normals: Sequence[ImagePrediction], op: OperatingPoint) -> np.ndarray:
+    """The number of boxes each image keeps at ``op`` (on lesion-free images, its false positives)."""
+    return np.asarray([len(kept_indices(p, op)) for p in normals], dtype=np.float64)
+
+
 def fp_per_image(normals: Sequence[ImagePrediction], op: OperatingPoint) -> float:
     """Mean number of boxes kept at ``op`` per lesion-free image."""
-    return float(np.mean([len(kept_indices(p, op)) for p in normals])) if normals else float("nan")
+    return float(kept_counts(normals, op).mean()) if normals else float("nan")
 
 
 def fp_interval_by_woman(normals: Sequence[ImagePrediction], women: Sequence[str], op: OperatingPoint, *,
                          n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the false positives per image, resampling women (an image's
     ``women[i]``) with replacement, since a woman's two films share her tissue and her film's grain."""
-    counts = np.asarray([len(kept_indices(p, op)) for p in normals], dtype=np.float64)
+    counts = kept_counts(normals, op)
     names = sorted(set(women))
     members = [np.flatnonzero(np.asarray(women) == w) for w in names]
     rng = np.random.default_rng(seed)
@@ -338,11 +343,11 @@ def normal_image_false_positives(truth: Sequence[Sample], predictions: Sequence[
         return None
     preds = [p for _, p in pairs]
     women = [s.patient_id for s, _ in pairs]
-    counts = [len(kept_indices(p, op)) for p in preds]
-    low, high = fp_interval_by_woman(preds, women, op, n_boot=max(n_boot, 1), seed=seed) if n_boot else (None, None)
+    counts = kept_counts(preds, op)
+    low, high = fp_interval_by_woman(preds, women, op, n_boot=n_boot, seed=seed) if n_boot else (None, None)
     return {"images": len(preds), "women": len(set(women)), "score_thresh": op.score_thresh,
-            "false_positives": int(sum(counts)), "fp_per_image": fp_per_image(preds, op),
-            "fp_per_image_ci95": [low, high], "images_with_a_box": int(sum(c > 0 for c in counts))}
+            "false_positives": int(counts.sum()), "fp_per_image": float(counts.mean()),
+            "fp_per_image_ci95": [low, high], "images_with_a_box": int((counts > 0).sum())}
 
 
 def compare(truth: Sequence[Sample], a: Sequence[ImagePrediction], b: Sequence[ImagePrediction], *,
