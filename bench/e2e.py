@@ -76,8 +76,8 @@ class Study:
 
 # -- inputs -------------------------------------------------------------------------------------------------------
 def make_studies(folder: Path, count: int, rows: int, cols: int) -> list[list[Path]]:
-    """``count`` synthetic 4-view MG studies (training.synth); one list of files per study."""
-    from training.synth import write_synthetic_dataset
+    """``count`` synthetic 4-view MG studies (training.simulate.synth); one list of files per study."""
+    from training.simulate.synth import write_synthetic_dataset
 
     write_synthetic_dataset(folder, count, seed=11, rows=rows, cols=cols)
     studies = [sorted(d.glob("*.dcm")) for d in sorted(p for p in folder.iterdir() if p.is_dir())]

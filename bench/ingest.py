@@ -76,8 +76,8 @@ def require_tool(name: str) -> str:
 
 
 def make_files(folder: Path, studies: int, rows: int, cols: int) -> list[Path]:
-    """``studies`` synthetic 4-view MG studies (training.synth), the files the senders send."""
-    from training.synth import write_synthetic_dataset
+    """``studies`` synthetic 4-view MG studies (training.simulate.synth), the files the senders send."""
+    from training.simulate.synth import write_synthetic_dataset
 
     write_synthetic_dataset(folder, studies, seed=7, rows=rows, cols=cols)
     files = sorted(folder.rglob("*.dcm"))

@@ -22,7 +22,7 @@ How (:meth:`BreastGate.apply`), on the standardised detector input (chest wall o
    the mask found nothing; kept boxes keep their order, labels and scores.
 
 A detector bundle turns the gate on with ``input_spec["breast_gate"] = {"margin_mm": ...}`` in its manifest; without
-the key (older bundles) there is no gate. The pipeline (``models.pipeline``) and evaluation (``training.predict``)
+the key (older bundles) there is no gate. The pipeline (``models.pipeline``) and evaluation (``training.evaluation.predict``)
 apply it alike, after detection, whole-image or tiled.
 """
 from __future__ import annotations

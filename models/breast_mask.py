@@ -2,7 +2,7 @@
 or film borders, and optionally without the pectoral muscle of an MLO view.
 
 A calcification lies in breast parenchyma, never in the background, on a burned-in label, or (for the simulator) in
-the pectoral muscle of an MLO view. The simulator (``training.simulate_insert``) places its clusters inside this mask,
+the pectoral muscle of an MLO view. The simulator (``training.simulate.insert``) places its clusters inside this mask,
 and the detector's gate (``models.breast_gate``) drops boxes whose centre falls outside it. :func:`breast_mask` finds
 the breast on a coarse grid (about 1 mm cells):
 

@@ -4,7 +4,7 @@ A hospital has normal studies in quantity and annotated calcifications rarely. F
 (``training.datasets.normals``) this module
 
 1. splits the women (PatientID) into ``adapt``, ``calibrate`` and ``test`` parts (``split_women``, seeded);
-2. inserts simulated clusters (``training.simulate_dataset``) into the films at their own pixel pitch: crops of the
+2. inserts simulated clusters (``training.simulate.dataset``) into the films at their own pixel pitch: crops of the
    adapt women's films for training, and whole copies of every calibrate and test image for judging;
 3. makes two candidates: **A**, the base detector unchanged, and **B**, the base fine-tuned on the adapt crops
    (recipe ``training/experiments/site-adapt-detector.toml``; its last epoch: a whole-image validation each epoch
@@ -34,9 +34,9 @@ import numpy as np
 
 from training.datasets.normals import read_normals_folder, split_women
 from training.datasets.samples import DatasetError, Sample
-from training.evaluate import (ImagePrediction, OperatingPoint, fp_interval_by_woman, fp_per_image, kept_indices,
+from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, fp_interval_by_woman, fp_per_image, kept_indices,
                                threshold_for_fp_rate)
-from training.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
+from training.evaluation.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def site_pitch_mm(samples: Sequence[Sample]) -> float:
 
 def link_backgrounds(samples: Sequence[Sample], folder: Path) -> Path:
     """``folder`` holding one link per sample (``<woman>_<file name>.dcm``, sorted by woman then file), the form
-    ``training.simulate_dataset`` takes backgrounds in; copies where the file system has no symbolic links."""
+    ``training.simulate.dataset`` takes backgrounds in; copies where the file system has no symbolic links."""
     folder.mkdir(parents=True, exist_ok=True)
     for sample in samples:
         target = folder / f"{sample.patient_id}_{Path(sample.source).stem}.dcm"
@@ -190,7 +190,7 @@ def simulate_part(name: str, samples: Sequence[Sample], work: Path, pitch: float
     """The simulated images of one part (training crops, or ``copies`` whole copies of each judging image with 1-3
     clusters), made once into ``work/sim/<name>`` and read back as samples."""
     from training.datasets.paper_csv import read_paper_dataset
-    from training.simulate_dataset import make_simulated_dataset
+    from training.simulate.dataset import make_simulated_dataset
 
     out = work / "sim" / name
     csv = out / "annotations.csv"
@@ -210,12 +210,12 @@ def simulate_part(name: str, samples: Sequence[Sample], work: Path, pitch: float
 
 
 class CandidateReader:
-    """One candidate detector read as ``training.predict`` reads it (the product's reading, low score floor, no
+    """One candidate detector read as ``training.evaluation.predict`` reads it (the product's reading, low score floor, no
     cross-class suppression), loaded once; the runtime twin (``models.onnx_runtime``) is built at the first
     prediction that is not cached, so a resumed adaptation whose predictions are all on disk builds none."""
 
     def __init__(self, model_dir: Path, runtime: str) -> None:
-        from training.predict import load_model
+        from training.evaluation.predict import load_model
 
         self.model_dir, self.runtime = Path(model_dir), runtime
         self.loaded = load_model(self.model_dir, device="cpu")
@@ -232,8 +232,8 @@ class CandidateReader:
         """The predictions on ``samples``, read from ``cache`` (a predictions file) when it holds exactly them,
         else made and written there for resumption."""
         from models.onnx_runtime import detection_model
-        from training.evaluate import read_predictions, write_predictions
-        from training.predict import predict
+        from training.evaluation.evaluate import read_predictions, write_predictions
+        from training.evaluation.predict import predict
 
         if cache.is_file():
             preds, _ = read_predictions(cache)
@@ -252,7 +252,7 @@ class CandidateReader:
 def fine_tune(base: Path, train: Sequence[Sample], work: Path, settings: AdaptSettings, progress: bool) -> Path:
     """Candidate B's run folder: ``base`` fine-tuned on ``train`` by the recipe, its last epoch kept (resumed from
     its last checkpoint when one is there)."""
-    from training.config import load_experiment
+    from training.trainers.config import load_experiment
     from training.trainers.detector import DetectorTrainConfig, train_detector
 
     recipe = dict(load_experiment(RECIPE).train)

@@ -86,8 +86,8 @@ def _predictions_of(source: Path, samples, device: str, out: Path, tag: str, bre
     its manifest's)."""
     from mccad.cli import UserError
     from models.onnx_runtime import detection_model
-    from training.evaluate import OperatingPoint, read_predictions, write_predictions
-    from training.predict import load_model, predict
+    from training.evaluation.evaluate import OperatingPoint, read_predictions, write_predictions
+    from training.evaluation.predict import load_model, predict
 
     if source.is_file():
         preds, meta = read_predictions(source)
@@ -124,9 +124,9 @@ def _read_truths(paths: list[Path], fmt: str) -> tuple[list, dict | None]:
     """The samples of one or several annotation files, and their ``simulated.json`` records (None unless every file
     has them). Pooled files prefix each image's name with its file's folder (made unique), since two sets made by
     ``mccad simulate`` both name their first image ``images/000000.png``; a background shared by two simulated sets
-    stays one background (``training.subgroups.background_of``), so its false positives are counted together."""
+    stays one background (``training.evaluation.subgroups.background_of``), so its false positives are counted together."""
     from training.datasets.readers import read_dataset
-    from training.subgroups import simulation_records
+    from training.evaluation.subgroups import simulation_records
 
     if len(paths) == 1:
         return read_dataset(paths[0], fmt), simulation_records(paths[0])
@@ -160,8 +160,8 @@ def run(args: argparse.Namespace, settings) -> int:
     from models.errors import RegistryError
     from models.onnx_runtime import RuntimeUnavailable
     from training.datasets.samples import DatasetError
-    from training.evaluate import EvaluationError, compare, evaluate, evaluate_folds, join_predictions
-    from training.report import write_report
+    from training.evaluation.evaluate import EvaluationError, compare, evaluate, evaluate_folds, join_predictions
+    from training.evaluation.report import write_report
     from training.trainers.common import TrainingError
 
     out: Path = args.out
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace, settings) -> int:
         all_preds = [p for f in fold_preds for p in f[1]]
         metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
         if ("froc" in metrics or "normal_images" in metrics) and args.false_positives > 0:
-            from training.false_positive_sheet import write_false_positive_sheet
+            from training.evaluation.false_positive_sheet import write_false_positive_sheet
 
             sheet = write_false_positive_sheet(join_predictions(all_truth, all_preds), op.score_thresh,
                                                out / "false_positives.png", limit=args.false_positives)

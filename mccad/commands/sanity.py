@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from dicom_io.reader import read_mammogram
     from mccad.commands.analyze import find_dicom_files
     from models.pipeline import Pipeline
-    from training.simulate_dataset import real_sample_paths
+    from training.simulate.dataset import real_sample_paths
     from worker.outputs import render_overlay
 
     files = find_dicom_files(args.paths) if args.paths else real_sample_paths()

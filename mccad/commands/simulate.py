@@ -51,7 +51,7 @@ def _pattern_weights(text: str) -> list[str]:
     """``amorphous:3,punctate:2,round`` -> each named morphology repeated by its whole-number weight (default 1),
     the list the simulator draws a cluster's pattern from uniformly: weights are shares, and a pattern not named is
     never drawn."""
-    from training.simulate_morphology import PATTERNS
+    from training.simulate.morphology import PATTERNS
 
     drawn: list[str] = []
     for entry in (e.strip() for e in text.split(",")):

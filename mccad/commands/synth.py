@@ -1,6 +1,6 @@
 """``mccad synth``: write deterministic synthetic 4-view MG studies with ground-truth calcification boxes.
 
-The annotated fixture for tests and demos (see :mod:`training.synth`); prints the path of the annotation CSV.
+The annotated fixture for tests and demos (see :mod:`training.simulate.synth`); prints the path of the annotation CSV.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
-    from training.synth import write_synthetic_dataset
+    from training.simulate.synth import write_synthetic_dataset
 
     if args.rows < 64 or args.cols < 64:
         raise UserError(f"--rows and --cols must be at least 64 (got {args.rows} x {args.cols})")

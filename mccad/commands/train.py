@@ -1,6 +1,6 @@
 """``mccad train detector|sppnet|patches --data CSV --out RUN``: offline training.
 
-The experiment file (``--config exp.toml``, see ``training.config``) holds every setting; command-line options
+The experiment file (``--config exp.toml``, see ``training.trainers.config``) holds every setting; command-line options
 override it. The run folder receives ``config.toml`` (the trainer's settings), ``experiment.toml``, ``metrics.jsonl``,
 ``last.pt`` (resume by running the same command again) and ``best.pt``.
 """
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings) -> int:
     from mccad.cli import UserError
     from models.errors import RegistryError
-    from training.config import ConfigFileError, ExperimentConfig, load_experiment
+    from training.trainers.config import ConfigFileError, ExperimentConfig, load_experiment
     from training.datasets.samples import DatasetError
     from training.trainers.common import TrainingError
     from training.trainers.run import read_samples, run_experiment

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_io.result_reader import read_measurement_report
-from training.synth import write_synthetic_dataset
+from training.simulate.synth import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from mccad.config import default_model_dir
 from models.pipeline import Pipeline
 from tests.peers.ohif_viewer import OhifServer, install_ohif
 from tests.peers.orthanc import OrthancPeer
-from training.synth import write_synthetic_dataset
+from training.simulate.synth import write_synthetic_dataset
 from worker.outputs import write_study_outputs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

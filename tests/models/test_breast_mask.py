@@ -1,5 +1,5 @@
 """The breast mask lives in ``models`` (the pipeline's gate uses it; the pipeline never imports ``training``), and
-the simulator keeps reading the very same function through ``training.simulate_background``."""
+the simulator keeps reading the very same function through ``training.simulate.background``."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +11,7 @@ import numpy as np
 def test_the_simulator_uses_the_models_breast_mask():
     import models.breast_mask as moved
     import training.simulate
-    import training.simulate_background as simulator
+    import training.simulate.background as simulator
 
     assert simulator.breast_mask is moved.breast_mask
     assert training.simulate.breast_mask is moved.breast_mask

@@ -36,7 +36,7 @@ def test_the_shipped_detector_draws_the_same_boxes_in_onnx_runtime_on_a_real_mam
     operating point, within 1 px and 1e-3 of PyTorch's; the image has boxes to compare at all."""
     from dicom_io.reader import read_mammogram
     from models.pipeline import Pipeline
-    from training.simulate_dataset import real_sample_paths
+    from training.simulate.dataset import real_sample_paths
 
     path = next(p for p in real_sample_paths() if p.name == "1-283.dcm")
     image = read_mammogram(path)
@@ -193,7 +193,7 @@ def test_an_rpn_head_that_disagrees_with_pytorch_is_refused_and_a_good_one_agree
 def test_evaluate_runs_the_runtime_of_the_settings_or_the_flag_and_records_it(tiny_model_dir, tmp_path,
                                                                              monkeypatch) -> None:
     from mccad.cli import main
-    from training.synth import write_synthetic_dataset
+    from training.simulate.synth import write_synthetic_dataset
 
     csv = write_synthetic_dataset(tmp_path / "data", 1, seed=5)
     monkeypatch.setenv("MCCAD_DATA_DIR", str(tmp_path / "state"))

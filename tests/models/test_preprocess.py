@@ -154,7 +154,7 @@ def test_invalid_configuration_is_refused():
 
 
 def test_crop_finds_the_breast_on_synthetic_studies():
-    from training.synth import synth_study
+    from training.simulate.synth import synth_study
 
     for image in synth_study(11, 4, rows=512, cols=320):
         result = standardise(image.pixels.astype(np.float32) / 4095.0, image.laterality)

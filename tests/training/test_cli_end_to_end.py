@@ -8,7 +8,7 @@ import pytest
 
 from mccad.cli import main
 from models.registry import load_detector
-from training.synth import write_synthetic_dataset
+from training.simulate.synth import write_synthetic_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
@@ -45,7 +45,7 @@ def test_train_evaluate_export(tmp_path, capsys):
 
 def test_kfold_training_and_table3(tmp_path, capsys):
     from tests.training.tiny_images import write_tiny_samples
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     samples = write_tiny_samples(tmp_path, 8)
     csv = write_paper_csv(tmp_path / "annotations.csv", {

@@ -1,4 +1,4 @@
-"""``training.cluster_visibility``: a cluster that stands far above its image's texture is plainly visible to blob
+"""``training.simulate.cluster_visibility``: a cluster that stands far above its image's texture is plainly visible to blob
 counting, an empty or sub-noise box is not; the set-level reader lines clusters up with their records and with a
 detector's predictions (FROC's hit rule), and the command line says what it cannot read."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from training.cluster_visibility import cluster_visibility, main, simulated_set_visibility, summarise
+from training.simulate.cluster_visibility import cluster_visibility, main, simulated_set_visibility, summarise
 from training.simulate import insert_clusters, make_simulated_dataset, simulate_cluster
 
 SPACING = 0.1
@@ -67,7 +67,7 @@ def test_a_simulated_set_with_a_detectors_predictions(tmp_path):
     assert all(r["contrast_to_noise"] > 0 and r["pattern"] in ("coarse", "round") for r in rows)
 
     # a "detector" that boxes the first cluster of each image exactly and nothing else
-    from training.evaluate import ImagePrediction, write_predictions
+    from training.evaluation.evaluate import ImagePrediction, write_predictions
 
     predictions = write_predictions(tmp_path / "predictions.json", [
         ImagePrediction(record["image"], np.asarray([record["lesions"][0]["box"]]), ["benign"], np.asarray([0.9]))

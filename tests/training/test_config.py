@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from training.config import ConfigFileError, dump_toml, load_experiment
+from training.trainers.config import ConfigFileError, dump_toml, load_experiment
 from training.trainers.common import config_dict
 from training.trainers.detector import DetectorTrainConfig
 

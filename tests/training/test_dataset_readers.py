@@ -20,8 +20,8 @@ from training.datasets.readers import read_dataset
 from training.datasets.samples import DatasetError, Lesion, Sample
 from training.datasets.splits import kfold_by_patient, split_by_patient
 from training.datasets.sr_folder import read_sr_folder
-from training.paper_csv import PaperBox, write_paper_csv
-from training.synth import write_synthetic_dataset
+from training.datasets.paper_csv import PaperBox, write_paper_csv
+from training.simulate.synth import write_synthetic_dataset
 
 
 def test_paper_csv_with_the_synth_sidecar(tmp_path):

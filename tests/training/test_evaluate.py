@@ -10,7 +10,7 @@ import pytest
 
 from mccad.cli import main
 from training.datasets.samples import Lesion, Sample
-from training.evaluate import (
+from training.evaluation.evaluate import (
     EvaluationError,
     ImagePrediction,
     OperatingPoint,
@@ -21,8 +21,8 @@ from training.evaluate import (
     read_predictions,
     write_predictions,
 )
-from training.paper_csv import PaperBox, write_paper_csv
-from training.report import write_report
+from training.datasets.paper_csv import PaperBox, write_paper_csv
+from training.evaluation.report import write_report
 
 
 def _truth(n_patients: int, seed: int = 0) -> list[Sample]:

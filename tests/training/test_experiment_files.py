@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import load_experiment
+from training.trainers.config import load_experiment
 from training.trainers.run import trainer_for
 
 ROOT = Path(__file__).resolve().parents[2]

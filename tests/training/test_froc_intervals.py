@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from training.datasets.samples import Lesion, Sample
-from training.evaluate import ImagePrediction, compare, evaluate
-from training.froc import FP_RATES, FrocImage, froc, froc_bootstrap
-from training.subgroups import resampling_group
+from training.evaluation.evaluate import ImagePrediction, compare, evaluate
+from training.evaluation.froc import FP_RATES, FrocImage, froc, froc_bootstrap
+from training.evaluation.subgroups import resampling_group
 
 LESION = [10.0, 10.0, 30.0, 30.0]
 ELSEWHERE = [60.0, 60.0, 80.0, 80.0]
@@ -115,7 +115,7 @@ def test_evaluate_and_compare_report_froc_intervals_over_backgrounds(tmp_path):
     comparison = compare(truth, finds, misses, n_boot=200, simulation=records)["froc"]
     assert comparison["difference_at_fp_per_image"]["1.0"] == pytest.approx(0.5)
     assert comparison["n_groups"] == 2 and comparison["sensitivity_ci_at_fp_per_image"]["1.0"][0] >= 0.0
-    from training.report import write_report
+    from training.evaluation.report import write_report
 
     page = write_report(metrics, tmp_path, comparison=compare(truth, finds, misses, n_boot=50, simulation=records),
                         comparison_names=("finds", "misses")).read_text()

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
-    from training.simulate_dataset import real_sample_paths
+    from training.simulate.dataset import real_sample_paths
 
     kit = tmp_path / "kit"
     for folder, index in (("bg-train", 0), ("bg-val", 5)):
@@ -71,7 +71,7 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
 def test_the_gpu_recipe_stops_before_training_when_the_data_leaves_no_time(tmp_path):
     """A deadline the data already used up: no training that a machine's command limit would cut before the export,
     but a clear message and the data record."""
-    from training.simulate_dataset import real_sample_paths
+    from training.simulate.dataset import real_sample_paths
 
     kit = tmp_path / "kit"
     for folder in ("bg-train", "bg-val"):
@@ -105,7 +105,7 @@ def test_the_kits_backgrounds_read_at_the_new_spacing_as_the_simulator_would_hav
     """A kit background is the package image block-averaged to 0.1 mm, stated as such: the simulator reads it at
     0.1 mm without resampling, and gets what it would have made from the package image itself, up to rounding."""
     from training.recipes.make_gpu_kit import make_backgrounds
-    from training.simulate_dataset import _real_background
+    from training.simulate.dataset import _real_background
 
     written = make_backgrounds(tmp_path / "kit", [1], [6], 2)
     assert [p.relative_to(tmp_path / "kit").as_posix() for p in written] == ["bg-train/bg0.dcm", "bg-val/bg0.dcm"]

@@ -6,8 +6,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve as sk_calibration
 
-from training.froc import FrocImage, froc
-from training.metrics import (
+from training.evaluation.froc import FrocImage, froc
+from training.evaluation.metrics import (
     binary_auc,
     bootstrap_auc,
     calibration_curve,

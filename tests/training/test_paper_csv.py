@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.paper_csv import PaperBox, PaperCSVError, format_paper_csv, parse_paper_csv, read_paper_csv, write_paper_csv
+from training.datasets.paper_csv import PaperBox, PaperCSVError, format_paper_csv, parse_paper_csv, read_paper_csv, write_paper_csv
 
 
 def test_random_annotations_round_trip_exactly(tmp_path):

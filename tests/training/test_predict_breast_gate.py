@@ -1,5 +1,5 @@
 """The breast gate through training, export and evaluation: a detector run records it (``breast_gate = true`` by
-default), export writes ``input_spec["breast_gate"]`` only when the run had it, ``training.predict`` drops the boxes
+default), export writes ``input_spec["breast_gate"]`` only when the run had it, ``training.evaluation.predict`` drops the boxes
 centred outside the breast as the pipeline does, ``mccad evaluate --no-breast-gate`` keeps them, and runs written
 before the setting existed load with its default."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ GATE = {"margin_mm": 0.0}
 def runs(tmp_path_factory):
     """Two one-iteration runs of a tiny whole-image detector, with the gate (the default) and without it, and an
     annotation file over four tiny images (a breast half-ellipse on black background)."""
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     root = tmp_path_factory.mktemp("gate-runs")
     samples = write_tiny_samples(root / "data", 4)
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_export_writes_the_gate_only_when_the_run_had_it(runs, tmp_path):
     from models.registry import load_manifest
     from training.export import export_run, load_run
-    from training.predict import load_model
+    from training.evaluation.predict import load_model
 
     root, _, _ = runs
     assert torch.load(root / "gated" / "best.pt", weights_only=False)["build"]["breast_gate"] == GATE
@@ -68,7 +68,7 @@ def test_predict_drops_the_boxes_the_gate_drops_and_no_breast_gate_keeps_them(ru
     from mccad.cli import main
     from models.breast_gate import BreastGate, gate_spacing_mm
     from training.datasets.images import prepare
-    from training.predict import load_model, predict
+    from training.evaluation.predict import load_model, predict
 
     root, samples, csv = runs
     loaded = load_model(root / "gated")

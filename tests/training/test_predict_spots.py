@@ -1,4 +1,4 @@
-"""The spot detector as a model folder: a manifest without weights loads through ``training.predict.load_model``
+"""The spot detector as a model folder: a manifest without weights loads through ``training.evaluation.predict.load_model``
 (strictly: stray weights, unknown parameters or thresholds are refused), predicts one box per cluster in the source
 image's pixels at the pitch each file states, and ``mccad evaluate`` scores it beside another model with
 ``--compare``."""
@@ -15,8 +15,8 @@ from models.errors import ArchitectureMismatch
 from models.registry import ModelManifest, load_manifest, write_manifest
 from models.spot_detector import SpotDetectorConfig
 from tests.models.spot_scenes import scene
-from training.paper_csv import PaperBox, write_paper_csv
-from training.predict import load_model, predict
+from training.datasets.paper_csv import PaperBox, write_paper_csv
+from training.evaluation.predict import load_model, predict
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "weights" / "spots-dog"

@@ -59,7 +59,7 @@ def test_a_reissued_detector_keeps_its_weights_and_changes_only_what_was_given(t
     assert new.metrics["evaluation"]["image"]["auc"] == 0.75  # the attached one, not the source's 0.6
     _, config, _ = load_detector(out)
     assert config.score_thresh == 0.33
-    from training.predict import load_model
+    from training.evaluation.predict import load_model
 
     assert load_model(out).tiling == {**TILING, "hflip": True}  # as evaluation and the pipeline read it
     card = (out / "MODEL_CARD.md").read_text()
@@ -91,7 +91,7 @@ def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     out = reissue_model(source, tmp_path / "new", version="0.2.0", score_thresh=0.3, tile=256, tile_overlap=32,
                         tile_layout="even")
     assert load_manifest(out).input_spec["tiling"] == {**TILING, "tile": 256, "overlap": 32, "layout": "even"}
-    from training.predict import load_model
+    from training.evaluation.predict import load_model
 
     assert load_model(out).tiling["layout"] == "even"
     card = (out / "MODEL_CARD.md").read_text()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.paper_csv import read_paper_csv
+from training.datasets.paper_csv import read_paper_csv
 from training.simulate import (
     MALIGNANT_PATTERNS,
     PATTERNS,
@@ -22,8 +22,8 @@ from training.simulate import (
     make_simulated_dataset,
     simulate_cluster,
 )
-from training.simulate_dataset import _real_background
-from training.synth import MAX_VALUE, synth_study
+from training.simulate.dataset import _real_background
+from training.simulate.synth import MAX_VALUE, synth_study
 
 
 def _single(diameter_mm: float, spacing_mm: float, density: float = 1.0) -> Cluster:
@@ -312,8 +312,8 @@ def test_mccad_simulate_draws_only_the_weighted_patterns(tmp_path, capsys):
 
 
 def test_crop_window_holds_its_lesion_and_cut_boxes_are_kept_or_dropped_by_visibility():
-    from training.simulate_dataset import boxes_in_window, crop_window
-    from training.simulate_insert import InsertedLesion
+    from training.simulate.dataset import boxes_in_window, crop_window
+    from training.simulate.insert import InsertedLesion
 
     def lesion(box):
         return InsertedLesion(box, "malignant", "amorphous", "grouped", (0.0, 0.0), 0.1, 0.05, 10)

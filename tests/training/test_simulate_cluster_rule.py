@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from training.paper_csv import read_paper_csv
+from training.datasets.paper_csv import read_paper_csv
 from training.simulate import (
     MIN_CLUSTER_CALCIFICATIONS,
     PATTERNS,
@@ -20,7 +20,7 @@ from training.simulate import (
     make_simulated_dataset,
     simulate_cluster,
 )
-from training.simulate_morphology import COUNTS
+from training.simulate.morphology import COUNTS
 
 
 def _counts(pattern: str, n: int, **kwargs) -> list[int]:

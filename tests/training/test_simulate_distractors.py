@@ -1,4 +1,4 @@
-"""Look-alikes (training/simulate_distractors.py): drawn, placed clear of clusters, never annotated."""
+"""Look-alikes (training/simulate/distractors.py): drawn, placed clear of clusters, never annotated."""
 from __future__ import annotations
 
 import json
@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.paper_csv import read_paper_csv
-from training.simulate_distractors import (
+from training.datasets.paper_csv import read_paper_csv
+from training.simulate.distractors import (
     CLUSTER_CLEARANCE_MM,
     DISTRACTOR_KINDS,
     draw_distractor,
     insert_distractors,
     skin_band,
 )
-from training.simulate_background import breast_mask
-from training.simulate_dataset import make_simulated_dataset
-from training.simulate_morphology import SimulationError
-from training.synth import MAX_VALUE, synth_study
+from training.simulate.background import breast_mask
+from training.simulate.dataset import make_simulated_dataset
+from training.simulate.morphology import SimulationError
+from training.simulate.synth import MAX_VALUE, synth_study
 
 SPACING = 0.2
 

@@ -78,7 +78,7 @@ def _reencoded_copy(folder, indices) -> None:
     import pydicom
     from pydicom.uid import JPEGLSLossless
 
-    from training.simulate_dataset import real_sample_paths
+    from training.simulate.dataset import real_sample_paths
 
     pytest.importorskip("jpeg_ls", reason="JPEG-LS encoding needs pyjpegls")
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def test_bad_background_folders_are_refused(tmp_path, capsys):
 
 def test_a_background_much_coarser_than_the_target_spacing_is_refused(tmp_path):
     from training.recipes.make_gpu_kit import write_background
-    from training.simulate_dataset import real_sample_paths
+    from training.simulate.dataset import real_sample_paths
 
     write_background(real_sample_paths()[0], tmp_path / "bg" / "coarse.dcm", 10, 0.05)  # 0.5 mm pixels
     with pytest.raises(SimulationError, match="coarse.dcm.*0.5 mm pixels"):

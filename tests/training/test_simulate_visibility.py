@@ -1,4 +1,4 @@
-"""The reader's annotation rule (``training.simulate_visibility``): an annotated cluster shows at least three
+"""The reader's annotation rule (``training.simulate.visibility``): an annotated cluster shows at least three
 calcifications above its breast's texture, a fainter draw is drawn again; without the rule the simulator draws what
 it drew before, so every earlier set can be made again."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from training.simulate import MIN_VISIBLE_CALCIFICATIONS, SimulationError, make_simulated_dataset, simulate_cluster
-from training.simulate_insert import insert_clusters
-from training.simulate_morphology import Calcification, Cluster, Ellipsoid
-from training.simulate_visibility import (
+from training.simulate.insert import insert_clusters
+from training.simulate.morphology import Calcification, Cluster, Ellipsoid
+from training.simulate.visibility import (
     Z_VISIBLE,
     blob_response,
     check_min_visible,

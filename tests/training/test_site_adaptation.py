@@ -12,7 +12,7 @@ from tests.training.dicom_tree import write_dicom
 from training.adapt import AdaptSettings, AdaptationError, adapt, choose, load_split, sensitivity_at
 from training.datasets.normals import read_normals_folder, split_women
 from training.datasets.samples import DatasetError, Lesion, Sample
-from training.evaluate import (ImagePrediction, OperatingPoint, evaluate, fp_interval_by_woman, fp_per_image,
+from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, evaluate, fp_interval_by_woman, fp_per_image,
                                threshold_for_fp_rate)
 
 MIAS_NORMALS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mias-normals"
@@ -186,7 +186,7 @@ def test_fine_tuning_starts_from_the_base_and_moves_its_weights(tmp_path, one_to
 
     from training.adapt import fine_tune
     from training.datasets.paper_csv import read_paper_dataset
-    from training.simulate_dataset import make_simulated_dataset
+    from training.simulate.dataset import make_simulated_dataset
 
     base = Path(__file__).resolve().parents[2] / "models" / "weights" / "default" / "detector"
     csv = make_simulated_dataset(tmp_path / "sim", 4, seed=3, sources=("phantom",), crop=128, spacing_mm=0.2,

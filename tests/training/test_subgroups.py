@@ -1,4 +1,4 @@
-"""``training.subgroups``: on a set made by ``mccad simulate``, ``mccad evaluate`` breaks detection down by background
+"""``training.evaluation.subgroups``: on a set made by ``mccad simulate``, ``mccad evaluate`` breaks detection down by background
 source (FROC per subset), by BI-RADS pattern (clusters found) and by background image (false positives)."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from training.datasets.readers import read_dataset
-from training.evaluate import ImagePrediction, write_predictions
-from training.froc import FrocImage, froc
+from training.evaluation.evaluate import ImagePrediction, write_predictions
+from training.evaluation.froc import FrocImage, froc
 from training.simulate import make_simulated_dataset
-from training.subgroups import CNR_BINS, background_of, simulation_records, subgroup_metrics
+from training.evaluation.subgroups import CNR_BINS, background_of, simulation_records, subgroup_metrics
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_records_that_do_not_describe_the_images_give_no_breakdown(simulated, tm
 def test_mccad_evaluate_writes_the_breakdown_for_a_simulated_set_only(simulated, tmp_path, capsys):
     from mccad.cli import main
     from tests.training.tiny_images import write_tiny_samples
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     _, csv, _, _, predictions = simulated
     path = write_predictions(tmp_path / "pred.json", predictions)
@@ -197,7 +197,7 @@ def test_mccad_evaluate_draws_the_strongest_false_positives(simulated, tmp_path,
     from PIL import Image
 
     from mccad.cli import main
-    from training.false_positive_sheet import TILE_PX, false_positives, write_false_positive_sheet
+    from training.evaluation.false_positive_sheet import TILE_PX, false_positives, write_false_positive_sheet
 
     _, csv, samples, records, predictions = simulated
     pairs = list(zip(samples, predictions))

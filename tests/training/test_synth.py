@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.synth import PATHOTYPES, VIEWS, lesion_free_views, synth_study, write_synthetic_dataset
+from training.simulate.synth import PATHOTYPES, VIEWS, lesion_free_views, synth_study, write_synthetic_dataset
 
 
 def test_same_seed_gives_identical_pixels_and_another_seed_does_not():
@@ -80,7 +80,7 @@ def test_anatomy_at_the_default_size_chest_wall_side_pectoral_and_visible_cluste
 
 
 def test_malignant_clusters_have_more_and_smaller_calcifications_than_benign():
-    from training.synth import _sample_cluster
+    from training.simulate.synth import _sample_cluster
 
     rng = np.random.default_rng(0)
     malignant = [_sample_cluster(rng, "malignant", "m", 1.0) for _ in range(30)]
@@ -116,7 +116,7 @@ def test_dataset_files_pass_dciodvfy_and_read_back_with_laterality_and_view(data
 
 
 def test_dataset_annotations_match_the_generator(dataset):
-    from training.paper_csv import read_paper_csv
+    from training.datasets.paper_csv import read_paper_csv
 
     annotations = read_paper_csv(dataset / "annotations.csv")
     lesions = json.loads((dataset / "lesions.json").read_text())
@@ -178,7 +178,7 @@ def test_cli_preprocess_reports_a_bad_file_and_still_processes_the_others(datase
 
 def test_pixel_spacing_follows_the_image_size_so_the_phantom_keeps_its_physical_size() -> None:
     # a model that resamples to a fixed spacing (tiled detectors) must see the same 20 cm breast at every size
-    from training.synth import synth_study
+    from training.simulate.synth import synth_study
 
     assert {im.spacing_mm for im in synth_study(0, 0, rows=128, cols=80)} == {1.6}
     assert {im.spacing_mm for im in synth_study(0, 0, rows=256, cols=160)} == {0.8}
@@ -186,7 +186,7 @@ def test_pixel_spacing_follows_the_image_size_so_the_phantom_keeps_its_physical_
 
 
 def test_rendering_chosen_views_gives_the_whole_studys_pixels_and_lesion_free_views_need_no_rendering():
-    """``training.simulate_dataset`` renders one lesion-free phantom view instead of four: it must be the same view,
+    """``training.simulate.dataset`` renders one lesion-free phantom view instead of four: it must be the same view,
     byte for byte, and the views said to be lesion-free must be the ones that render without lesions."""
     for patient in range(6):
         study = synth_study(5, patient, rows=256, cols=160)

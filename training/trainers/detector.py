@@ -21,10 +21,10 @@ from models.detector import Detections, DetectorConfig, build_detector, detect, 
 from models.fusion import image_verdict
 from models.preprocess import StandardiseConfig
 from models.tiling import TilingSpec
-from training.predict import FROC_SCORE_FLOOR
+from training.evaluation.predict import FROC_SCORE_FLOOR
 from training.datasets.images import PreparedImage, prepare_all
 from training.datasets.samples import Sample
-from training.froc import FrocImage, froc
+from training.evaluation.froc import FrocImage, froc
 from training.trainers.augment import augment
 from training.trainers.common import LoopSpec, TrainingError, TrainRun, fit, select_device
 
@@ -126,7 +126,7 @@ def breast_gate_spec(enabled: bool) -> dict[str, float] | None:
 def load_initial_weights(model: torch.nn.Module, source: Path) -> None:
     """Copy a trained detector's weights into ``model`` (``init_from``). Shapes must match exactly: a warm start
     that silently skipped a mismatched head would train a different model than the config says."""
-    from training.predict import load_model
+    from training.evaluation.predict import load_model
 
     if not source.exists():
         raise TrainingError(f"init_from {source} does not exist")
@@ -168,7 +168,7 @@ def is_whole_image(pixels: np.ndarray, tiling: TilingSpec | None) -> bool:
 def validation_detections(model: torch.nn.Module, pixels: np.ndarray, wide: DetectorConfig, device: torch.device,
                           tiling: TilingSpec | None, gate: BreastGate | None, spacing_mm: float) -> Detections:
     """The unsuppressed detections (``wide``: low threshold, no cross-class suppression) of one standardised image,
-    made as ``training.predict`` makes them for the exported model: tile by tile and gated when it is a whole image,
+    made as ``training.evaluation.predict`` makes them for the exported model: tile by tile and gated when it is a whole image,
     else the model's own whole-input mode (a training-sized crop)."""
     tensor = torch.from_numpy(np.ascontiguousarray(pixels))[None].to(device)
     if not is_whole_image(pixels, tiling):
@@ -193,7 +193,7 @@ def validate_detector(model: torch.nn.Module, items: Sequence[PreparedImage], co
     ``best.pt`` chosen on crops says little about whole images. Crops (no larger than a tile) run as before.
     """
     from models.fusion import suppress_cross_class
-    from training.metrics import binary_auc
+    from training.evaluation.metrics import binary_auc
 
     wide = dataclasses.replace(config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
     y_true, y_score, froc_images = [], [], []

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.config import ExperimentConfig
+from training.trainers.config import ExperimentConfig
 from training.datasets.samples import Sample
 from training.trainers.common import TrainRun
 
@@ -67,7 +67,7 @@ def run_experiment(exp: ExperimentConfig, samples: Sequence[Sample], out_dir: Pa
                    progress: bool = True) -> list[TrainRun]:
     """Train one model (``folds`` 0 or 1: a patient-level validation hold-out of ``val_fraction``) or ``folds``
     models, fold ``i`` in ``out_dir/fold<i>`` with its test patients listed in ``out_dir/folds.json``."""
-    from training.config import dump_toml
+    from training.trainers.config import dump_toml
     from training.datasets.splits import kfold_by_patient, split_by_patient
 
     cfg_cls, train_fn = trainer_for(exp.kind)

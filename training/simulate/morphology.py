@@ -2,7 +2,7 @@
 
 A cluster is a list of calcifications around the cluster centre, each the union of a few ellipsoids (millimetres,
 in the image plane, plus a semi-axis along the X-ray beam that sets the projected thickness). Nothing here knows
-about pixels: :mod:`training.simulate_insert` renders a cluster at whatever spacing an image has.
+about pixels: :mod:`training.simulate.insert` renders a cluster at whatever spacing an image has.
 
 Morphology (the ``pattern``) decides shape, size and number of the calcifications; the distribution decides how
 they are spread. Sizes are diameters (longest dimension) within the 0.1-2 mm range of microcalcifications; the atlas
@@ -340,7 +340,7 @@ COUNTS: dict[str, tuple[int, int]] = {
 }
 #: The fewest calcifications an annotated cluster holds. A cluster is several calcifications within about 1 cm (here:
 #: three or more); a lone calcification, however coarse, is a benign finding that a calcification CAD does not box,
-#: and the unannotated ``solitary`` look-alike (``training.simulate_distractors``) teaches exactly that. With 1,
+#: and the unannotated ``solitary`` look-alike (``training.simulate.distractors``) teaches exactly that. With 1,
 #: ``coarse`` and ``rim`` clusters could be a single calcification, annotated, so the training data labelled a lone
 #: popcorn calcification both ways: the rule of every set made for detectors up to 0.4.0 (``--min-calcifications 1``
 #: makes those sets again, file for file).

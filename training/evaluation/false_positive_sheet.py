@@ -7,7 +7,7 @@ quickest way to tell, so ``mccad evaluate`` draws the ``limit`` best-scored fals
 each as a square of ``side_mm`` of the original image centred on the box, with the box outlined, and lists them
 (image, score, label, box) in ``metrics.json``.
 
-False positive as ``training.froc`` counts one: a box of score >= the threshold that hits no lesion of its image at
+False positive as ``training.evaluation.froc`` counts one: a box of score >= the threshold that hits no lesion of its image at
 IoU >= ``hit_iou``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from models.preprocess import StandardiseConfig
 from training.datasets.samples import Sample
-from training.froc import DEFAULT_HIT_IOU, hit_scores
+from training.evaluation.froc import DEFAULT_HIT_IOU, hit_scores
 
 #: pixel spacing (mm) taken for an image that states none: the product's assumption (digitised film)
 ASSUMED_SPACING_MM = StandardiseConfig().assumed_spacing_mm

@@ -7,7 +7,7 @@ amorphous (faint). Whether a model falls short for lack of sensitivity to a patt
 real image decides what to do next, so ``mccad evaluate`` adds this breakdown to ``metrics.json`` (``subgroups``)
 whenever the dataset's ``simulated.json`` lies beside its CSV.
 
-Counted as FROC counts (``training.froc``: a box hits a cluster at IoU >= 0.1; a cluster is found at threshold ``t``
+Counted as FROC counts (``training.evaluation.froc``: a box hits a cluster at IoU >= 0.1; a cluster is found at threshold ``t``
 when a box of score >= ``t`` hits it; a box hitting none is a false positive), at two thresholds: the model's
 operating point and the threshold of 1 false positive per image over the whole set.
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets.samples import Sample
-from training.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
+from training.evaluation.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
 
 SIMULATION_RECORD = "simulated.json"
 #: two false positives on images of the same real background this close (mm, centre to centre) are the same place
@@ -58,7 +58,7 @@ def simulation_records(data: Path | str) -> dict[str, dict[str, Any]] | None:
 
 
 def resampling_group(sample: Sample, records: dict[str, dict[str, Any]] | None) -> str:
-    """The unit a bootstrap resamples ``sample`` with (``training.froc.froc_bootstrap``): for a simulated image its
+    """The unit a bootstrap resamples ``sample`` with (``training.evaluation.froc.froc_bootstrap``): for a simulated image its
     background (every image made on one real background shares that background's own structures and so its false
     positives; a phantom is one synthetic woman), for any other image its patient."""
     record = records.get(sample.image_id) if records else None

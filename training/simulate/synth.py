@@ -8,7 +8,7 @@ What is drawn, per breast (geometry in a frame with the chest wall on the left, 
 end, because right breasts are displayed with the chest wall on the right):
 
 * a half-ellipse outline from the chest wall with a wobble, a brighter skin line, a thickness fall-off near the edge;
-* parenchyma: power-law filtered noise (beta about 3, see :func:`training.synth_render.power_law_noise`) modulating
+* parenchyma: power-law filtered noise (beta about 3, see :func:`training.simulate.synth_render.power_law_noise`) modulating
   a fibroglandular density that is highest behind the nipple;
 * on MLO, the pectoral muscle as a bright triangle in the upper chest-wall corner;
 * background: dark detector noise and a small lead marker beyond the nipple (it tests that standardisation ignores
@@ -34,7 +34,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from models.preprocess import resize_bilinear
-from training.synth_render import draw_calcification, ellipse_radius, power_law_noise
+from training.simulate.synth_render import draw_calcification, ellipse_radius, power_law_noise
 
 VIEWS: tuple[tuple[str, str], ...] = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 PATHOTYPES: tuple[str, ...] = ("pure_dcis", "dcis_microinvasion", "invasive")
@@ -288,7 +288,7 @@ def synth_study(seed: int, patient_index: int, *, rows: int = DEFAULT_ROWS, cols
     resamples to a fixed spacing then sees a breast of the same physical size at every image size.
 
     ``views`` renders only those (laterality, view) pairs, in ``VIEWS`` order, each byte for byte what the whole
-    study holds: rendering is most of the cost, and lesion insertion (``training.simulate_dataset``) uses one view.
+    study holds: rendering is most of the cost, and lesion insertion (``training.simulate.dataset``) uses one view.
     """
     if rows < 64 or cols < 64:
         raise ValueError(f"synthetic images need at least 64 x 64 pixels, got {rows} x {cols}")
@@ -328,14 +328,14 @@ def write_synthetic_dataset(out_dir: Path, n_patients: int, *, seed: int = 0, ro
     """Write ``n_patients`` synthetic studies as MG DICOM files plus their annotations; returns the CSV path.
 
     Layout: ``out_dir/<patient>/<laterality><view>.dcm``, ``out_dir/annotations.csv`` (the paper's CSV box format,
-    image names relative to ``out_dir``, see :mod:`training.paper_csv`) and ``out_dir/lesions.json`` (label,
+    image names relative to ``out_dir``, see :mod:`training.datasets.paper_csv`) and ``out_dir/lesions.json`` (label,
     pathotype and ER status of every lesion, keyed by image, with lesion ids shared by the CC and MLO views).
     UIDs derive from the seed and the patient, so rewriting the same dataset gives the same files.
     """
     from dicom_io.durable import write_text_durably
     from dicom_io.mg_writer import MGInstanceSpec, write_mg_instance
     from dicom_io.uids import derive_uid
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

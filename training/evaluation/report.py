@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from training.metrics import TABLE_KEYS  # noqa: E402
+from training.evaluation.metrics import TABLE_KEYS  # noqa: E402
 
 TABLE_HEAD = ("Overall accuracy", "Precision benign", "Precision malignant", "Sensitivity benign",
               "Sensitivity malignant", "F1 benign", "F1 malignant")
@@ -113,7 +113,7 @@ def write_figures(metrics: dict[str, Any], out_dir: Path, prefix: str = "") -> d
                                                         f"{level} level (normalised)").name
     if "froc" in metrics:
         figs["froc"] = plot_froc(metrics["froc"], out_dir / f"{prefix}froc.png", "FROC").name
-    if metrics.get("false_positive_sheet"):  # drawn from the images by training.false_positive_sheet
+    if metrics.get("false_positive_sheet"):  # drawn from the images by training.evaluation.false_positive_sheet
         figs["false_positives"] = metrics["false_positive_sheet"]["file"]
     return figs
 
@@ -198,7 +198,7 @@ def write_report(metrics: dict[str, Any], out_dir: Path, *, title: str = "mccad 
                  model_name: str = "model", comparison: dict[str, Any] | None = None,
                  comparison_names: tuple[str, str] = ("A", "B"), warnings: list[str] | None = None) -> Path:
     """Write ``metrics.json``, the figures and ``report.html`` into ``out_dir``; returns the HTML path."""
-    from training.evaluate import nan_to_none
+    from training.evaluation.evaluate import nan_to_none
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

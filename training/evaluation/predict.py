@@ -2,7 +2,7 @@
 
 Images are prepared as the pipeline prepares them (section 2.4 standardisation with the model's own settings);
 detector boxes are mapped back to original pixels. The detector runs with a low score threshold and without the
-cross-class suppression so that FROC sees the whole score range; ``training.evaluate`` applies the operating point.
+cross-class suppression so that FROC sees the whole score range; ``training.evaluation.evaluate`` applies the operating point.
 A detector whose manifest (or training run) has the breast gate (``models.breast_gate``) has it applied after
 detection, on the standardised image, as ``models.pipeline`` does; ``mccad evaluate --no-breast-gate`` turns it off.
 The training-free spot detector (``models.spot_detector``, a manifest without weights) reads each image at its own
@@ -22,7 +22,7 @@ from models.preprocess import StandardiseConfig, standardise_config_from
 from models.spot_detector import SpotDetectorConfig, detect_clusters
 from training.datasets.images import prepare
 from training.datasets.samples import Sample
-from training.evaluate import ImagePrediction, OperatingPoint
+from training.evaluation.evaluate import ImagePrediction, OperatingPoint
 
 FROC_SCORE_FLOOR = 0.01
 LABEL_NAMES = {1: "benign", 2: "malignant"}

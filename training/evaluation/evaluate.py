@@ -29,8 +29,8 @@ import numpy as np
 from models.fusion import (ImageVerdict, box_malignancy, breast_verdict, image_verdict, match_lesions,
                            suppress_cross_class)
 from training.datasets.samples import Sample
-from training.froc import FrocImage, froc, froc_bootstrap
-from training.metrics import (
+from training.evaluation.froc import FrocImage, froc, froc_bootstrap
+from training.evaluation.metrics import (
     bootstrap_auc,
     calibration_curve,
     classification_table,
@@ -235,7 +235,7 @@ def froc_metrics(truth: Sequence[Sample], predictions: Sequence[ImagePrediction]
                  n_boot: int = 0, seed: int = 0, groups: Sequence[str] | None = None) -> dict:
     """FROC over all boxes the predictions hold (class-agnostic, and malignant lesions with malignant boxes); with
     ``n_boot``, each curve's ``ci``: bootstrap intervals of its sensitivities, resampling ``groups`` of images
-    (``training.froc.froc_bootstrap``; each image alone when None)."""
+    (``training.evaluation.froc.froc_bootstrap``; each image alone when None)."""
     images = _froc_images(join_predictions(truth, predictions))
     out: dict[str, Any] = {"hit_iou": hit_iou}
     for name, label in (("all", None), ("malignant", "malignant")):
@@ -252,7 +252,7 @@ def _froc_images(pairs: Sequence[tuple[Sample, ImagePrediction]]) -> list[FrocIm
 
 
 def _froc_groups(truth: Sequence[Sample], simulation: dict[str, dict[str, Any]] | None) -> list[str]:
-    from training.subgroups import resampling_group
+    from training.evaluation.subgroups import resampling_group
 
     return [resampling_group(s, simulation) for s in truth]
 
@@ -261,9 +261,9 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
              op: OperatingPoint = OperatingPoint(), n_boot: int = 1000, seed: int = 0,
              simulation: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything ``metrics.json`` holds for one model on one dataset. ``simulation``: the dataset's
-    ``simulated.json`` records (``training.subgroups.simulation_records``), which add the breakdown by background
+    ``simulated.json`` records (``training.evaluation.subgroups.simulation_records``), which add the breakdown by background
     and BI-RADS pattern (``subgroups``) for a detector."""
-    from training.subgroups import subgroup_metrics
+    from training.evaluation.subgroups import subgroup_metrics
 
     cases = level_cases(truth, predictions, op)
     out: dict[str, Any] = {"operating_point": op.__dict__, "n_images": len(truth),
@@ -286,11 +286,11 @@ def threshold_for_fp_rate(normals: Sequence[ImagePrediction], op: OperatingPoint
                           floor: float = 0.01) -> float:
     """The lowest score threshold at which ``normals`` (predictions on lesion-free images, every box a false
     positive) keep at most ``target`` boxes per image after ``op``'s suppression, never below ``floor`` (the lowest
-    score the predictions were recorded at: ``training.predict.FROC_SCORE_FLOOR``).
+    score the predictions were recorded at: ``training.evaluation.predict.FROC_SCORE_FLOOR``).
 
     The threshold is one of the boxes' own scores (the lowest that keeps within ``target``); ``floor`` when every
     recorded box fits within it; just above the highest score when even that one box per image is too many.
-    Boxes are counted as the product shows them (``training.evaluate.kept_indices``).
+    Boxes are counted as the product shows them (``training.evaluation.evaluate.kept_indices``).
     """
     if not normals:
         raise ValueError("no normal images to choose an operating point on")

@@ -4,7 +4,7 @@ Why: real ground truth (CBIS-DDSM, a hospital's biopsy-proven cases) holds the c
 outlined; a cluster whose calcifications are no brighter than the breast's own texture is never in it. The simulator
 draws contrast from physics (size, density, attenuation, the background's characteristic curve), so a small share of
 its clusters, almost all amorphous, come out at texture level: not one of them stands out of its breast to a blob
-detector (``training.cluster_visibility``; ``docs/experiments/default-bundle-record.md``, section "The reader's
+detector (``training.simulate.cluster_visibility``; ``docs/experiments/default-bundle-record.md``, section "The reader's
 annotation rule"), and every detector
 trained here missed every one. Annotating them made the simulated truth hold findings no reader would have marked.
 With this rule a cluster is annotated (inserted at all) only when at least ``min_visible`` of its calcifications show
@@ -12,7 +12,7 @@ as bright blobs of at least ``Z_VISIBLE`` texture spreads; a cluster that does n
 the mix of morphologies stays as drawn) and placed again. The physics of each calcification is unchanged: the rule
 selects which draws a reader would have annotated, as annotation does.
 
-The measure is the one ``training.cluster_visibility`` reports: a scale-normalised Laplacian of Gaussian at
+The measure is the one ``training.simulate.cluster_visibility`` reports: a scale-normalised Laplacian of Gaussian at
 calcification scales (``SIGMAS_MM``: 0.1 and 0.15 mm, bright blobs of 0.2-0.3 mm), standardised by its median and
 MAD-sigma over the breast's texture (``texture_spread``). A calcification is visible when the filter's response to
 its own noise-free signal reaches ``Z_VISIBLE`` spreads at a local maximum (``PEAK_WINDOW_MM`` square): on an
@@ -20,14 +20,14 @@ ordinary patch of texture it then reaches the level only the texture's brightest
 closer than the window count as one speck, as a reader would count them.
 
 The constants are those of ``cluster_visibility`` and of the three-calcification rule
-(``training.simulate_morphology.MIN_CLUSTER_CALCIFICATIONS``), chosen before this rule was measured on any detector.
+(``training.simulate.morphology.MIN_CLUSTER_CALCIFICATIONS``), chosen before this rule was measured on any detector.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from training.simulate_morphology import MIN_CLUSTER_CALCIFICATIONS, SimulationError
+from training.simulate.morphology import MIN_CLUSTER_CALCIFICATIONS, SimulationError
 
 #: the fewest calcifications of an annotated cluster a reader must see: a cluster's own minimum
 #: (``MIN_CLUSTER_CALCIFICATIONS``), so a cluster is three calcifications you can see. 0: no visibility rule, the

@@ -1,14 +1,14 @@
 """How visible a simulated cluster is to a plain blob detector, against the texture of its own breast.
 
 Why: no detector trained here finds the faintest simulated clusters (peak contrast-to-noise ratio below 8, almost all
-amorphous; ``training.subgroups``), and they alone hold FROC sensitivity at 1 false positive per image below the
+amorphous; ``training.evaluation.subgroups``), and they alone hold FROC sensitivity at 1 false positive per image below the
 target of 0.9 (docs/experiments/default-bundle-record.md, section "The reader's annotation rule"). Whether that is a
 model that could learn more or
 clusters that do not stand out of the breast's own structure decides where GPU time goes. Pixel noise (the CNR) does
 not answer it: breast texture also makes calcification-sized bright blobs. This measures the clusters against the
 texture.
 
-Method: the simulator's own blob filter (``training.simulate_visibility``: a scale-normalised Laplacian of Gaussian
+Method: the simulator's own blob filter (``training.simulate.visibility``: a scale-normalised Laplacian of Gaussian
 at calcification scales, bright blobs of 0.2-0.3 mm) over the image, standardised by its median and MAD over the breast away from its border and the
 clusters: ``z``. Local maxima above ``Z_PEAK`` are calcification-like blobs. A cluster box holding ``k`` of them,
 where the rest of the breast holds ``d`` per pixel, is compared with windows of its area, which hold Poisson(d x
@@ -22,7 +22,7 @@ With a detector's ``predictions.json`` (``mccad evaluate``) each cluster also ge
 best box hitting it, FROC's rule) and the summary counts the clusters it finds at 1 false positive per image, so
 "invisible to blob counting" and "found by the network" can be read side by side:
 
-    python -m training.cluster_visibility sim/test7 --predictions reports/test7-050/predictions.json \
+    python -m training.simulate.cluster_visibility sim/test7 --predictions reports/test7-050/predictions.json \
         --out reports/test7-visibility.json
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, stats
 
-from training.simulate_background import breast_mask
-from training.simulate_visibility import (
+from training.simulate.background import breast_mask
+from training.simulate.visibility import (
     SIGMAS_MM,
     Z_VISIBLE,
     blob_response,
@@ -48,7 +48,7 @@ from training.simulate_visibility import (
     texture_mask,
     texture_statistics,
 )
-from training.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
+from training.evaluation.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
 
 #: a blob is a local maximum (``simulate_visibility.PEAK_WINDOW_MM`` square) above this many texture spreads: the
 #: simulator's own visibility threshold, so a set made under its annotation rule and this measure agree
@@ -68,7 +68,7 @@ class ClusterVisibility:
 
 
 def blob_z(pixels: np.ndarray, texture: np.ndarray, spacing_mm: float = 0.1) -> np.ndarray:
-    """The bright-blob response of ``pixels`` (``training.simulate_visibility.blob_response``) standardised over
+    """The bright-blob response of ``pixels`` (``training.simulate.visibility.blob_response``) standardised over
     the ``texture`` pixels (median 0, MAD-sigma 1)."""
     response = blob_response(pixels, spacing_mm)
     median, spread = texture_statistics(response, texture)
@@ -107,7 +107,7 @@ def cluster_visibility(pixels: np.ndarray, breast: np.ndarray, boxes: Sequence[S
 
 
 def _read_png(path: Path) -> np.ndarray:
-    """A simulated image back on the simulator's [0, 1] scale (``training.simulate_dataset`` writes value x 65535
+    """A simulated image back on the simulator's [0, 1] scale (``training.simulate.dataset`` writes value x 65535
     into 16-bit PNGs, value x 255 into 8-bit ones)."""
     from PIL import Image
 
@@ -117,7 +117,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def set_records(folder: Path | str) -> dict[str, dict[str, Any]]:
-    """The per-image records of a set made by ``mccad simulate`` (``training.subgroups.simulation_records``)."""
+    """The per-image records of a set made by ``mccad simulate`` (``training.evaluation.subgroups.simulation_records``)."""
     records = simulation_records(folder)
     if records is None:
         raise FileNotFoundError(f"{Path(folder) / SIMULATION_RECORD} not found or unreadable: not a set made by "
@@ -157,8 +157,8 @@ def add_detector_scores(rows: list[dict[str, Any]], records: dict[str, dict[str,
     the best box hitting it at FROC's IoU, None when none does) from a ``predictions.json`` made on the set of
     ``records``; returns the threshold of 1 false positive per image over the set, at which the summary counts
     clusters found."""
-    from training.evaluate import read_predictions
-    from training.froc import FrocImage, froc, hit_scores
+    from training.evaluation.evaluate import read_predictions
+    from training.evaluation.froc import FrocImage, froc, hit_scores
 
     by_id = {p.image_id: p for p in read_predictions(Path(predictions))[0]}
     missing = [name for name in records if name not in by_id]
@@ -209,13 +209,13 @@ def summarise(rows: Sequence[dict[str, Any]], found_at: float | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.cluster_visibility", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.simulate.cluster_visibility", description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a set of whole images made by mccad simulate")
     parser.add_argument("--predictions", type=Path, default=None,
                         help="a detector's predictions.json on the same set (mccad evaluate): clusters it finds")
     parser.add_argument("--out", type=Path, default=None, help="write every cluster's figures and the summary here")
     args = parser.parse_args(argv)
-    from training.evaluate import EvaluationError
+    from training.evaluation.evaluate import EvaluationError
 
     try:
         records = set_records(args.folder)

@@ -81,7 +81,7 @@ def hit_scores(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     """One image's FROC ingredients: each lesion's score (the best box hitting it; -inf when none does), in the
     order of ``gt``, and per predicted box whether it hits no lesion (a false positive). A lesion is found at
     threshold ``t`` when its score is >= ``t``, which is how subgroups of lesions and false boxes are counted
-    (``training.subgroups``)."""
+    (``training.evaluation.subgroups``)."""
     gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -189,7 +189,7 @@ def froc_bootstrap(images: Sequence[FrocImage], groups: Sequence[str] | None = N
                    fp_rates: Sequence[float] = FP_RATES) -> FrocInterval:
     """Bootstrap intervals of the FROC sensitivities, resampling whole ``groups`` of images with replacement (each
     image its own group when None). Why groups: images that share a patient, or simulated images made on one real
-    background, share that background's false positives (``training.subgroups``' recurring ones); resampling them
+    background, share that background's false positives (``training.evaluation.subgroups``' recurring ones); resampling them
     one by one would treat one structure seen twelve times as twelve independent errors and give too narrow an
     interval. With ``compare_to`` (a second model's predictions on the same images, in the same order) the interval
     is of the paired difference, this model minus that one, each resample drawing the same images for both."""

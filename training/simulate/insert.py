@@ -18,11 +18,11 @@ For one cluster at pixel spacing ``s`` (mm):
    background level ``b`` (the image smoothed over 1 mm). Contrast therefore depends on the particle's thickness
    (its size), its density and the background it sits on, as attenuation contrast does.
 5. Noise. Fewer photons pass a calcification, so the relative quantum noise there grows by ``exp(signal / 2)``:
-   the image's own noise level (:func:`training.simulate_background.image_noise_sigma`) scaled by
+   the image's own noise level (:func:`training.simulate.background.image_noise_sigma`) scaled by
    ``sqrt(exp(signal) - 1)`` is added as extra noise. Background noise already in the image stays as it is.
 
-6. Visibility (optional, the simulator's default through ``training.simulate_dataset``): the noise-free added signal's
-   calcifications standing out of the breast's texture are counted (``training.simulate_visibility``); a cluster
+6. Visibility (optional, the simulator's default through ``training.simulate.dataset``): the noise-free added signal's
+   calcifications standing out of the breast's texture are counted (``training.simulate.visibility``); a cluster
    showing fewer than ``min_visible`` is not inserted but drawn again, as a reader would not have annotated it.
 
 The ground-truth box of a cluster is the extent of its calcifications' outlines plus ``BOX_MARGIN_MM`` and the PSF
@@ -37,9 +37,9 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from training.simulate_background import breast_mask, image_noise_sigma, nipple_position
-from training.simulate_morphology import Calcification, Cluster, LesionLabel
-from training.simulate_visibility import check_min_visible, visible_calcifications
+from training.simulate.background import breast_mask, image_noise_sigma, nipple_position
+from training.simulate.morphology import Calcification, Cluster, LesionLabel
+from training.simulate.visibility import check_min_visible, visible_calcifications
 
 PSF_SIGMA_MM = 0.07
 DISPLAY_GAIN = 0.38
@@ -47,7 +47,7 @@ MIN_SLOPE = 0.35
 FINE_PITCH_MM = 0.025
 BOX_MARGIN_MM = 0.5
 PLACEMENT_TRIES = 60
-#: a cluster no reader would see (``training.simulate_visibility``) is drawn again at most this many times, then left out
+#: a cluster no reader would see (``training.simulate.visibility``) is drawn again at most this many times, then left out
 VISIBILITY_REDRAWS = 20
 
 
@@ -64,7 +64,7 @@ class InsertedLesion:
     spacing_mm: float
     peak_contrast: float
     n_calcifications: int
-    #: calcifications standing out of the texture (``training.simulate_visibility``); None where not measured
+    #: calcifications standing out of the texture (``training.simulate.visibility``); None where not measured
     visible_calcifications: int | None = None
     #: clusters of its pattern drawn until one was visible (1: the first; always 1 without the visibility rule)
     draws: int = 1
@@ -170,15 +170,15 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
     """Insert ``clusters`` at random places of the breast of ``image`` (float in [0, 1], bright = dense).
 
     Each cluster is turned so that its duct axis (+x) points to the nipple, then placed where every calcification
-    lies inside ``breast_mask`` (computed with :func:`training.simulate_background.breast_mask` when None) and its box
+    lies inside ``breast_mask`` (computed with :func:`training.simulate.background.breast_mask` when None) and its box
     overlaps no other inserted box; a cluster that finds no such place in ``PLACEMENT_TRIES`` draws is left out
     (the returned list says what was inserted). ``noise_sigma``: the image's pixel noise when the caller has measured
-    it (:func:`training.simulate_background.image_noise_sigma` over ``breast_mask``), else measured here.
+    it (:func:`training.simulate.background.image_noise_sigma` over ``breast_mask``), else measured here.
 
-    ``texture_spread`` (:func:`training.simulate_visibility.texture_spread` of this background) has each cluster's
+    ``texture_spread`` (:func:`training.simulate.visibility.texture_spread` of this background) has each cluster's
     visible calcifications counted and recorded; with ``min_visible`` > 0 a placed cluster showing fewer is not
     inserted but replaced by ``redraw(cluster)`` (a fresh draw of its pattern) and placed again, at most
-    ``VISIBILITY_REDRAWS`` times, then left out: the reader's annotation rule of ``training.simulate_visibility``.
+    ``VISIBILITY_REDRAWS`` times, then left out: the reader's annotation rule of ``training.simulate.visibility``.
     With ``min_visible`` 0 the random draws are exactly those of the simulator before the rule.
     Returns a new float32 image and one ``InsertedLesion`` per cluster.
     """

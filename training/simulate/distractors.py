@@ -7,7 +7,7 @@ fires on what every breast shows and no radiologist reports as a calcification c
 calcification, skin-marker-like discs at the skin line), scored 0.96-0.99. Showing the model such structures
 *without* a box teaches it what a cluster is not.
 
-Kinds (drawn with the same physics as the clusters, ``training.simulate_insert.insert_clusters``, so their contrast
+Kinds (drawn with the same physics as the clusters, ``training.simulate.insert.insert_clusters``, so their contrast
 follows attenuation, blur and noise exactly as a calcification's would):
 
 =============  ====================================================================================================
@@ -29,9 +29,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.simulate_background import breast_mask
-from training.simulate_insert import InsertedLesion, insert_clusters
-from training.simulate_morphology import Calcification, Cluster, Ellipsoid, SimulationError
+from training.simulate.background import breast_mask
+from training.simulate.insert import InsertedLesion, insert_clusters
+from training.simulate.morphology import Calcification, Cluster, Ellipsoid, SimulationError
 
 DISTRACTOR_KINDS: tuple[str, ...] = ("solitary", "vascular", "marker")
 #: share of each kind when drawn at random
