@@ -13,8 +13,12 @@ the mix of morphologies stays as drawn) and placed again. The physics of each ca
 selects which draws a reader would have annotated, as annotation does.
 
 The measure is the one ``training.simulate.cluster_visibility`` reports: a scale-normalised Laplacian of Gaussian at
-calcification scales (``SIGMAS_MM``: 0.1 and 0.15 mm, bright blobs of 0.2-0.3 mm), standardised by its median and
-MAD-sigma over the breast's texture (``texture_spread``). A calcification is visible when the filter's response to
+calcification scales (``SIGMAS_MM``: 0.1 and 0.15 mm, bright blobs of 0.2-0.3 mm), never finer than
+``MIN_SIGMA_PX`` pixels, standardised by its median and MAD-sigma over the breast's texture (``texture_spread``).
+The floor matters on coarse films: at 0.2 mm the two scales are half a pixel and less, where the filter measures
+pixel noise rather than blobs and a calcification as large as a pixel never reaches the level; no image shows a
+speck finer than its own sampling, so no reader's eye and no filter should look for one there. At 0.05-0.14 mm the
+floor changes nothing. A calcification is visible when the filter's response to
 its own noise-free signal reaches ``Z_VISIBLE`` spreads at a local maximum (``PEAK_WINDOW_MM`` square): on an
 ordinary patch of texture it then reaches the level only the texture's brightest specks reach. Calcifications
 closer than the window count as one speck, as a reader would count them.
@@ -35,6 +39,8 @@ from training.simulate.morphology import MIN_CLUSTER_CALCIFICATIONS, SimulationE
 MIN_VISIBLE_CALCIFICATIONS = MIN_CLUSTER_CALCIFICATIONS
 #: Gaussian scales (mm) of the blob filter: calcifications of 0.1-0.4 mm
 SIGMAS_MM: tuple[float, ...] = (0.1, 0.15)
+#: the finest filter scale in pixels, whatever the pitch: a speck cannot be sharper than the sampling that shows it
+MIN_SIGMA_PX = 0.7
 #: a visible calcification's response, in texture spreads (MAD-sigma of the filter over the breast)
 Z_VISIBLE = 4.0
 #: local maxima are taken over this square (mm): specks closer than this are one
@@ -50,10 +56,17 @@ def check_min_visible(min_visible: int) -> int:
     return int(min_visible)
 
 
+def filter_sigmas_px(spacing_mm: float) -> list[float]:
+    """The blob filter's Gaussian scales in pixels at ``spacing_mm``: ``SIGMAS_MM`` in pixels, none below
+    ``MIN_SIGMA_PX``."""
+    return [max(s / spacing_mm, MIN_SIGMA_PX) for s in SIGMAS_MM]
+
+
 def blob_response(pixels: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """The bright-blob filter (scale-normalised negative Laplacian of Gaussian, the larger over ``SIGMAS_MM``)."""
+    """The bright-blob filter (scale-normalised negative Laplacian of Gaussian, the larger over
+    :func:`filter_sigmas_px`)."""
     image = np.asarray(pixels, np.float32)
-    sigmas = [s / spacing_mm for s in SIGMAS_MM]
+    sigmas = filter_sigmas_px(spacing_mm)
     return np.max([-ndimage.gaussian_laplace(image, s) * s * s for s in sigmas], axis=0)
 
 
