@@ -610,7 +610,6 @@ def detector_cases(models: LoadedModels, resolutions: list[str], images: list[to
                                        f"the same breast at {TILED_FULL_SPACING_MM} mm (resampled phantom), "
                                        "tiled: a cost figure, not a resolution the model was trained at"),
                 "tiles_per_image": len(tiles), "tile": models.tiling.tile, "tile_overlap": models.tiling.overlap,
-                "tile_layout": models.tiling.layout,
                 "tile_batch": models.tiling.batch,
                 # the test-time flip (models.flip_fusion) reads every tile twice: the image and its mirror
                 "readings_per_image": 2 if models.tiling.hflip else 1,

@@ -6,18 +6,11 @@ trained on crops at native resolution sees it at full size when run tile by tile
 
 How:
 
-1. :func:`tile_grid`: layout ``fixed`` (the default): tiles of ``tile`` x ``tile`` px (clipped to the image when it
-   is smaller) whose starts step by ``tile - overlap``; the last tile along an axis is moved back to end on the image
-   edge, so every tile has the same shape, no tile leaves the image, and neighbours overlap by at least ``overlap``
-   px. On a 2048 x 1300 mammogram, 512 px tiles read 3.9 Mpx for 2.7 in the image. Layout ``even``: as few tiles per
-   axis as ``tile`` allows at that overlap, each as small as covering the axis needs, spread evenly; ``tile`` is
-   then the largest side a tile may have, and with a large one (2048) a mammogram at 0.1 mm is read in one or two
-   tiles, its pixels read about once. The RPN keeps a fixed number of proposals per tile (``rpn_*_top_n_test``),
-   so in a large tile the whole image competes for the budget each 512 px tile had to itself; ``proposal_cell``
-   gives every cell of that size its own budget again (``models.rpn_cells``). The tile is part of the reading all
-   the same: the backbone's receptive field spans it, so its features, and the detector's scores, change with the
-   tile's size (the shipped detector lost 0.07-0.12 FROC sensitivity at 1 FP per image on validation read in tiles
-   of at most 2048 px instead of 512); choose the layout on validation images like any threshold.
+1. :func:`tile_grid`: tiles of ``tile`` x ``tile`` px (clipped to the image when it is smaller) whose starts step
+   by ``tile - overlap``; the last tile along an axis is moved back to end on the image edge, so every tile has the
+   same shape, no tile leaves the image, and neighbours overlap by at least ``overlap`` px. The tile is part of the
+   reading: the backbone's receptive field spans it, so the detector's scores change with the tile's size; a
+   detector is read in the tiles its operating point was chosen with.
 2. :func:`detect_tiled`: ``models.detector.detect`` on batches of tiles with torchvision's internal resize set to
    the tile's own size (scale 1: native resolution), boxes shifted back to image pixels.
 3. :func:`merge_tile_detections`: a lesion larger than the overlap, or lying across a seam, comes out as pieces, one
@@ -28,10 +21,7 @@ How:
    tiles of an overlap saw whole, the released code's cross-class suppression runs as in ``detect``
    (``models.fusion.suppress_cross_class``), and the ``detections_per_img`` best boxes are kept.
 4. :class:`TilingSpec` with ``hflip``: steps 1-3 on the image and on its mirror, the two readings fused box by box
-   (``models.flip_fusion``), then the thresholds, NMS and cross-class suppression of step 3. With ``hflip_gate``,
-   only the tiles where the first reading drew a box scoring at least the gate are read again, each mirrored on its
-   own (most tiles of a mammogram hold no candidate, and a box that only one reading drew is halved by the fusion
-   anyway); the fused boxes of the other tiles are the first reading's, halved.
+   (``models.flip_fusion``), then the thresholds, NMS and cross-class suppression of step 3.
 """
 from __future__ import annotations
 
@@ -46,12 +36,8 @@ from torchvision.ops import batched_nms
 from models.detector import Detections, DetectorConfig, apply_thresholds, detect
 from models.flip_fusion import READING_SCORE_FLOOR, fuse_readings, mirror
 from models.fusion import suppress_cross_class
-from models.rpn_cells import proposal_cells
 
 Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), image pixels
-
-#: how tiles are laid over an image (``tile_grid``)
-TILE_LAYOUTS = ("fixed", "even")
 
 #: a box edge this close (px) to an inner tile edge counts as cut by that seam
 SEAM_TOUCH_PX = 2.0
@@ -67,31 +53,15 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def _even(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Starts and side of the fewest tiles of at most ``tile`` px that cover ``length`` px with neighbours sharing
-    at least ``overlap`` px, each as short as that allows, spread evenly."""
-    if length <= tile:
-        return [0], length
-    count = -(-(length - overlap) // (tile - overlap))
-    side = -(-(length + (count - 1) * overlap) // count)
-    span = length - side
-    return [round(k * span / (count - 1)) for k in range(count)], side
-
-
-def tile_grid(height: int, width: int, tile: int, overlap: int, layout: str = "fixed") -> list[Tile]:
-    """Tiles ``(y0, x0, y1, x1)`` covering a ``height`` x ``width`` image, row by row, all of one shape (see the
-    module docstring for the two layouts)."""
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles ``(y0, x0, y1, x1)`` covering a ``height`` x ``width`` image, row by row, all of one shape (module
+    docstring, step 1)."""
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height} x {width}")
     if tile < 1:
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must lie in [0, tile), got overlap {overlap} for tile {tile}")
-    if layout not in TILE_LAYOUTS:
-        raise ValueError(f"unknown tile layout {layout!r}; choose one of {', '.join(TILE_LAYOUTS)}")
-    if layout == "even":
-        (ys, th), (xs, tw) = _even(height, tile, overlap), _even(width, tile, overlap)
-        return [(y, x, y + th, x + tw) for y in ys for x in xs]
     stride = tile - overlap
     th, tw = min(tile, height), min(tile, width)
     return [(y, x, y + th, x + tw) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
@@ -205,15 +175,12 @@ def _suppress(merged: Detections, config: DetectorConfig) -> Detections:
 
 
 def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = 800,
-                 overlap: int = 128, batch: int = 4, join: bool = True, layout: str = "fixed",
-                 proposal_cell: int | None = None) -> Detections:
+                 overlap: int = 128, batch: int = 4, join: bool = True) -> Detections:
     """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
-    resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``. ``proposal_cell``
-    (px): the RPN spends ``config``'s proposal counts per square cell of that side rather than per tile."""
+    resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``."""
     _check_image(image)
     height, width = int(image.shape[1]), int(image.shape[2])
-    per_tile = read_tiles(model, image, config, tile_grid(height, width, tile, overlap, layout), batch=batch,
-                          proposal_cell=proposal_cell)
+    per_tile = read_tiles(model, image, config, tile_grid(height, width, tile, overlap), batch=batch)
     return merge_tile_detections(per_tile, (height, width), config, join=join)
 
 
@@ -223,11 +190,10 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 def read_tiles(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tiles: Sequence[Tile], *,
-               batch: int = 4, proposal_cell: int | None = None,
-               mirrored: bool = False) -> list[tuple[Tile, Detections]]:
+               batch: int = 4) -> list[tuple[Tile, Detections]]:
     """``detect`` on each of ``tiles`` (all of one shape) of ``image``, ``batch`` at a time at native scale, without
     cross-class suppression (it runs once on the merged boxes, as in whole-image mode): each tile with its boxes in
-    tile pixels. ``mirrored``: each tile is read mirrored left to right, its boxes mapped back onto the tile."""
+    tile pixels."""
     _check_image(image)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -238,16 +204,11 @@ def read_tiles(model: torch.nn.Module, image: torch.Tensor, config: DetectorConf
     saved_config = getattr(model, "mccad_config", None)
     per_tile: list[tuple[Tile, Detections]] = []
     try:
-        with native_scale(model, th, tw), proposal_cells(model, proposal_cell):
+        with native_scale(model, th, tw):
             for start in range(0, len(tiles), batch):
                 chunk = tiles[start:start + batch]
                 crops = [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk]
-                if mirrored:
-                    crops = [torch.flip(crop, dims=[-1]) for crop in crops]
-                dets = detect(model, crops, _tile_config(config))
-                if mirrored:
-                    dets = [mirror(det, tw) for det in dets]
-                per_tile += list(zip(chunk, dets))
+                per_tile += list(zip(chunk, detect(model, crops, _tile_config(config)), strict=True))
     finally:
         if saved_config is not None:
             apply_thresholds(model, saved_config)
@@ -281,51 +242,31 @@ class TilingSpec:
     join: bool = False  # seam joining of box pieces (merge_tile_detections): off unless the model asks
     # test-time flip (models.flip_fusion): the mirrored image is read too and both readings fused; twice the time
     hflip: bool = False
-    layout: str = "fixed"  # tile_grid: "even" makes ``tile`` the largest side and spreads fewer pixels' reads
-    # side (px) of the square cells over which the RPN spends its proposal counts (None: per tile, whatever its
-    # size): with large tiles, the tile size those counts were validated on (models.rpn_cells)
-    proposal_cell: int | None = None
-    # with hflip: only the tiles whose first reading drew a box scoring at least this are read again, each mirrored
-    # on its own; the others count as a mirrored reading that drew nothing (None: the whole image mirrored)
-    hflip_gate: float | None = None
 
     def __post_init__(self) -> None:
-        tile_grid(max(1, self.tile), max(1, self.tile), self.tile, self.overlap, self.layout)  # refuses bad settings
+        tile_grid(max(1, self.tile), max(1, self.tile), self.tile, self.overlap)  # refuses bad settings
         if self.batch < 1:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
-        if self.proposal_cell is not None and self.proposal_cell < 1:
-            raise ValueError(f"proposal_cell must be a positive number of pixels, got {self.proposal_cell}")
-        if self.hflip_gate is not None and not (self.hflip and 0.0 <= self.hflip_gate <= 1.0):
-            raise ValueError(f"hflip_gate is a score in [0, 1] for a detector read with hflip; got {self.hflip_gate} "
-                             f"with hflip {self.hflip}")
 
     def grid(self, height: int, width: int) -> list[Tile]:
         """The tiles this spec reads a ``height`` x ``width`` image in."""
-        return tile_grid(height, width, self.tile, self.overlap, self.layout)
+        return tile_grid(height, width, self.tile, self.overlap)
 
     def detect(self, model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig,
                batch: int | None = None) -> Detections:
         """``detect_tiled`` with these settings (``batch`` overrides the tiles per forward pass); with ``hflip``,
-        on the image and its mirror (or, with ``hflip_gate``, on the gated tiles each mirrored), the two readings
-        fused and then thresholded as ``config`` says."""
+        on the image and its mirror, the two readings fused and then thresholded as ``config`` says."""
         batch = batch or self.batch
         if not self.hflip:
             return detect_tiled(model, image, config, tile=self.tile, overlap=self.overlap, batch=batch,
-                                join=self.join, layout=self.layout, proposal_cell=self.proposal_cell)
+                                join=self.join)
         reading = replace(config, score_thresh=min(config.score_thresh, READING_SCORE_FLOOR),
                           cross_class_suppression=False)
         height, width = int(image.shape[-2]), int(image.shape[-1])
         tiles = self.grid(height, width)
-        first = read_tiles(model, image, reading, tiles, batch=batch, proposal_cell=self.proposal_cell)
-        if self.hflip_gate is None:
-            mirrored = read_tiles(model, torch.flip(image, dims=[-1]), reading, tiles, batch=batch,
-                                  proposal_cell=self.proposal_cell)
-            second = mirror(merge_tile_detections(mirrored, (height, width), reading, join=self.join), width)
-        else:
-            gated = [tile for tile, det in first if len(det) and float(det.scores.max()) >= self.hflip_gate]
-            again = read_tiles(model, image, reading, gated, batch=batch, proposal_cell=self.proposal_cell,
-                               mirrored=True)
-            second = merge_tile_detections(again, (height, width), reading, join=self.join)
+        first = read_tiles(model, image, reading, tiles, batch=batch)
+        mirrored = read_tiles(model, torch.flip(image, dims=[-1]), reading, tiles, batch=batch)
+        second = mirror(merge_tile_detections(mirrored, (height, width), reading, join=self.join), width)
         fused = fuse_readings([merge_tile_detections(first, (height, width), reading, join=self.join), second],
                               iou=config.nms_thresh)
         return _suppress(fused.take(np.flatnonzero(fused.scores >= config.score_thresh)), config)

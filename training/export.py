@@ -117,29 +117,22 @@ AFTER_TRAINING = {
     "tile": "tiles of at most {old} px, not {new}: give --score-thresh chosen on validation images read that way",
     "overlap": "tiles overlapping by {old} px, not {new}: give --score-thresh chosen on validation images read that "
                "way",
-    "layout": "the {old} tile layout, not {new}: give --score-thresh chosen on validation images read that way",
-    "proposal_cell": "proposals per cell of {old} px, not {new}: give --score-thresh chosen on validation images "
-                     "read that way",
-    "hflip_gate": "flip gate {old}, not {new}: give --score-thresh chosen with that gate on validation images",
 }
 #: the tiling settings whose change moves a detector's scores (the tiles per pass do not)
-READING_TILING = ("hflip", "tile", "overlap", "layout", "proposal_cell", "hflip_gate")
+READING_TILING = ("hflip", "tile", "overlap")
 #: what a tiling setting missing from a manifest reads as: TilingSpec's default, as the pipeline reads the manifest
 #: (a manifest written before the setting existed)
 TILING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TilingSpec)}
 
 
 def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | None = None,
-                test_time_flip: bool | None = None, tile: int | None = None, tile_overlap: int | None = None,
-                tile_layout: str | None = None, proposal_cell: int | None = None,
-                hflip_gate: float | None = None) -> dict[str, Any] | None:
+                test_time_flip: bool | None = None, tile: int | None = None,
+                tile_overlap: int | None = None) -> dict[str, Any] | None:
     """A detector's ``input_spec["tiling"]`` with the tiles per pass, the test-time flip and the tile geometry
-    (largest side, overlap, layout: ``models.tiling.tile_grid``; the cell the RPN's proposal counts are per)
-    given (None: as it was); refused for a detector that reads whole images, where none applies, and for a geometry
-    ``models.tiling.TilingSpec`` refuses."""
+    (side and overlap: ``models.tiling.tile_grid``) given (None: as it was); refused for a detector that reads whole
+    images, where none applies, and for a geometry ``models.tiling.TilingSpec`` refuses."""
     changes = {key: value for key, value in (("batch", tile_batch), ("hflip", test_time_flip), ("tile", tile),
-                                             ("overlap", tile_overlap), ("layout", tile_layout),
-                                             ("proposal_cell", proposal_cell), ("hflip_gate", hflip_gate))
+                                             ("overlap", tile_overlap))
                if value is not None}
     if not changes:
         return dict(tiling) if tiling else None
@@ -148,9 +141,8 @@ def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | N
                          "tile; this one sees whole images")
     if "batch" in changes and not 1 <= int(changes["batch"]) <= 256:
         raise ValueError(f"tile_batch must lie in 1-256, got {changes['batch']}")
-    kinds = {"hflip": bool, "layout": str, "hflip_gate": float}
-    out = {**tiling, **{k: kinds.get(k, int)(v) for k, v in changes.items()}}
-    TilingSpec(**out)  # refuses an overlap as large as the tile, an unknown layout, a gate without the flip
+    out = {**tiling, **{k: bool(v) if k == "hflip" else int(v) for k, v in changes.items()}}
+    TilingSpec(**out)  # refuses an overlap as large as the tile
     return out
 
 
@@ -159,8 +151,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
                dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
                tile_batch: int | None = None, score_mode: str | None = None,
                malignant_offset: float | None = None, test_time_flip: bool | None = None,
-               tile: int | None = None, tile_overlap: int | None = None, tile_layout: str | None = None,
-               proposal_cell: int | None = None, hflip_gate: float | None = None) -> Path:
+               tile: int | None = None, tile_overlap: int | None = None) -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
     ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
@@ -176,12 +167,8 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     the detector's malignant logit offset (``models.box_scores``) calibrated on validation images with ``mccad
     evaluate --malignant-offset``; likewise refused with the run's own (``auto``) operating point.
     ``test_time_flip``: whether the tiled detector reads each image a second time mirrored (``models.flip_fusion``),
-    chosen with ``mccad evaluate --test-time-flip``; likewise. ``tile``, ``tile_overlap``, ``tile_layout``: the
-    tiles the detector reads a whole image in (``models.tiling.tile_grid``), e.g. ``tile_layout="even"`` with a
-    large ``tile`` to read each pixel about once, and ``proposal_cell`` to spend the RPN's proposal counts per cell
-    of the tile size they were validated on (``models.rpn_cells``); likewise. ``hflip_gate``: with the flip, only
-    the tiles whose first reading drew a box scoring at least this are read again (``models.tiling.TilingSpec``);
-    likewise.
+    chosen with ``mccad evaluate --test-time-flip``; likewise. ``tile``, ``tile_overlap``: the tiles the
+    detector reads a whole image in (``models.tiling.tile_grid``); likewise.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -193,8 +180,7 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
     tiling = tiling_with(run.tiling, run_dir, tile_batch=tile_batch, test_time_flip=test_time_flip, tile=tile,
-                         tile_overlap=tile_overlap, tile_layout=tile_layout, proposal_cell=proposal_cell,
-                         hflip_gate=hflip_gate)
+                         tile_overlap=tile_overlap)
     chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
               if v is not None}
     if chosen and run.kind != "detector":

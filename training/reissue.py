@@ -26,7 +26,6 @@ def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | N
                   score_thresh: float | str | None = None, tile_batch: int | None = None,
                   score_mode: str | None = None, malignant_offset: float | None = None,
                   test_time_flip: bool | None = None, tile: int | None = None, tile_overlap: int | None = None,
-                  tile_layout: str | None = None, proposal_cell: int | None = None, hflip_gate: float | None = None,
                   metrics_json: Path | None = None,
                   training_data: str | None = None, synthetic_only: bool = False) -> Path:
     """Write ``out_dir``: ``model_dir``'s weights, its manifest with the settings given replaced, ``version`` (which
@@ -48,8 +47,7 @@ def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | N
                          "'auto'; give --score-thresh a number chosen with 'mccad evaluate'")
     detector_settings = {"score_thresh": score_thresh, "tile_batch": tile_batch, "score_mode": score_mode,
                          "malignant_offset": malignant_offset, "test_time_flip": test_time_flip, "tile": tile,
-                         "tile_overlap": tile_overlap, "tile_layout": tile_layout, "proposal_cell": proposal_cell,
-                         "hflip_gate": hflip_gate}
+                         "tile_overlap": tile_overlap}
     given = [k for k, v in detector_settings.items() if v is not None]
     if given and source.role != "detector":
         raise ValueError(f"{model_dir}: {', '.join(given)} is a detector setting; this model is a {source.role}")
@@ -57,8 +55,7 @@ def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | N
     thresholds = dict(source.thresholds)
     if source.role == "detector":
         tiling = tiling_with(input_spec.get("tiling"), model_dir, tile_batch=tile_batch,
-                             test_time_flip=test_time_flip, tile=tile, tile_overlap=tile_overlap,
-                             tile_layout=tile_layout, proposal_cell=proposal_cell, hflip_gate=hflip_gate)
+                             test_time_flip=test_time_flip, tile=tile, tile_overlap=tile_overlap)
         if tiling is not None:
             input_spec["tiling"] = tiling
         network = dict(input_spec.get("detector", {}))

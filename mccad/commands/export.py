@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TILE_LAYOUTS = ("fixed", "even")  # models.tiling.TILE_LAYOUTS, named here so that --help needs no torch
-
 
 def _threshold(text: str) -> float | str:
     if text == "auto":
@@ -56,24 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(models.flip_fusion; twice the time), written into the manifest (default: as it was); choose "
                         "it and --score-thresh with 'mccad evaluate --test-time-flip' on validation images")
     p.add_argument("--tile", type=int, default=None, metavar="PX",
-                   help="a tiled detector's tile side in px (with --tile-layout even: the largest side), written into "
+                   help="a tiled detector's tile side in px, written into "
                         "the manifest (default: as it was); scores move with it, so give --score-thresh chosen on "
                         "validation images read that way")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="px shared by neighbouring tiles, written into the manifest (default: as it was)")
-    p.add_argument("--tile-layout", choices=TILE_LAYOUTS, default=None,
-                   help="fixed: tiles of --tile px stepped across the image, the last moved back to its edge; even: "
-                        "the fewest tiles of at most --tile px, each as small as covering needs (a large --tile reads "
-                        "each pixel about once; models.tiling.tile_grid). Default: as it was")
-    p.add_argument("--proposal-cell", type=int, default=None, metavar="PX",
-                   help="spend the RPN's proposal counts per square cell of this side instead of per tile, written "
-                        "into the manifest: with larger tiles than the counts were validated on (e.g. 512 for a "
-                        "detector validated on 512 px tiles), so each part of the image keeps its own budget "
-                        "(models.rpn_cells; default: as it was)")
-    p.add_argument("--hflip-gate", type=float, default=None, metavar="SCORE",
-                   help="with the test-time flip, read mirrored only the tiles whose first reading drew a box scoring "
-                        "at least SCORE (the others count as a mirrored reading that drew nothing), written into the "
-                        "manifest: less time where most tiles hold no candidate (default: as it was)")
     p.set_defaults(func=run)
 
 
@@ -88,8 +73,7 @@ def run(args: argparse.Namespace, settings) -> int:
     flip = None if args.test_time_flip is None else args.test_time_flip == "on"
     after_training = dict(score_thresh=args.score_thresh, tile_batch=args.tile_batch, score_mode=args.score_mode,
                           malignant_offset=args.malignant_offset, test_time_flip=flip, tile=args.tile,
-                          tile_overlap=args.tile_overlap, tile_layout=args.tile_layout,
-                          proposal_cell=args.proposal_cell, hflip_gate=args.hflip_gate)
+                          tile_overlap=args.tile_overlap)
     try:
         if (args.run / MANIFEST).is_file():
             if args.version is None:

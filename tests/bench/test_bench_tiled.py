@@ -48,8 +48,7 @@ def test_tiled_bundle_rows_are_whole_mammograms_with_tiles_and_equality(tmp_path
     doc = json.loads(out.read_text())
     assert code == 0, [r.get("error") for r in doc["rows"]]
     assert doc["models"]["detector_mode"] == "tiled"
-    assert doc["models"]["tiling_bundle"] == {"join": False, "hflip": False, "layout": "fixed",
-                                              "proposal_cell": None, "hflip_gate": None, **TILING}
+    assert doc["models"]["tiling_bundle"] == {"join": False, "hflip": False, **TILING}
     assert doc["detector_resolutions"]["mode"] == "tiled"
     detector = {r["path"]: r for r in doc["rows"] if r["model"] == "detector"}
     assert set(detector) == {"eager", *paths.split(",")}
@@ -97,7 +96,6 @@ def test_tiled_resolutions_follow_the_bundle_spacing() -> None:
     assert default.fields["tiles_per_image"] == 15  # 5 rows x 3 columns of 512 px tiles, 64 px overlap
     assert full.fields["input"] == "4096x2600" and full.fields["spacing_mm"] == 0.05
     assert full.fields["tiles_per_image"] == len(tiling.grid(4096, 2600))
-    assert default.fields["tile_layout"] == "fixed"
     assert default.fields["readings_per_image"] == 1
     flipped = inference.LoadedModels(None, DetectorConfig(), None, None, {}, TilingSpec(tile=512, overlap=64, batch=2,
                                                                                         hflip=True), 0.1)

@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from models.detector import Detections, DetectorConfig, build_detector
-from models.flip_fusion import mirror
-from models.tiling import (TILE_LAYOUTS, TilingSpec, detect_tiled, merge_tile_detections, read_tiles,
-                           tile_grid)
+from models.tiling import TilingSpec, detect_tiled, merge_tile_detections, read_tiles, tile_grid
 
 
 def _dets(boxes, labels, scores) -> Detections:
@@ -39,48 +37,8 @@ def test_grid_covers_every_pixel_with_the_requested_overlap(height, width, tile,
             assert len(starts) == -(-(size - overlap) // (tile - overlap))  # no more tiles than needed
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", [
-    (2048, 1300, 2048, 64), (2340, 1288, 2048, 64), (2048, 1300, 512, 64), (300, 500, 128, 32), (97, 1301, 200, 50),
-    (100, 90, 800, 128), (4097, 4096, 2048, 0), (1000, 1000, 999, 998),
-])
-def test_even_grid_covers_the_image_in_the_fewest_smallest_tiles(height, width, tile, overlap):
-    tiles = tile_grid(height, width, tile, overlap, layout="even")
-    fixed = tile_grid(height, width, tile, overlap)
-    shapes = {(y1 - y0, x1 - x0) for y0, x0, y1, x1 in tiles}
-    assert len(shapes) == 1  # one shape for every tile: they batch together
-    (th, tw), = shapes
-    assert th <= min(tile, height) and tw <= min(tile, width)
-    cover = np.zeros((height, width), np.int32)
-    for y0, x0, y1, x1 in tiles:
-        assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
-        cover[y0:y1, x0:x1] += 1
-    assert cover.min() >= 1
-    for axis, size, side in ((0, height, th), (1, width, tw)):
-        starts = sorted({t[axis] for t in tiles})
-        assert starts[0] == 0 and starts[-1] + side == size
-        assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap px
-        if len(starts) > 1:  # one tile fewer could not cover the axis at this overlap with tiles of at most ``tile``
-            assert (len(starts) - 1) * tile - (len(starts) - 2) * overlap < size
-            assert side - 1 < (size + (len(starts) - 1) * overlap) / len(starts)  # each as small as covering needs
-    assert len(tiles) == len(fixed)  # as many tiles as the fixed layout, never larger ones
-    assert len(tiles) * th * tw <= sum((y1 - y0) * (x1 - x0) for y0, x0, y1, x1 in fixed)
-
-
-def test_a_mammogram_at_a_tenth_of_a_millimetre_is_read_in_one_or_two_large_tiles():
-    assert tile_grid(2048, 1300, 2048, 64, layout="even") == [(0, 0, 2048, 1300)]
-    assert tile_grid(2340, 1288, 2048, 64, layout="even") == [(0, 0, 1202, 1288), (1138, 0, 2340, 1288)]
-    assert len(tile_grid(2048, 1300, 512, 64)) == 15  # the fixed layout of the shipped 0.6.2
-    assert len(tile_grid(2048, 1300, 512, 64, layout="even")) == 15  # the same count, smaller tiles: 461 x 476
-    assert tile_grid(2048, 1300, 512, 64, layout="even")[0] == (0, 0, 461, 476)
-
-
-def test_the_tiling_spec_refuses_what_the_grid_cannot_lay_and_reads_old_manifests_as_fixed():
-    from mccad.commands.export import TILE_LAYOUTS as CLI_LAYOUTS  # named there so that --help needs no torch
-
-    assert TilingSpec(tile=512, overlap=64).layout == "fixed" and TILE_LAYOUTS == CLI_LAYOUTS == ("fixed", "even")
-    assert TilingSpec(tile=2048, overlap=64, layout="even").grid(2048, 1300) == [(0, 0, 2048, 1300)]
-    with pytest.raises(ValueError, match="layout"):
-        TilingSpec(tile=512, overlap=64, layout="spiral")
+def test_the_tiling_spec_refuses_what_the_grid_cannot_lay():
+    assert len(TilingSpec(tile=512, overlap=64).grid(2048, 1300)) == 15  # the tiles of the shipped detector
     with pytest.raises(ValueError, match="overlap"):
         TilingSpec(tile=64, overlap=64)
     with pytest.raises(ValueError, match="batch"):
@@ -210,49 +168,11 @@ def test_tiny_detector_runs_tile_by_tile_at_native_resolution():
     assert model.mccad_config == config
     assert 0 < len(dets) <= 20
     assert dets.boxes.shape == (len(dets), 4)
+    assert read_tiles(model, image, config, []) == []
     assert (dets.boxes[:, 0] >= 0).all() and (dets.boxes[:, 2] <= 500).all()
     assert (dets.boxes[:, 1] >= 0).all() and (dets.boxes[:, 3] <= 300).all()
     assert (dets.boxes[:, 2] > dets.boxes[:, 0]).all() and (dets.boxes[:, 3] > dets.boxes[:, 1]).all()
     assert set(dets.labels.tolist()) <= {1, 2}
-
-
-def test_the_even_layout_feeds_the_network_its_own_tile_shape() -> None:
-    torch.manual_seed(0)
-    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
-                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
-    model = build_detector(config)
-    seen: list[list[tuple[int, ...]]] = []
-    hook = model.transform.register_forward_pre_hook(lambda _m, args: seen.append([tuple(t.shape) for t in args[0]]))
-    image = torch.rand(1, 300, 500)
-    try:
-        even = TilingSpec(tile=512, overlap=32, batch=4, layout="even").detect(model, image, config)
-        split = TilingSpec(tile=300, overlap=32, batch=4, layout="even").detect(model, image, config)
-    finally:
-        hook.remove()
-    # the whole 300 x 500 image in one tile, then two tiles of 300 x 266 (500 + 32 over two), not of 300 x 300
-    assert seen == [[(3, 300, 500)], [(3, 300, 266)] * 2]
-    assert 0 < len(even) <= 20 and 0 < len(split) <= 20
-    assert (even.boxes[:, 2] <= 500).all() and (split.boxes[:, 2] <= 500).all()
-
-
-def test_a_proposal_cell_gives_each_cell_of_a_large_tile_the_rpns_budget() -> None:
-    torch.manual_seed(0)
-    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
-                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=10)
-    model = build_detector(config)
-    proposals: list[int] = []
-    hook = model.roi_heads.register_forward_pre_hook(lambda _m, args: proposals.append(len(args[1][0])))
-    image = torch.rand(1, 300, 500)
-    try:
-        TilingSpec(tile=512, overlap=32, layout="even").detect(model, image, config)
-        TilingSpec(tile=512, overlap=32, layout="even", proposal_cell=100).detect(model, image, config)
-    finally:
-        hook.remove()
-    # one budget of 10 for the whole 300 x 500 tile; then 10 for each of its 3 x 5 cells of 100 px
-    assert proposals[0] == 10 and 10 < proposals[1] <= 150
-    assert "filter_proposals" not in vars(model.rpn)  # torchvision's own filtering again after the block
-    with pytest.raises(ValueError, match="proposal_cell"):
-        TilingSpec(tile=512, overlap=32, proposal_cell=0)
 
 
 def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:
@@ -267,54 +187,3 @@ def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:
                                   (RIGHT, _dets([[8, 10, 48, 50]], [1], [0.9]))], (256, 448), CONFIG, join=False)
     assert len(same) == 1 and same.scores[0] == pytest.approx(0.9)
 
-
-def _tiny_detector():
-    torch.manual_seed(0)
-    config = DetectorConfig(min_size=128, max_size=128, score_thresh=0.0, detections_per_img=20,
-                            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
-    return build_detector(config).eval(), config
-
-
-def test_a_tile_read_mirrored_gives_the_mirror_images_boxes_mapped_back() -> None:
-    model, config = _tiny_detector()
-    image = torch.rand(1, 192, 160, generator=torch.Generator().manual_seed(4))
-    (tile, det), = read_tiles(model, image, config, [(0, 0, 192, 160)], mirrored=True)
-    (_, flipped), = read_tiles(model, torch.flip(image, dims=[-1]), config, [(0, 0, 192, 160)])
-    back = mirror(flipped, 160)
-    assert tile == (0, 0, 192, 160) and len(det) == len(back) > 0
-    np.testing.assert_allclose(det.boxes, back.boxes, atol=1e-4)
-    np.testing.assert_allclose(det.scores, back.scores, atol=1e-6)
-    assert read_tiles(model, image, config, []) == []
-
-
-def test_the_gated_flip_reads_again_only_the_tiles_that_hold_a_candidate() -> None:
-    model, config = _tiny_detector()
-    image = torch.rand(1, 300, 500, generator=torch.Generator().manual_seed(5))
-    plain = TilingSpec(tile=192, overlap=32, batch=1)
-    reads: list[int] = []
-    hook = model.transform.register_forward_pre_hook(lambda _m, args: reads.append(len(args[0])))
-    try:
-        single = plain.detect(model, image, config)
-        n_tiles = len(reads)
-        reads.clear()
-        everything = TilingSpec(tile=192, overlap=32, batch=1, hflip=True, hflip_gate=0.0).detect(model, image, config)
-        gated_everything = len(reads) - n_tiles
-        reads.clear()
-        nothing = TilingSpec(tile=192, overlap=32, batch=1, hflip=True, hflip_gate=1.0).detect(model, image, config)
-        gated_nothing = len(reads) - n_tiles
-    finally:
-        hook.remove()
-    # the random tiny detector draws boxes in every tile: gate 0 reads all 6 again, gate 1 none
-    assert n_tiles == 6 and gated_everything == 6 and gated_nothing == 0
-    assert len(everything) > 0
-    # with no tile read again, every fused box is a first-reading box at half its score
-    top = np.sort(single.scores)[::-1][: len(nothing)] / 2
-    np.testing.assert_allclose(np.sort(nothing.scores)[::-1], top, atol=1e-6)
-
-
-def test_a_flip_gate_needs_the_flip_and_a_score() -> None:
-    with pytest.raises(ValueError, match="hflip_gate"):
-        TilingSpec(tile=512, overlap=64, hflip_gate=0.1)
-    with pytest.raises(ValueError, match="hflip_gate"):
-        TilingSpec(tile=512, overlap=64, hflip=True, hflip_gate=1.5)
-    assert TilingSpec(tile=512, overlap=64, hflip=True, hflip_gate=0.1).hflip_gate == 0.1

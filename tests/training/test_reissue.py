@@ -88,20 +88,17 @@ def test_without_a_new_evaluation_the_sources_is_dropped_and_the_card_says_so(tm
 
 def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     source = _detector_folder(tmp_path / "src")
-    out = reissue_model(source, tmp_path / "new", version="0.2.0", score_thresh=0.3, tile=256, tile_overlap=32,
-                        tile_layout="even")
-    assert load_manifest(out).input_spec["tiling"] == {**TILING, "tile": 256, "overlap": 32, "layout": "even"}
+    out = reissue_model(source, tmp_path / "new", version="0.2.0", score_thresh=0.3, tile=256, tile_overlap=32)
+    assert load_manifest(out).input_spec["tiling"] == {**TILING, "tile": 256, "overlap": 32}
     from training.evaluation.predict import load_model
 
-    assert load_model(out).tiling["layout"] == "even"
+    assert load_model(out).tiling["tile"] == 256
     card = (out / "MODEL_CARD.md").read_text()
-    assert "| input_spec.tiling.layout | fixed | even |" in card  # a manifest without it was read as fixed
     assert "| input_spec.tiling.tile | 64 | 256 |" in card and "| input_spec.tiling.overlap | 16 | 32 |" in card
     assert "hflip" not in card  # unchanged, and absent from both manifests
-    gated = reissue_model(source, tmp_path / "gated", version="0.3.0", score_thresh=0.3, test_time_flip=True,
-                          hflip_gate=0.1)
-    assert load_manifest(gated).input_spec["tiling"] == {**TILING, "hflip": True, "hflip_gate": 0.1}
-    assert "| input_spec.tiling.hflip_gate | None | 0.1 |" in (gated / "MODEL_CARD.md").read_text()
+    flipped = reissue_model(source, tmp_path / "flip", version="0.3.0", score_thresh=0.3, test_time_flip=True)
+    assert load_manifest(flipped).input_spec["tiling"] == {**TILING, "hflip": True}
+    assert "| input_spec.tiling.hflip | False | True |" in (flipped / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -111,10 +108,8 @@ def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     ({"version": "0.2.0", "tile_batch": 0}, "1-256"),
     ({"version": "0.2.0", "score_mode": "box"}, "score_mode"),
     ({"version": "0.2.0", "malignant_offset": 50.0}, "offset"),
-    ({"version": "0.2.0", "tile_layout": "spiral"}, "layout"),
     ({"version": "0.2.0", "tile": 64, "tile_overlap": 64}, "overlap"),
     ({"version": "0.2.0", "tile": 0}, "tile"),
-    ({"version": "0.2.0", "hflip_gate": 0.1}, "hflip_gate"),  # a gate for a flip the model does not read with
 ])
 def test_requests_that_cannot_be_honoured_are_refused_before_writing(tmp_path, kwargs, message):
     source = _detector_folder(tmp_path / "src")
@@ -128,7 +123,7 @@ def test_the_flip_of_a_whole_image_detector_and_a_folder_over_itself_are_refused
     with pytest.raises(ValueError, match="tile by tile"):
         reissue_model(whole, tmp_path / "new", version="0.2.0", test_time_flip=True)
     with pytest.raises(ValueError, match="tile by tile"):
-        reissue_model(whole, tmp_path / "new", version="0.2.0", tile_layout="even")
+        reissue_model(whole, tmp_path / "new", version="0.2.0", tile=256)
     with pytest.raises(ValueError, match="another folder"):
         reissue_model(whole, whole, version="0.2.0")
 

@@ -243,11 +243,8 @@ def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_
     with pytest.raises(ValueError, match="test-time flip False, not True"):
         export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", test_time_flip=True)
     # so is the tile geometry: other tiles move the scores the run's operating point was measured on
-    export_run(tmp_path / "run", tmp_path / "even", dtype="float32", score_thresh=0.4, tile_layout="even",
-               tile=TILING["tile"] * 2)
-    assert load_model(tmp_path / "even").tiling == {**TILING, "tile": TILING["tile"] * 2, "layout": "even"}
-    with pytest.raises(ValueError, match="the fixed tile layout, not even"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", tile_layout="even")
+    export_run(tmp_path / "run", tmp_path / "large", dtype="float32", score_thresh=0.4, tile=TILING["tile"] * 2)
+    assert load_model(tmp_path / "large").tiling == {**TILING, "tile": TILING["tile"] * 2}
     with pytest.raises(ValueError, match="tiles of at most"):
         export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", tile=TILING["tile"] * 2)
 
