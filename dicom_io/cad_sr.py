@@ -15,7 +15,9 @@ What the templates require (PS3.16) and what we fill:
     lesion: a detector box holds a cluster, and the detector does not count the calcifications in it. Each has
     Rendering Intent "Presentation Required", Certainty of Finding (DCM 111012, %) = the detector's score,
     Probability of cancer (DCM 111047, %), Center (DCM 111010, SCOORD POINT) and Outline (DCM 111041, closed
-    POLYLINE of the box), each SELECTED FROM the source IMAGE, and the algorithm (TID 4019).
+    POLYLINE of the box), each SELECTED FROM the source IMAGE, and the algorithm (TID 4019). A cluster with BI-RADS
+    descriptors also has, as properties of the finding, Calcification Distribution (DCM 111008, CID 6012: the
+    cluster's own descriptor) and Calcification Type (DCM 111009, CID 6010) of its most likely terms.
   - Summary of Detections (DCM 111064) and Summary of Analyses (DCM 111065), both "Succeeded" (CID 6042), inferred
     from Successful Detections / Analyses containers naming what ran (TID 4015 / 4016) and the algorithm.
   - The result's warnings (NOT FOR CLINICAL USE) as Impression Description TEXT (DCM 111033) under the summary.
@@ -112,8 +114,15 @@ def _single_image_finding(result: StudyResult, image: ImageResult, lesion: Lesio
                                       relationship_type=RT.HAS_PROPERTIES)
     for scoord in (center, outline):
         _seq(scoord, [_image_ref(source, RT.SELECTED_FROM)])
+    descriptors: list[Dataset] = []
+    if lesion.descriptors is not None:
+        descriptors = [
+            hd.sr.CodeContentItem(name=mc.CALCIFICATION_DISTRIBUTION, relationship_type=RT.HAS_PROPERTIES,
+                                  value=mc.calcification_distribution_code(lesion.descriptors.distribution)),
+            hd.sr.CodeContentItem(name=mc.CALCIFICATION_TYPE, relationship_type=RT.HAS_PROPERTIES,
+                                  value=mc.calcification_type_code(lesion.descriptors.calcification_type))]
     _seq(finding, [_rendering_intent(), _percent(mc.CERTAINTY_OF_FINDING, lesion.score),
-                   _percent(mc.PROBABILITY_OF_CANCER, lesion.malignancy_probability), center, outline,
+                   _percent(mc.PROBABILITY_OF_CANCER, lesion.malignancy_probability), *descriptors, center, outline,
                    *_algorithm(result, RT.HAS_PROPERTIES)])
     return finding
 

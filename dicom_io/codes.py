@@ -31,7 +31,17 @@ MCC032     Result schema version
 MCC033     Processing timings (JSON object: step name -> seconds)
 MCC034     (no longer written: a model's description is DCM 111002 Algorithm Parameters, a JSON object)
 MCC035     Other mammographic view (a view with no code in CID 4014)
+MCC040     Calcification descriptors (JSON object: most likely type and distribution and the probabilities of
+           every type and distribution, ``models.descriptors.ClusterDescriptors``)
+MCC041     Probability of cancer, lower limit of its 95 % interval (from the descriptors)
+MCC042     Probability of cancer, upper limit of its 95 % interval (from the descriptors)
+MCC043     Detector probability of malignancy (the network's own reading, when the reported one comes from the
+           descriptors)
 =========  ==========================================================================================
+
+A cluster's BI-RADS calcification type and distribution are also written as standard CODE items: Calcification Type
+(DCM 111009) with a CID 6010 value and Calcification Distribution (DCM 111008) with a CID 6012 value, the codes
+``models.descriptors`` names for each key.
 """
 from __future__ import annotations
 
@@ -39,6 +49,8 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+
+from models.descriptors import DISTRIBUTION_TERMS, TYPE_TERMS
 
 PRIVATE_SCHEME = "99MCCAD"
 PRIVATE_SCHEME_VERSION = "1"
@@ -111,12 +123,29 @@ SCHEMA_VERSION = _private("MCC032", "Result schema version")
 TIMINGS = _private("MCC033", "Processing timings")
 MODEL_DESCRIPTION = codes.DCM.AlgorithmParameters                # DCM 111002 (TID 4019), JSON text
 OTHER_VIEW = _private("MCC035", "Other mammographic view")
+CALCIFICATION_DESCRIPTORS = _private("MCC040", "Calcification descriptors")
+P_CANCER_LOW = _private("MCC041", "Probability of cancer, lower 95% limit")
+P_CANCER_HIGH = _private("MCC042", "Probability of cancer, upper 95% limit")
+NETWORK_PROBABILITY_OF_MALIGNANCY = _private("MCC043", "Detector probability of malignancy")
+CALCIFICATION_TYPE = codes.DCM.CalcificationType                 # DCM 111009, value from CID 6010
+CALCIFICATION_DISTRIBUTION = codes.DCM.CalcificationDistribution  # DCM 111008, value from CID 6012
 
 PRIVATE_CODES: tuple[CodedConcept, ...] = (
     P_INVASIVE_INCL_MICROINVASION, P_INVASIVE_EXCL_MICROINVASION, P_ER_POSITIVE,
     SPPNET_PROBABILITY_OF_MALIGNANCY, BOX_X0, BOX_Y0, BOX_X1, BOX_Y1, HEATMAP_FILE,
     IMAGE_ASSESSMENT, BREAST_ASSESSMENT, EXAM_ASSESSMENT, DECIDED_BY_IMAGE, WARNING, EXAM_KEY,
-    SCHEMA_VERSION, TIMINGS, OTHER_VIEW)
+    SCHEMA_VERSION, TIMINGS, OTHER_VIEW, CALCIFICATION_DESCRIPTORS, P_CANCER_LOW, P_CANCER_HIGH,
+    NETWORK_PROBABILITY_OF_MALIGNANCY)
+
+
+def calcification_type_code(key: str) -> CodedConcept:
+    """The CID 6010 concept of a calcification type key (``models.descriptors.CALCIFICATION_TYPES``)."""
+    return CodedConcept(*TYPE_TERMS[key].code)
+
+
+def calcification_distribution_code(key: str) -> CodedConcept:
+    """The CID 6012 concept of a distribution key (``models.descriptors.DISTRIBUTIONS``)."""
+    return CodedConcept(*DISTRIBUTION_TERMS[key].code)
 
 
 def label_code(label: str) -> CodedConcept:

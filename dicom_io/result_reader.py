@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io import codes as mc
 from dicom_io.errors import MccadError
+from models.descriptors import ClusterDescriptors
 from models.results import (BoxXYXY, BreastResult, ExamResult, ImageResult, LesionResult, ModelInfo,
                             StudyResult, decide)
 
@@ -135,7 +136,7 @@ def _lesion(group: Dataset) -> tuple[str, LesionResult]:
     except ValueError as exc:
         raise ResultReadError(f"comment {comment!r} does not name an mccad lesion") from exc
     decision = decide(_num(group, mc.PROBABILITY_OF_CANCER))
-    lesion = LesionResult(
+    lesion = LesionResult(**_descriptor_fields(group),
         lesion_id=lesion_id,
         box=BoxXYXY(x0=_num(group, mc.BOX_X0), y0=_num(group, mc.BOX_Y0), x1=_num(group, mc.BOX_X1),
                     y1=_num(group, mc.BOX_Y1)),
@@ -146,6 +147,23 @@ def _lesion(group: Dataset) -> tuple[str, LesionResult]:
         invasive_excl_microinvasion_probability=_num(group, mc.P_INVASIVE_EXCL_MICROINVASION, False),
         er_positive_probability=_num(group, mc.P_ER_POSITIVE, False))
     return source_uid, lesion
+
+
+def _descriptor_fields(group: Dataset) -> dict[str, Any]:
+    """A lesion group's descriptors, the interval of its P(malignant) and the detector's own reading; none when
+    the group has no descriptors. The coded type and distribution must name the descriptors' most likely terms."""
+    text = _text(group, mc.CALCIFICATION_DESCRIPTORS, False)
+    if text is None:
+        return {}
+    descriptors = ClusterDescriptors.model_validate_json(text)
+    for code, expected in ((mc.CALCIFICATION_TYPE, mc.calcification_type_code(descriptors.calcification_type)),
+                           (mc.CALCIFICATION_DISTRIBUTION,
+                            mc.calcification_distribution_code(descriptors.distribution))):
+        if not mc.same_concept(_code_value(group, code), expected):
+            raise ResultReadError(f"the lesion's {code.meaning} code disagrees with its descriptors")
+    return {"descriptors": descriptors,
+            "malignancy_interval": (_num(group, mc.P_CANCER_LOW), _num(group, mc.P_CANCER_HIGH)),
+            "network_malignancy_probability": _num(group, mc.NETWORK_PROBABILITY_OF_MALIGNANCY, False)}
 
 
 def _decided(group: Dataset) -> dict[str, Any]:
@@ -219,6 +237,8 @@ class CadFinding:
     outline: np.ndarray  # closed polyline, (column, row), float32 as stored
     certainty_percent: float
     probability_of_cancer_percent: float
+    calcification_type: tuple[str, str] | None = None  # (code value, scheme) of Calcification Type, if written
+    calcification_distribution: tuple[str, str] | None = None
 
 
 @dataclass
@@ -227,6 +247,11 @@ class CadReport:
     library_sop_instance_uids: list[str]
     findings: list[CadFinding] = field(default_factory=list)
     impressions: list[str] = field(default_factory=list)  # Impression Description texts (our warnings)
+
+
+def _code_pair(item: Dataset, code: object) -> tuple[str, str] | None:
+    value = _code_value(item, code, False)
+    return None if value is None else (str(value.CodeValue), str(value.CodingSchemeDesignator))
 
 
 @_damage_is_read_error
@@ -245,7 +270,9 @@ def read_cad_report(ds: Dataset) -> CadReport:
                 source_sop_instance_uid=_referenced_sop(children(outline)[0]),
                 outline=np.asarray(outline.GraphicData, dtype=np.float32).reshape(-1, 2),
                 certainty_percent=num_value(find_one(item, mc.CERTAINTY_OF_FINDING)),
-                probability_of_cancer_percent=num_value(find_one(item, mc.PROBABILITY_OF_CANCER))))
+                probability_of_cancer_percent=num_value(find_one(item, mc.PROBABILITY_OF_CANCER)),
+                calcification_type=_code_pair(item, mc.CALCIFICATION_TYPE),
+                calcification_distribution=_code_pair(item, mc.CALCIFICATION_DISTRIBUTION)))
         elif concept_is(item, mc.codes.DCM.ImpressionDescription):
             report.impressions.append(str(item.TextValue))
     return report

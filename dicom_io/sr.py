@@ -17,6 +17,10 @@ both) and our reader gets every field of ``StudyResult`` back exactly:
   - a Comment (DCM 121106), the text viewers show as the annotation's label: "#<lesion id> <label>, P(cancer) <p>";
   - Certainty of Finding (DCM 111012) = the detector's score, the pathotype / ER probabilities and the exact box
     edges as NUM (SCOORD GraphicData is 32-bit float and cannot hold every float64 coordinate);
+  - when the cluster has BI-RADS descriptors: Calcification Type (DCM 111009, a CID 6010 code) and Calcification
+    Distribution (DCM 111008, a CID 6012 code) of the most likely terms as CODE items, the 95 % interval of the
+    Probability of cancer and the detector's own P(malignant) as NUM, and every probability as a JSON TEXT item
+    (99MCCAD MCC040) so that our reader gets the descriptors back exactly;
 * the report-level "Qualitative Evaluations" container (TID 1500 row 12) holds the warnings (the NOT FOR CLINICAL
   USE banner), the result's own Study Instance UID (an exam spanning studies has a report in each, see
   ``dicom_io.outputs``), exam key, schema version, timings, one model description per model, one container per image,
@@ -107,6 +111,17 @@ def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
                         (mc.P_ER_POSITIVE, lesion.er_positive_probability)):
         if value is not None:
             measurements.append(_ratio(name, value))
+    evaluations = [_label(lesion.label)]
+    if lesion.descriptors is not None:
+        low, high = lesion.malignancy_interval
+        measurements += [_ratio(mc.P_CANCER_LOW, low), _ratio(mc.P_CANCER_HIGH, high)]
+        if lesion.network_malignancy_probability is not None:
+            measurements.append(_ratio(mc.NETWORK_PROBABILITY_OF_MALIGNANCY, lesion.network_malignancy_probability))
+        evaluations += [
+            hd.sr.QualitativeEvaluation(name=mc.CALCIFICATION_TYPE,
+                                        value=mc.calcification_type_code(lesion.descriptors.calcification_type)),
+            hd.sr.QualitativeEvaluation(name=mc.CALCIFICATION_DISTRIBUTION,
+                                        value=mc.calcification_distribution_code(lesion.descriptors.distribution))]
     for name, value in zip((mc.BOX_X0, mc.BOX_Y0, mc.BOX_X1, mc.BOX_Y1), lesion.box.as_tuple()):
         measurements.append(hd.sr.Measurement(name=name, value=float(value), unit=mc.PIXELS))
     uid = derive_uid(result.study_instance_uid, result.model_version_tag(), KIND,
@@ -115,8 +130,10 @@ def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=CORNERSTONE_RECTANGLE),
         finding_type=mc.CALCIFICATION_CLUSTER, algorithm_id=algorithm_identification(result),
         finding_sites=_finding_site(image.laterality), measurements=measurements,
-        qualitative_evaluations=[_label(lesion.label)])
+        qualitative_evaluations=evaluations)
     group[0].ContentSequence.append(_text(mc.COMMENT, lesion_comment(lesion)))
+    if lesion.descriptors is not None:
+        group[0].ContentSequence.append(_text(mc.CALCIFICATION_DESCRIPTORS, lesion.descriptors.model_dump_json()))
     return group
 
 

@@ -5,9 +5,13 @@ output (``result.json``, the SRs, the GSPS captions, the overlays, the HTML page
 giving it a high probability of cancer, or the other way round:
 
 * lesion: P(malignant) of its box (``fusion.box_malignancy``: the box head's class split under lesion scores, the
-  paper's two-class reading of the class score otherwise); the detector's own label only chooses that reading;
-* image: the highest P(malignant) of its lesions (the most suspicious cluster decides, as in the paper's "an image
-  is malignant if a malignant box is found"), 0 without any lesion;
+  paper's two-class reading of the class score otherwise); the detector's own label only chooses that reading.
+  When the lesion has BI-RADS descriptors (a bundle with a descriptor head), its P(malignant) is the descriptors'
+  (``models.descriptors.MalignancyMapping``) and the box's is kept as the network's own reading; the two are not
+  combined, since nothing has yet shown on real cases that combining helps;
+* image: the highest P(malignant) of its lesions that are not typically benign by their descriptors (the most
+  suspicious cluster decides, as in the paper's "an image is malignant if a malignant box is found"; a coarse, rim
+  or milk-of-calcium cluster is reported but is no suspicious finding), 0 without any such lesion;
 * breast: the paper's CC/MLO fusion (``fusion.breast_verdict``, section 2.7) over the image findings;
 * exam: the most suspicious breast (``fusion.exam_verdict``).
 
@@ -23,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from models import fusion
+from models.descriptors import ClusterDescriptors, MalignancyMapping
 from models.results import BoxXYXY, BreastResult, Decision, ExamResult, ImageResult, LesionResult, decide
 
 #: Views read as CC or MLO when a breast's two views are fused.
@@ -36,22 +41,35 @@ PATCH_HEAD_FIELDS = {"pathotype_incl": "invasive_incl_microinvasion_probability"
 
 def lesion_finding(lesion_id: int, box: Sequence[float], detector_label: int | str, score: float,
                    class_split: float | None = None,
-                   patch_probabilities: Mapping[str, float | None] | None = None) -> LesionResult:
+                   patch_probabilities: Mapping[str, float | None] | None = None,
+                   descriptors: ClusterDescriptors | None = None,
+                   mapping: MalignancyMapping | None = None) -> LesionResult:
     """One lesion from one detector box (``box`` in source pixels, x0 y0 x1 y1); ``patch_probabilities`` maps a
-    patch-head role (``PATCH_HEAD_FIELDS``) to its probability for this box, kept when the lesion is malignant."""
-    decision = decide(fusion.box_malignancy(detector_label, float(score), class_split))
-    extras = {}
+    patch-head role (``PATCH_HEAD_FIELDS``) to its probability for this box, kept when the lesion is malignant.
+    With ``descriptors`` (which need the ``mapping``) the lesion's P(malignant) and interval are the descriptors'."""
+    network = fusion.box_malignancy(detector_label, float(score), class_split)
+    extras: dict = {}
+    if descriptors is None:
+        decision = decide(network)
+    else:
+        if mapping is None:
+            raise ValueError("descriptors need the MalignancyMapping that turns them into P(malignant)")
+        estimate = mapping.estimate(descriptors)
+        decision = decide(estimate.probability, descriptors.typically_benign)
+        extras = {"descriptors": descriptors, "malignancy_interval": (estimate.low, estimate.high),
+                  "network_malignancy_probability": decide(network).malignancy_probability}
     if decision.label == "malignant":
-        extras = {PATCH_HEAD_FIELDS[role]: value for role, value in (patch_probabilities or {}).items()}
+        extras.update({PATCH_HEAD_FIELDS[role]: value for role, value in (patch_probabilities or {}).items()})
     x0, y0, x1, y1 = (float(v) for v in box)
     return LesionResult(lesion_id=lesion_id, box=BoxXYXY(x0=x0, y0=y0, x1=x1, y1=y1), label=decision.label,
                         probability=decision.probability, malignancy_probability=decision.malignancy_probability,
-                        score=min(1.0, max(0.0, float(score))), **extras)
+                        score=min(1.0, max(0.0, float(score))), suspicious=decision.suspicious, **extras)
 
 
 def image_decision(lesions: Sequence[LesionResult]) -> Decision:
-    """An image's finding: the highest P(malignant) of its lesions, 0 without any."""
-    return decide(max((lesion.malignancy_probability for lesion in lesions), default=0.0))
+    """An image's finding: the highest P(malignant) of its lesions that are not typically benign, 0 without any."""
+    return decide(max((lesion.malignancy_probability for lesion in lesions if not lesion.typically_benign),
+                      default=0.0))
 
 
 def _as_verdict(decision: Decision, image_id: str) -> fusion.ImageVerdict:
@@ -105,12 +123,18 @@ def exam_result(breasts: Sequence[BreastResult]) -> ExamResult:
 
 def lesions_of_image(first_id: int, boxes: np.ndarray, labels: Sequence[int | str], scores: Sequence[float],
                      class_splits: Sequence[float] | None = None,
-                     patch_probabilities: Mapping[str, Sequence[float | None]] | None = None) -> list[LesionResult]:
-    """The lesions of one image's detector boxes (source pixels), numbered from ``first_id``."""
+                     patch_probabilities: Mapping[str, Sequence[float | None]] | None = None,
+                     descriptors: Sequence[ClusterDescriptors] | None = None,
+                     mapping: MalignancyMapping | None = None) -> list[LesionResult]:
+    """The lesions of one image's detector boxes (source pixels), numbered from ``first_id``; ``descriptors``, when
+    given, has one entry per box."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if not len(boxes) == len(labels) == len(scores):
         raise ValueError(f"{len(boxes)} boxes, {len(labels)} labels and {len(scores)} scores must match")
+    if descriptors is not None and len(descriptors) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(descriptors)} descriptors")
     return [lesion_finding(first_id + k, box, label, score,
                            None if class_splits is None else float(class_splits[k]),
-                           {role: values[k] for role, values in (patch_probabilities or {}).items()})
-            for k, (box, label, score) in enumerate(zip(boxes, labels, scores))]
+                           {role: values[k] for role, values in (patch_probabilities or {}).items()},
+                           None if descriptors is None else descriptors[k], mapping)
+            for k, (box, label, score) in enumerate(zip(boxes, labels, scores, strict=True))]

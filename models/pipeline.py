@@ -4,8 +4,9 @@ Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5; who
 crops-trained detector, ``models.tiling``) -> breast gate (when the detector's manifest has
 ``input_spec["breast_gate"]``: boxes centred outside the breast are dropped, ``models.breast_gate``) -> lesion and
 image findings from boxes (2.6, ``models.findings``) -> SPPNet whole-image baseline -> pathotype and ER heads on
-malignant patches -> breast fusion of CC + MLO (2.7) -> exam verdict -> explanation heatmaps. Everything returned is
-in the source images' own pixel coordinates.
+malignant patches -> BI-RADS descriptors of every box and P(malignant) from them when the pipeline has a descriptor
+head (``models.descriptors``) -> breast fusion of CC + MLO (2.7) -> exam verdict -> explanation heatmaps. Everything
+returned is in the source images' own pixel coordinates.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from models.breast_gate import BreastGate, config_before_gate, gate_spacing_mm, gate_then_suppress
 from models.classifier import ClassifierConfig, SPPNet, classify
+from models.descriptors import ClusterDescriptors, DescriptorHead, MalignancyMapping
 from models.detector import DetectorConfig, detect
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
@@ -98,8 +100,12 @@ class Pipeline:
                  *, sppnet: _Head | None = None, patch_heads: dict[str, _Head] | None = None,
                  device: torch.device | str = "cpu", explain: bool = True,
                  tiling: TilingSpec | None = None, breast_gate: BreastGate | None = None,
-                 runtime: str = "eager") -> None:
+                 runtime: str = "eager", descriptor_head: DescriptorHead | None = None,
+                 malignancy_mapping: MalignancyMapping | None = None) -> None:
         self.device = torch.device(device)
+        #: BI-RADS descriptors of every box, and from them the reported P(malignant) (``models.descriptors``)
+        self.descriptor_head = descriptor_head
+        self.malignancy_mapping = malignancy_mapping or (MalignancyMapping.load() if descriptor_head else None)
         self.detector = detector.to(self.device).eval()
         # detection may run the backbone in ONNX Runtime (models.onnx_runtime); explanations keep the eager model
         self.detection_model, self.detector_runtime = detection_model(self.detector, runtime, self.device)
@@ -152,6 +158,12 @@ class Pipeline:
         if self.sppnet:
             infos.append(_model_info("sppnet", self.sppnet.manifest))
         infos += [_model_info(role, head.manifest) for role, head in sorted(self.patch_heads.items())]
+        if self.descriptor_head is not None:
+            manifest = getattr(self.descriptor_head, "manifest", None)
+            if manifest is not None:
+                infos.append(_model_info("descriptors", manifest))
+            m = self.malignancy_mapping
+            infos.append(ModelInfo(role="descriptor_mapping", name=m.name, version=m.version, sha256=m.sha256))
         return infos
 
     # analysis --------------------------------------------------------------------------------------------------
@@ -198,10 +210,15 @@ class Pipeline:
             t = time.perf_counter()
             patch_probs = self._patch_probabilities(prep, det)
             timings["patch_heads"] += time.perf_counter() - t
+            descriptors = None
+            if self.descriptor_head is not None:
+                t = time.perf_counter()
+                descriptors = self._descriptors(img, boxes)
+                timings["descriptors"] += time.perf_counter() - t
             lesions = lesions_of_image(lesion_counter + 1, boxes, [int(v) for v in det.labels],
                                        [float(v) for v in det.scores],
                                        None if det.malignancy is None else [float(v) for v in det.malignancy],
-                                       patch_probs)
+                                       patch_probs, descriptors, self.malignancy_mapping)
             lesion_counter += len(lesions)
             verdict = image_decision(lesions)
             heatmap_name = None
@@ -231,6 +248,15 @@ class Pipeline:
             exam=exam_result(breasts),
             models=infos, timings_s={k: round(v, 4) for k, v in timings.items()}, warnings=warnings)
         return Analysis(result=result, heatmaps=heatmaps)
+
+    def _descriptors(self, img: MammogramImage, boxes: np.ndarray) -> list[ClusterDescriptors]:
+        """The descriptor head's reading of every box (source pixels) of one image, at the image's own spacing (the
+        standardisation's assumed spacing when the file states none)."""
+        if not len(boxes):
+            return []
+        spacing = img.meta.pixel_spacing_mm
+        mm = float(np.mean(spacing)) if spacing else float(self.standardise_config.assumed_spacing_mm)
+        return list(self.descriptor_head.predict(img.pixels, boxes, mm))
 
     def _patch_probabilities(self, prep: StandardisedImage, det) -> dict[str, list[float | None]]:
         """Run every patch head on every detection (cheap) and keep values for malignant ones only, later."""

@@ -11,6 +11,8 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.descriptors import ClusterDescriptors
+
 Label = Literal["benign", "malignant"]
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: model trained on synthetic data only"
@@ -23,25 +25,31 @@ _CONSISTENCY_TOLERANCE = 1e-9
 
 
 class Decision(NamedTuple):
-    """What ``decide`` returns: the label, P(malignant) and the confidence of the label."""
+    """What ``decide`` returns: the label, P(malignant), the confidence of the label and whether the finding is a
+    suspicious one (one that counts towards the image, breast and exam verdicts as a malignant call)."""
 
     label: Label
     malignancy_probability: float
     probability: float
+    suspicious: bool
 
 
-def decide(malignancy_probability: float) -> Decision:
+def decide(malignancy_probability: float, typically_benign: bool = False) -> Decision:
     """The one rule that turns a P(malignant) into a label and its confidence, for lesions, images, breasts and
     exams alike: malignant when P(malignant) > ``DECISION_THRESHOLD``, else benign; the confidence is P(malignant)
     for a malignant call and 1 - P(malignant) for a benign one, so it is never below one half. Values outside [0, 1]
-    are clipped; NaN is an error (a broken model, not a benign finding)."""
+    are clipped; NaN is an error (a broken model, not a benign finding).
+
+    ``typically_benign`` says that the finding's descriptors put it in a typically benign BI-RADS type
+    (``models.descriptors.TYPICALLY_BENIGN_TYPES``): it keeps its label and probability, but it is not suspicious,
+    and the verdicts above it leave it out (``models.findings``). Every other malignant call is suspicious."""
     p = float(malignancy_probability)
     if math.isnan(p):
         raise ValueError("P(malignant) is NaN")
     p = min(1.0, max(0.0, p))
     if p > DECISION_THRESHOLD:
-        return Decision("malignant", p, p)
-    return Decision("benign", p, 1.0 - p)
+        return Decision("malignant", p, p, not typically_benign)
+    return Decision("benign", p, 1.0 - p, False)
 
 
 def caption(label: str, malignancy_probability: float) -> str:
@@ -81,7 +89,12 @@ class BoxXYXY(BaseModel):
 
 
 class LesionResult(_Decided):
-    """One detected calcification cluster (a detector box after thresholds and suppression)."""
+    """One detected calcification cluster (a detector box after thresholds and suppression).
+
+    Where the bundle has a descriptor head, the cluster has ``descriptors`` and its reported P(malignant) is the one
+    its descriptors give through the CBIS-DDSM mapping (``models.descriptors.MalignancyMapping``), with its 95 %
+    interval; the detector's own reading is kept in ``network_malignancy_probability``. Without a descriptor head
+    the reported P(malignant) is the detector's and those three fields are None."""
 
     lesion_id: int = Field(description="1-based, unique within the study")
     box: BoxXYXY
@@ -97,6 +110,43 @@ class LesionResult(_Decided):
     invasive_excl_microinvasion_probability: float | None = Field(
         default=None, description="P(invasive excl. microinvasion) vs DCIS with or without microinvasion")
     er_positive_probability: float | None = Field(default=None, description="P(ER positive); malignant only")
+    descriptors: ClusterDescriptors | None = Field(
+        default=None, description="BI-RADS calcification type and distribution (probabilities and most likely)")
+    malignancy_interval: tuple[float, float] | None = Field(
+        default=None, description="95 % interval of malignancy_probability when it comes from the descriptors")
+    network_malignancy_probability: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="the detector's own P(malignant) (as malignancy_probability "
+                                                   "describes it) when the reported one comes from the descriptors")
+    suspicious: bool | None = Field(
+        default=None, description="decide(malignancy_probability, typically benign descriptors).suspicious: a "
+                                  "malignant call whose type is not typically benign; filled when not given")
+
+    @property
+    def typically_benign(self) -> bool:
+        """True when the descriptors' most likely type is typically benign (never without descriptors)."""
+        return self.descriptors is not None and self.descriptors.typically_benign
+
+    @model_validator(mode="after")
+    def _suspicious_follows_decision(self):
+        expected = decide(self.malignancy_probability, self.typically_benign).suspicious
+        if self.suspicious is None:
+            self.suspicious = expected
+        elif self.suspicious != expected:
+            raise ValueError(f"lesion {self.lesion_id} says suspicious={self.suspicious} but its P(malignant) and "
+                             f"descriptors mean {expected}")
+        if (self.malignancy_interval is None) != (self.descriptors is None):
+            raise ValueError("malignancy_interval comes with descriptors and only with them")
+        return self
+
+    def caption(self) -> str:
+        """The label and probability, then with descriptors the interval and the terms: "malignant, P(cancer) 0.55
+        (0.47-0.63): fine pleomorphic, grouped"; a typically benign type says so."""
+        text = caption(self.label, self.malignancy_probability)
+        if self.descriptors is None or self.malignancy_interval is None:
+            return text
+        low, high = self.malignancy_interval
+        note = " (typically benign)" if self.typically_benign else ""
+        return f"{text} ({low:.2f}-{high:.2f}): {self.descriptors.caption()}{note}"
 
 
 class ImageResult(_Decided):
@@ -111,8 +161,8 @@ class ImageResult(_Decided):
     columns: int
     lesions: list[LesionResult] = []
     label: Label
-    malignancy_probability: float = Field(ge=0.0, le=1.0, description="the highest P(malignant) of its lesions, 0 "
-                                                                      "without any (models.findings)")
+    malignancy_probability: float = Field(ge=0.0, le=1.0, description="the highest P(malignant) of its lesions "
+                                          "that are not typically benign, 0 without any (models.findings)")
     probability: float = Field(ge=0.0, le=1.0, description="confidence of the label")
     sppnet_malignancy_probability: float | None = None
     heatmap: str | None = Field(default=None, description="file name of the heatmap PNG, relative to the result")
@@ -134,7 +184,8 @@ class ExamResult(_Decided):
 
 
 class ModelInfo(BaseModel):
-    role: str = Field(description="detector, sppnet, pathotype_incl, pathotype_excl or er")
+    role: str = Field(description="detector, sppnet, pathotype_incl, pathotype_excl, er, descriptors (the "
+                                  "descriptor head) or descriptor_mapping (descriptors -> P(malignant))")
     name: str
     version: str
     sha256: str
@@ -146,7 +197,7 @@ class ModelInfo(BaseModel):
 class StudyResult(BaseModel):
     """Everything mccad concluded about one study; JSON-serialisable and the content of every output object."""
 
-    schema_version: int = 2
+    schema_version: int = 3
     study_instance_uid: str
     exam_key: str | None = None
     images: list[ImageResult]

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from models.descriptors import ClusterDescriptors
 from models.results import (NOT_FOR_CLINICAL_USE, BoxXYXY, BreastResult, ExamResult, ImageResult, LesionResult,
                             ModelInfo, StudyResult)
 
@@ -90,9 +91,28 @@ def header_only(ds: Dataset) -> Dataset:
     return copy
 
 
-def make_result(sources: list[Dataset], warnings: list[str] | None = None) -> StudyResult:
+#: BI-RADS descriptors of the two lesions of ``make_result(..., descriptors=True)``: a suspicious fine pleomorphic
+#: cluster and a typically benign coarse one (awkward floats, as everywhere here).
+SUSPICIOUS_DESCRIPTORS = ClusterDescriptors.from_probabilities(
+    {"fine_pleomorphic": 0.6123456789012345, "amorphous": 0.2876543210987655, "punctate": 0.1},
+    {"grouped": 0.7000000000000001, "segmental": 0.2999999999999999})
+BENIGN_DESCRIPTORS = ClusterDescriptors.from_probabilities({"coarse": 0.9, "round": 0.1}, {"scattered": 1.0})
+
+
+def _with_descriptors(lesions: list[LesionResult]) -> list[LesionResult]:
+    first, second = lesions
+    return [LesionResult(**{**first.model_dump(), "descriptors": SUSPICIOUS_DESCRIPTORS,
+                            "malignancy_interval": (0.7512345678901234, 0.9412345678901234),
+                            "network_malignancy_probability": 0.3333333333333333}),
+            LesionResult(**{**second.model_dump(), "descriptors": BENIGN_DESCRIPTORS,
+                            "malignancy_interval": (0.0012345678901234, 0.8712345678901234),
+                            "network_malignancy_probability": 0.1111111111111111})]
+
+
+def make_result(sources: list[Dataset], warnings: list[str] | None = None, descriptors: bool = False) -> StudyResult:
     """A result with two lesions on the first image (one malignant with pathotype/ER, one benign), none on the
-    others, with deliberately awkward floats (not representable in float32) so that "exact" round trips mean it."""
+    others, with deliberately awkward floats (not representable in float32) so that "exact" round trips mean it.
+    With ``descriptors`` the two lesions have BI-RADS descriptors, an interval and the detector's own reading."""
     images = []
     for n, ds in enumerate(sources):
         lesions = []
@@ -106,6 +126,7 @@ def make_result(sources: list[Dataset], warnings: list[str] | None = None) -> St
                 LesionResult(lesion_id=2, box=BoxXYXY(x0=100.0, y0=150.5, x1=130.0, y1=190.0), label="benign",
                              probability=1.0 - 0.42, malignancy_probability=0.42, score=0.61),
             ]
+            lesions = _with_descriptors(lesions) if descriptors else lesions
         images.append(ImageResult(
             sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
             series_instance_uid=ds.SeriesInstanceUID, study_instance_uid=ds.StudyInstanceUID,
