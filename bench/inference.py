@@ -146,7 +146,7 @@ class LoadedModels:
 
 
 def default_model_dir() -> Path:
-    from mccad.config import default_model_dir as shipped
+    from settings.config import default_model_dir as shipped
 
     env = os.environ.get("MCCAD_MODEL_DIR")
     return Path(env) if env else shipped()

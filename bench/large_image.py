@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mccad.config import default_model_dir
+    from settings.config import default_model_dir
     from models.pipeline import Pipeline
 
     if args.threads:

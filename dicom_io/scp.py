@@ -45,7 +45,7 @@ from dicom_io.errors import (CorruptDataset, DicomInputError, ImageTooLarge, Mcc
 from dicom_io.spool import Spool
 from dicom_io.tls import TLSConfigError, server_context
 from dicom_io.uids import InvalidUID, require_uid
-from mccad.logs import short_uid
+from settings.logs import short_uid
 
 LOG = logging.getLogger("dicom_io.scp")
 
@@ -115,7 +115,7 @@ def _uid(value: object, what: str) -> str:
 
 @dataclass(frozen=True)
 class SCPConfig:
-    """How the SCP listens and what it accepts; built by the CLI from :class:`mccad.config.Settings`."""
+    """How the SCP listens and what it accepts; built by the CLI from :class:`settings.config.Settings`."""
 
     ae_title: str = "MCCAD"
     host: str = "127.0.0.1"

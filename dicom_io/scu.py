@@ -22,7 +22,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
 
 from dicom_io.errors import MccadError
-from mccad.logs import short_uid
+from settings.logs import short_uid
 
 LOG = logging.getLogger("dicom_io.scu")
 

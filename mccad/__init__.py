@@ -1,2 +1,2 @@
-"""mccad: computer-aided detection of microcalcifications on mammograms, integrated with PACS."""
-__version__ = "0.2.0"
+"""mccad: computer-aided detection of microcalcifications on mammograms, integrated with PACS (the ``mccad`` command).
+The version lives in :mod:`settings.version`."""

@@ -8,7 +8,9 @@ import pkgutil
 import sys
 
 import mccad.commands
-from mccad import __version__
+from settings.config import load_settings
+from settings.logs import configure_logging
+from settings.version import __version__
 
 
 class UserError(Exception):
@@ -47,9 +49,6 @@ def _command_named(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(_command_named(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
-    from mccad.config import load_settings
-    from mccad.logs import configure_logging
-
     try:
         settings = load_settings()
     except Exception as exc:  # configuration errors are user errors

@@ -8,6 +8,11 @@ Settings follow Celery's guidance for long GPU tasks on Redis: JSON only, messag
 pixels), ``acks_late`` + ``reject_on_worker_lost`` (a message is acknowledged only when its task ended), prefetch 1
 (a GPU worker holds one study at a time), a Redis ``visibility_timeout`` from settings that must exceed the longest
 analysis plus queue wait. No result backend: the ledger is the truth about every study.
+
+This module defines the app and how to publish to it; the task itself lives in :mod:`worker.tasks`, which imports
+this module and registers ``analyze_study`` on an app (:func:`worker.tasks.worker_app`), as Celery's guide lays out
+an application module and its tasks module. Publishing needs no registered task (messages name it), so the
+PACS-facing process never loads the models.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from mccad.config import Settings
-from mccad.logs import short_uid
+from settings.config import Settings
+from settings.logs import short_uid
+from worker.broker_peek import waiting_messages
 from worker.ledger import BATCH, INTERACTIVE
 
 TASK_ANALYZE = "mccad.analyze_study"
@@ -45,7 +51,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings, *, main: str = "mccad") -> Celery:
-    """A configured Celery app with our task registered. Building one touches no broker."""
+    """A configured Celery app for publishing and inspecting our queues; building one touches no broker. A worker
+    consumes with :func:`worker.tasks.worker_app`, which registers the task on it."""
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery(main, broker=settings.effective_broker_url, set_as_current=False)
@@ -80,9 +87,6 @@ def make_celery(settings: Settings, *, main: str = "mccad") -> Celery:
         enable_utc=True,
     )
     app.mccad_settings = settings  # type: ignore[attr-defined]
-    from worker.tasks import register_tasks
-
-    register_tasks(app)
     return app
 
 
@@ -135,7 +139,5 @@ def queue_depths(app: Celery) -> dict[str, int]:
 def ready_study_uids(app: Celery) -> set[str] | None:
     """Study UIDs of the messages waiting in our queues now (not those a worker holds); None when the broker cannot
     be read. The supervisor publishes a ``queued`` study again when its message is not among them."""
-    from worker.broker_peek import waiting_messages
-
     found = waiting_messages(app.mccad_settings)  # type: ignore[attr-defined]
     return None if found is None else {uid for uids in found.values() for uid in uids}

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from mccad.logs import short_uid
+from settings.logs import short_uid
 from worker.ledger import COMPLETE, INTERACTIVE, Ledger
 
 LOG = logging.getLogger("worker.assembler")

@@ -17,6 +17,7 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
 from dicom_io.durable import write_durably, write_text_durably
+from dicom_io.outputs import write_result_objects
 from models.pipeline import Analysis
 from models.results import ImageResult, StudyResult
 from models.types import MammogramImage
@@ -66,8 +67,6 @@ def write_study_outputs(analysis: Analysis, images: list[MammogramImage], out_di
                 write_durably(path, _png_bytes(render_heatmap(img.pixels, heat)))
                 outputs.heatmaps.append(path)
     if dicom:
-        from dicom_io.outputs import write_result_objects
-
         if sources is None:
             sources = {uid: pydicom.dcmread(img.meta.source_path, stop_before_pixels=True)
                        for uid, img in by_uid.items() if img.meta.source_path}

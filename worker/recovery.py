@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mccad.logs import short_uid
+from settings.logs import short_uid
 from worker.assembler import Publisher
 from worker.ledger import COMPLETE, DEAD_LETTERED, INTERACTIVE, UNFINISHED, Ledger
 

@@ -11,7 +11,7 @@ import logging
 import time
 
 from dicom_io.spool import Spool
-from mccad.logs import short_uid
+from settings.logs import short_uid
 from worker.ledger import DONE, Ledger
 
 LOG = logging.getLogger("worker.retention")

@@ -23,8 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mccad.config import Settings
-from mccad.logs import short_uid
+from dicom_io.scp import SCPConfig, StorageSCP
+from dicom_io.scu import echo
+from dicom_io.spool import Spool
+from dicom_io.tls import client_context
+from settings.config import Settings
+from settings.logs import short_uid
 from worker.app import broker_reachable, make_celery, publish_study, queue_depths, ready_study_uids
 from worker.assembler import Assembler
 from worker.health import HealthServer, tcp_listening
@@ -63,9 +67,7 @@ def exit_with_parent(parent_pid: int) -> None:
         raise SystemExit("mccad serve, which started this worker, is gone")
 
 
-def scp_config(settings: Settings) -> Any:
-    from dicom_io.scp import SCPConfig
-
+def scp_config(settings: Settings) -> SCPConfig:
     return SCPConfig(ae_title=settings.ae_title, host=settings.host, port=settings.port,
                      allowed_calling_aes=tuple(settings.allowed_calling_aes), accept_non_mg=settings.accept_non_mg,
                      max_associations=settings.max_associations, max_instance_bytes=settings.max_instance_bytes,
@@ -95,9 +97,6 @@ class Service:
         publish_study(self.app, study_uid, queue=queue, model_dir=model_dir)
 
     def start(self) -> "Service":
-        from dicom_io.scp import StorageSCP
-        from dicom_io.spool import Spool
-
         s = self.settings
         self.ledger = Ledger(s.effective_ledger_url)
         self.spool = Spool(s.spool_dir)
@@ -216,9 +215,6 @@ class Service:
 
 def destinations_answer(settings: Settings) -> bool:
     """True when every configured destination answers a C-ECHO now (the supervisor's probe while deliveries wait)."""
-    from dicom_io.scu import echo
-    from dicom_io.tls import client_context
-
     for dest in settings.destinations:
         tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if dest.tls else None
         if not echo(ae_title=dest.ae_title, host=dest.host, port=dest.port, calling_ae=settings.ae_title,

@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mccad.config import Settings
-from mccad.logs import short_uid
+from settings.config import Settings
+from settings.logs import short_uid
 from worker.assembler import Publisher
 from worker.ledger import (ANALYSING, COMPLETE, FAILED, INTERACTIVE, QUEUED, RECEIVING, SENDING, Ledger,
                            worker_is_gone)
+from worker.retention import purge_delivered
 
 LOG = logging.getLogger("worker.supervisor")
 
@@ -126,8 +127,6 @@ class Supervisor:
                              extra={"event": "destinations_back", "studies": len(waiting)})
         if self.spool is not None and time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_EVERY_S
-            from worker.retention import purge_delivered
-
             report.purged = purge_delivered(self.ledger, self.spool, self.settings.spool_retention_s, now)[0]
         return report
 

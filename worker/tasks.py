@@ -19,22 +19,34 @@ and never holds a worker.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pydicom
+import torch
 from celery import Celery, Task
+from celery.signals import worker_process_init
 
-from mccad.config import Settings
-from mccad.logs import short_uid
+from dicom_io.durable import write_text_durably
+from dicom_io.errors import DicomInputError
+from dicom_io.reader import read_mammogram
+from dicom_io.scu import SendError, send_files
+from dicom_io.spool import Spool
+from dicom_io.tls import client_context
+from models.pipeline import Pipeline
+from settings.config import Settings
+from settings.logs import short_uid
+from settings.version import __version__
+from worker.app import TASK_ANALYZE, make_celery
 from worker.ledger import DONE, Ledger
-
-if TYPE_CHECKING:
-    from models.pipeline import Pipeline
+from worker.outputs import write_study_outputs
 
 LOG = logging.getLogger("worker.tasks")
 
@@ -48,7 +60,7 @@ class DeliveryError(RuntimeError):
 
 
 # --- per-process resources (a worker process loads each model bundle once) ------------------------------------------
-_PIPELINES: dict[tuple[str, str, bool, str], "Pipeline"] = {}
+_PIPELINES: dict[tuple[str, str, bool, str], Pipeline] = {}
 _PIPELINE_LOCK = threading.Lock()
 _LEDGERS: dict[str, Ledger] = {}
 #: The process the resources above belong to (see :func:`_after_fork`).
@@ -56,18 +68,14 @@ _OWNER_PID = os.getpid()
 
 
 def pipeline_for(model_dir: Path, device: str, threads: int | None = None, explain: bool = True,
-                 runtime: str = "eager") -> "Pipeline":
+                 runtime: str = "eager") -> Pipeline:
     """The loaded pipeline for a bundle, built on first use in this process (after any fork, so CUDA is safe, and
     so an ONNX Runtime session's threads belong to the process that uses them)."""
-    from models.pipeline import Pipeline
-
     key = (str(Path(model_dir).resolve()), device, explain, runtime)
     with _PIPELINE_LOCK:
         if key not in _PIPELINES:
             started = time.monotonic()
             if threads:
-                import torch
-
                 torch.set_num_threads(threads)
             pipeline = Pipeline.from_model_dir(Path(model_dir), device=device, explain=explain, runtime=runtime)
             _PIPELINES[key] = pipeline
@@ -123,10 +131,6 @@ def ensure_heartbeat(ledger: Ledger) -> None:
 def work_key(study_uid: str, instance_paths: list[Path], model_dir: Path) -> str:
     """Identifies one analysis: the instances (names, sizes, times), the model bundle's manifests and our version.
     When an attempt only failed to deliver, the next attempt finds the same key and re-sends without re-analysing."""
-    import hashlib
-
-    from mccad import __version__
-
     digest = hashlib.sha256(f"{__version__}\x1f{study_uid}".encode())
     for path in instance_paths:
         st = path.stat()
@@ -139,16 +143,6 @@ def work_key(study_uid: str, instance_paths: list[Path], model_dir: Path) -> str
 def analyse_from_spool(settings: Settings, study_uid: str, model_dir: Path) -> list[Path]:
     """Read the study's instances from the spool, run the pipeline, write every output; returns the DICOM objects
     to send. Outputs of an earlier attempt with the same :func:`work_key` are reused (``work.json`` records them)."""
-    import json
-
-    import pydicom
-
-    from dicom_io.durable import write_text_durably
-    from dicom_io.errors import DicomInputError
-    from dicom_io.reader import read_mammogram
-    from dicom_io.spool import Spool
-    from worker.outputs import write_study_outputs
-
     paths = Spool(settings.spool_dir).instances(study_uid)
     if not paths:
         raise PermanentStudyError("the spool holds no instance of this study (was the spool folder removed?)")
@@ -186,9 +180,6 @@ def analyse_from_spool(settings: Settings, study_uid: str, model_dir: Path) -> l
 
 def deliver(settings: Settings, paths: list[Path]) -> list[str]:
     """C-STORE ``paths`` to every configured destination; raises :class:`DeliveryError` naming those that failed."""
-    from dicom_io.scu import SendError, send_files
-    from dicom_io.tls import client_context
-
     problems: list[str] = []
     delivered: list[str] = []
     for dest in settings.destinations:
@@ -305,10 +296,16 @@ def _run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | 
     return {"study": tag, "action": "run", "state": state}
 
 
+def worker_app(settings: Settings) -> Celery:
+    """The Celery app a worker consumes with: :func:`worker.app.make_celery`'s app with ``analyze_study``
+    registered on it."""
+    app = make_celery(settings)
+    register_tasks(app)
+    return app
+
+
 def register_tasks(app: Celery) -> None:
     """Register ``mccad.analyze_study`` on ``app``; the task reads its settings from ``app.mccad_settings``."""
-    from worker.app import TASK_ANALYZE
-
     @app.task(name=TASK_ANALYZE, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True, max_retries=None)
     def analyze_study(self: Task, study_uid: str, model_dir: str | None = None) -> dict[str, Any]:
@@ -326,7 +323,5 @@ def _after_fork(**_: Any) -> None:
     _LEDGERS.clear()  # database connections must not be shared with the parent process
     _HEARTBEATS.clear()  # threads do not cross a fork: the child beats for itself
 
-
-from celery.signals import worker_process_init  # noqa: E402  (signal wiring sits next to the handler it wires)
 
 worker_process_init.connect(_after_fork, weak=False)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from dicom_io.scp import SCPConfig, StorageSCP
     from dicom_io.scu import send_files
     from dicom_io.spool import Spool
-    from mccad.config import Destination
+    from settings.config import Destination
     from worker.ledger import DEAD_LETTERED, DONE, STATES, Ledger
     from worker.service import Service
 

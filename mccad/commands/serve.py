@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from settings.logs import configure_service_logging
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="receive studies over DICOM C-STORE and have them analysed (runs until SIGTERM)",
@@ -23,6 +25,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
     if args.port is not None:
         settings = settings.model_copy(update={"port": args.port})
+    configure_service_logging(settings, "serve", args.log_level)
     try:
         return Service(settings, shutdown_grace_s=args.shutdown_grace).run()
     except (SCPConfigError, LedgerError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mccad import __version__
+from settings.version import __version__
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from settings.logs import configure_service_logging
+
 QUEUES = "interactive,batch"  # worker.ledger.INTERACTIVE, BATCH (not imported: keeps `mccad --help` fast)
 
 
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    from worker.app import make_celery
+    from worker.tasks import pipeline_for, worker_app  # Celery and the models: loaded only by this command
 
     if args.parent_pid is not None:
         from worker.service import exit_with_parent
@@ -33,10 +35,9 @@ def run(args: argparse.Namespace, settings) -> int:
         exit_with_parent(args.parent_pid)
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
-    app = make_celery(settings)
+    configure_service_logging(settings, "worker", args.log_level)
+    app = worker_app(settings)
     if args.preload and args.pool == "solo":
-        from worker.tasks import pipeline_for
-
         pipeline_for(settings.model_dir, settings.device, settings.threads, settings.explain,
                      settings.detector_runtime)
     start_supervisor(settings)

@@ -19,7 +19,7 @@ from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentati
 from dicom_io.scp import ReceivedInstance, SCPConfig, StorageSCP
 from dicom_io.scu import echo, send_files
 from dicom_io.spool import Spool
-from mccad.logs import JsonFormatter
+from settings.logs import JsonFormatter
 from tests.dicom_io import net_fixtures as nf
 
 STUDY = "1.2.826.0.1.3680043.10.511.1"

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from dicom_io.reader import read_mammogram
-from mccad.config import default_model_dir
+from settings.config import default_model_dir
 from models.pipeline import Pipeline
 from tests.peers.ohif_viewer import OhifServer, install_ohif
 from tests.peers.orthanc import OrthancPeer

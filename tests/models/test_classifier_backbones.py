@@ -99,7 +99,7 @@ def test_lite_classifier_round_trips_through_the_registry(tmp_path: Path, lite0:
 
 
 def test_shipped_default_sppnet_still_loads() -> None:
-    from mccad.config import default_model_dir
+    from settings.config import default_model_dir
 
     model, config, manifest = load_classifier(default_model_dir() / "sppnet")
     assert manifest.architecture == "sppnet-resnet18" and config.backbone == "resnet18"

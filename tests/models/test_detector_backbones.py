@@ -85,7 +85,7 @@ def test_fpn_and_box_head_widths_follow_the_config_for_lite0() -> None:
 
 
 def test_shipped_default_bundle_loads_as_its_manifest_says() -> None:
-    from mccad.config import default_model_dir
+    from settings.config import default_model_dir
 
     model, config, manifest = load_detector(default_model_dir() / "detector")
     assert manifest.architecture == config.architecture == f"fpnnet-{config.backbone}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mccad.config import Settings
+from settings.config import Settings
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 #: Databases 10-15 of the machine's Redis belong to these tests; each test flushes the one it used.
@@ -16,8 +16,9 @@ REDIS_DBS = range(10, 16)
 
 
 def make_settings(root: Path, **overrides) -> Settings:
+    """Settings under ``root``; services started with them log to stderr as well, which the tests capture."""
     values = dict(data_dir=root / "data", port=0, http_port=0, study_idle_s=0.5, retry_backoff_s=0.2,
-                  send_retries=1, device="cpu", threads=1, log_format="text")
+                  send_retries=1, device="cpu", threads=1, log_format="text", log_stderr=True)
     values.update(overrides)
     return Settings(**values)
 

@@ -18,6 +18,7 @@ from worker.app import make_celery, publish_study, queue_depths
 from worker.assembler import Assembler
 from worker.ledger import ANALYSING, COMPLETE, DONE, QUEUED, Ledger
 from worker.service import settings_env
+from worker.tasks import worker_app
 
 
 def _assembler(ledger, app, settings) -> Assembler:
@@ -76,7 +77,7 @@ def test_redis_restart_while_studies_are_queued_loses_nothing(tmp_path, tiny_mod
     redis = _redis_server(port, tmp_path / "redis")  # our own Redis: the machine's one is never stopped
     try:
         settings = make_settings(tmp_path, broker_url=f"redis://127.0.0.1:{port}/0", model_dir=tiny_model_dir)
-        ledger, app = Ledger(settings.effective_ledger_url), make_celery(settings)
+        ledger, app = Ledger(settings.effective_ledger_url), worker_app(settings)
         assembler = _assembler(ledger, app, settings)
         queued = write_study(tmp_path / "in", "before-restart", views=1)
         spool_study(settings, queued)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mccad.config import Destination
+from settings.config import Destination
 from tests.peers.dcmtk import dcmtk
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port, wait_for_port

@@ -15,15 +15,16 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from dicom_io.spool import Spool
-from mccad.config import Destination
+from settings.config import Destination
 from tests.peers.orthanc import OrthancPeer
 from tests.worker.conftest import make_settings
 from tests.worker.studies import spool_study, wait_for_state, write_study
-from worker.app import make_celery, publish_study, ready_study_uids
+from worker.app import publish_study, ready_study_uids
 from worker.assembler import Assembler
 from worker.ledger import DEAD_LETTERED, DONE, FAILED, Ledger
 from worker.service import destinations_answer, settings_env
 from worker.supervisor import Supervisor
+from worker.tasks import worker_app
 
 
 @contextmanager
@@ -49,7 +50,7 @@ def supervising(settings, ledger, app):
 def _queued(settings, name: str):
     study = write_study(settings.data_dir.parent / "in", name, views=1)
     spool_study(settings, study)
-    ledger, app = Ledger(settings.effective_ledger_url), make_celery(settings)
+    ledger, app = Ledger(settings.effective_ledger_url), worker_app(settings)
     publish = lambda uid, q, m: publish_study(app, uid, queue=q, model_dir=m)  # noqa: E731
     assert Assembler(ledger, publish, settings.study_idle_s).tick(now=time.time() + 5) == [study.study_uid]
     return study, ledger, app

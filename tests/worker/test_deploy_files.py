@@ -38,7 +38,7 @@ def test_compose_declares_every_service_and_volume_it_uses_and_redis_persists():
 
 
 def test_example_configuration_loads_into_settings(monkeypatch):
-    from mccad.config import Settings
+    from settings.config import Settings
 
     monkeypatch.setenv("MCCAD_CONFIG", str(DEPLOY / "mccad.example.toml"))
     settings = Settings()

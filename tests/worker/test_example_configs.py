@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mccad.config import Settings, UnknownSettingError
+from settings.config import Settings, UnknownSettingError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

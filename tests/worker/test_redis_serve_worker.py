@@ -23,7 +23,7 @@ import pytest
 from dicom_io.scp import SCPConfig, StorageSCP
 from dicom_io.scu import send_files
 from dicom_io.spool import Spool
-from mccad.config import Destination
+from settings.config import Destination
 from tests.peers.ports import free_port
 from tests.worker.conftest import make_settings
 from tests.worker.studies import wait_for_state, write_study

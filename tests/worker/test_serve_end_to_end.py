@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dicom_io.spool import Spool
-from mccad.config import Destination
+from settings.config import Destination
 from tests.peers.dcmtk import dcmtk
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
@@ -73,6 +73,7 @@ def test_pacs_study_survives_a_killed_service_and_results_reach_the_pacs(tmp_pat
     try:
         settings = make_settings(tmp_path, port=scp_port, http_port=free_port(), study_idle_s=2.0,
                                  model_dir=tiny_model_dir, allowed_calling_aes=["ORTHANC", "STORESCU"],
+                                 log_stderr=False,
                                  destinations=[Destination(ae_title="ORTHANC", host="127.0.0.1",
                                                            port=pacs.dicom_port)])
         study = write_study(tmp_path / "in", "e2e-four-views", views=4)
@@ -122,7 +123,14 @@ def test_pacs_study_survives_a_killed_service_and_results_reach_the_pacs(tmp_pat
         # nothing acknowledged is lost: 5 instances sent, 5 on disk, 5 in the ledger
         on_disk = sum(len(spool.instances(uid)) for uid in spool.studies())
         assert on_disk == ledger.count_instances() == 5
-        assert "Test^Synthetic" not in log.read_text(), "no patient names in logs"
+        # the service's logs (serve's and its worker's) are in the file it named, and only there
+        service_log = settings.data_dir / "logs" / "mccad.log"
+        said = log.read_text()
+        assert f"mccad serve: logging to {service_log}" in said and f"mccad worker: logging to {service_log}" in said
+        events = service_log.read_text()
+        assert all(event in events for event in ("mccad serve ready", "instance stored", "study finished"))
+        assert "study finished" not in said
+        assert "Test^Synthetic" not in events + said, "no patient names in logs"
     finally:
         if serve is not None:
             serve.kill()

@@ -11,6 +11,7 @@ a JSON list or as comma-separated names.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tomllib
@@ -31,10 +32,12 @@ class UnknownSettingError(ValueError):
 
 
 def default_model_dir() -> Path:
-    """The model bundle shipped inside the ``models`` package."""
-    import models
-
-    return Path(models.__file__).resolve().parent / "weights" / "default"
+    """The model bundle shipped inside the ``models`` package (``models/weights/default``), found without importing
+    ``models``: configuration sits below every other package of ours."""
+    spec = importlib.util.find_spec("models")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the models package is not installed: set MCCAD_MODEL_DIR")
+    return Path(spec.origin).resolve().parent / "weights" / "default"
 
 
 class Destination(BaseModel):
@@ -97,6 +100,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # `mccad serve` and `mccad worker` log into this file (default <data_dir>/logs/mccad.log; a per-host path when
+    # workers on several hosts share data_dir), and to stderr as well only with log_stderr
+    log_file: Path | None = None
+    log_stderr: bool = False
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod
@@ -143,6 +150,10 @@ class Settings(BaseSettings):
     def effective_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
 
+    @cached_property
+    def effective_log_file(self) -> Path:
+        return self.log_file or self.data_dir / "logs" / "mccad.log"
+
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
@@ -153,7 +164,7 @@ def check_toml_keys(path: Path) -> None:
     or inside a ``[[destinations]]`` table)."""
     with open(path, "rb") as handle:
         data = tomllib.load(handle)
-    for key, value in data.items():
+    for key in data:
         if key not in Settings.model_fields:
             raise UnknownSettingError(f"unknown setting {key!r} in {path}")
     for index, table in enumerate(data.get("destinations") or []):
