@@ -363,11 +363,11 @@ def write_bundle(report: dict[str, Any], out: Path, base: Path, run_dir: Path | 
     target = out / "detector"
     out.mkdir(parents=True, exist_ok=True)
     if kept == "B" and run_dir is not None:
-        export_run(run_dir, target, name=f"{base_manifest.name}-site", version=new_version, training_data=data,
-                   synthetic_only=True, score_thresh=threshold)
+        export_run(run_dir, target, {"thresholds.score_thresh": threshold}, name=f"{base_manifest.name}-site",
+                   version=new_version, training_data=data, synthetic_only=True)
     else:
-        reissue_model(base, target, version=new_version, name=f"{base_manifest.name}-site", score_thresh=threshold,
-                      training_data=data)
+        reissue_model(base, target, {"thresholds.score_thresh": threshold}, version=new_version,
+                      name=f"{base_manifest.name}-site", training_data=data)
     (out / "adaptation.json").write_text(json.dumps(report, indent=1))
     with open(target / "MODEL_CARD.md", "a") as fh:
         fh.write("\n" + adaptation_card(report) + "\n")

@@ -11,14 +11,17 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.detector import DetectorConfig
 from models.preprocess import standardise_config_from
 from models.tiling import TilingSpec
+from training.overrides import SETTINGS, apply_settings, reading_changes
 from training.trainers.common import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -108,67 +111,32 @@ def _run_breast_gate(kind: str, cfg: dict[str, Any], build: dict[str, Any]) -> d
     return breast_gate_spec(cfg.get("breast_gate", config_defaults(DetectorTrainConfig)["breast_gate"]))
 
 
-# detector settings chosen on validation images after training (models.box_scores, models.flip_fusion), and what an
-# operating point the run validated under its own value is refused with: it must be chosen again under the new one
-AFTER_TRAINING = {
-    "score_mode": "{old} scores, not {new} ones: give --score-thresh chosen in {new} mode",
-    "malignant_logit_offset": "malignant offset {old:g}, not {new:g}: give --score-thresh chosen with that offset",
-    "hflip": "test-time flip {old}, not {new}: give --score-thresh chosen with 'mccad evaluate --test-time-flip'",
-    "tile": "tiles of at most {old} px, not {new}: give --score-thresh chosen on validation images read that way",
-    "overlap": "tiles overlapping by {old} px, not {new}: give --score-thresh chosen on validation images read that "
-               "way",
-}
-#: the tiling settings whose change moves a detector's scores (the tiles per pass do not)
-READING_TILING = ("hflip", "tile", "overlap")
 #: what a tiling setting missing from a manifest reads as: TilingSpec's default, as the pipeline reads the manifest
 #: (a manifest written before the setting existed)
 TILING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TilingSpec)}
+#: the detector settings a manifest keeps in ``thresholds`` (``models.registry``)
+THRESHOLD_KEYS = SETTINGS["thresholds"][1]
 
 
-def tiling_with(tiling: dict[str, Any] | None, source: Path, tile_batch: int | None = None,
-                test_time_flip: bool | None = None, tile: int | None = None,
-                tile_overlap: int | None = None) -> dict[str, Any] | None:
-    """A detector's ``input_spec["tiling"]`` with the tiles per pass, the test-time flip and the tile geometry
-    (side and overlap: ``models.tiling.tile_grid``) given (None: as it was); refused for a detector that reads whole
-    images, where none applies, and for a geometry ``models.tiling.TilingSpec`` refuses."""
-    changes = {key: value for key, value in (("batch", tile_batch), ("hflip", test_time_flip), ("tile", tile),
-                                             ("overlap", tile_overlap))
-               if value is not None}
-    if not changes:
-        return dict(tiling) if tiling else None
-    if not tiling:
-        raise ValueError(f"{source}: tile_batch, test_time_flip and the tile geometry are for detectors run tile by "
-                         "tile; this one sees whole images")
-    if "batch" in changes and not 1 <= int(changes["batch"]) <= 256:
-        raise ValueError(f"tile_batch must lie in 1-256, got {changes['batch']}")
-    out = {**tiling, **{k: bool(v) if k == "hflip" else int(v) for k, v in changes.items()}}
-    TilingSpec(**out)  # refuses an overlap as large as the tile
-    return out
-
-
-def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "0.1.0",
-               training_data: str = "", synthetic_only: bool = False, metrics_json: Path | None = None,
-               dtype: str = "float16", which: str = "best", score_thresh: float | str | None = None,
-               tile_batch: int | None = None, score_mode: str | None = None,
-               malignant_offset: float | None = None, test_time_flip: bool | None = None,
-               tile: int | None = None, tile_overlap: int | None = None) -> Path:
+def export_run(run_dir: Path, out_dir: Path, overrides: Mapping[str, Any] | None = None, *,
+               name: str | None = None, version: str = "0.1.0", training_data: str = "",
+               synthetic_only: bool = False, metrics_json: Path | None = None, dtype: str = "float16",
+               which: str = "best") -> Path:
     """Write the registry folder for a run; returns ``out_dir``.
 
-    ``metrics_json``: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
-    without it the run's best validation record is used. ``score_thresh``: the detector's operating point when it
-    is not the run's (a crops-trained detector's threshold for whole images is chosen on whole validation images,
-    e.g. ``threshold_at_fp_per_image`` of ``mccad evaluate``'s FROC; the run's config keeps the paper's 0.3), or
-    ``"auto"``: the checkpoint's own ``val_threshold_at_1fp``, the operating point its whole validation images gave
-    (refused when the run did not validate on whole images). ``tile_batch``: tiles per forward pass where the model
-    will run, when not the training host's (a GPU run's 16 tiles at once costs a CPU worker memory and buys it
-    nothing; the boxes are the same); refused for a model without tiling. ``score_mode``: how the detector scores
-    its boxes (``models.box_scores``) when not as it was validated, chosen on validation images with
-    ``mccad evaluate --score-mode``; the operating point must then be chosen in that mode too. ``malignant_offset``:
-    the detector's malignant logit offset (``models.box_scores``) calibrated on validation images with ``mccad
-    evaluate --malignant-offset``; likewise refused with the run's own (``auto``) operating point.
-    ``test_time_flip``: whether the tiled detector reads each image a second time mirrored (``models.flip_fusion``),
-    chosen with ``mccad evaluate --test-time-flip``; likewise. ``tile``, ``tile_overlap``: the tiles the
-    detector reads a whole image in (``models.tiling.tile_grid``); likewise.
+    Args:
+        run_dir: a folder written by ``mccad train`` (``best.pt`` / ``last.pt``).
+        out_dir: the model folder to write.
+        overrides: detector settings chosen after training, ``{"thresholds.score_thresh": 0.35, "tiling.batch":
+            2}`` (``training.overrides``; values or their text). ``thresholds.score_thresh = "auto"`` takes the
+            checkpoint's own ``val_threshold_at_1fp``, the operating point its whole validation images gave; it is
+            refused when the run did not validate on whole images, or when another setting given moves the scores
+            (``training.overrides.READING``), since the run validated its operating point without it.
+        name, version, training_data, synthetic_only: the manifest's and card's (default name ``mccad-<role>``).
+        metrics_json: an evaluation's ``metrics.json`` (``mccad evaluate``) to store in the manifest and the card;
+            without it the run's best validation record is used.
+        dtype: the weights file's dtype (float16, bfloat16, float32).
+        which: the checkpoint, ``best`` or ``last``.
     """
     from models.registry import DTYPES, ModelManifest, save_model
 
@@ -179,36 +147,28 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     metrics = {"validation": {k: v for k, v in best_record.items() if isinstance(v, (int, float))}}
     if evaluation is not None:
         metrics["evaluation"] = headline_metrics(evaluation)
-    tiling = tiling_with(run.tiling, run_dir, tile_batch=tile_batch, test_time_flip=test_time_flip, tile=tile,
-                         tile_overlap=tile_overlap)
-    chosen = {k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
-              if v is not None}
-    if chosen and run.kind != "detector":
-        raise ValueError(f"{run_dir}: {', '.join(chosen)} is a detector setting; this run trained a {run.kind}")
-    # each setting given: (the value the run validated its operating point with, the new value)
-    given = {name: (getattr(run.network_config, name), value) for name, value in chosen.items()}
-    if tiling is not None:
-        validated, chosen_tiling = {**TILING_DEFAULTS, **(run.tiling or {})}, {**TILING_DEFAULTS, **tiling}
-        given.update({key: (validated[key], chosen_tiling[key]) for key in READING_TILING
-                      if validated[key] != chosen_tiling[key]})
-    for name, (validated, value) in given.items():
-        if score_thresh == AUTO_THRESHOLD and value != validated:
-            raise ValueError(f"{run_dir}: the run validated its operating point with "
-                             f"{AFTER_TRAINING[name].format(old=validated, new=value)}")
-    if chosen:
-        run = dataclasses.replace(run, network_config=dataclasses.replace(run.network_config, **chosen))
+    overrides = dict(overrides or {})
+    if overrides and run.kind != "detector":
+        raise ValueError(f"{run_dir}: {', '.join(overrides)} are detector settings; this run trained a {run.kind}")
     arch = run.network_config.architecture
     key = "detector" if run.kind == "detector" else "classifier"
-    thresholds = {}
+    thresholds: dict[str, float] = {}
+    tiling = dict(run.tiling) if run.tiling else None
     if run.kind == "detector":
-        c = run.network_config
-        if score_thresh == AUTO_THRESHOLD:
-            score_thresh = validated_threshold(best_record, run_dir)
-        if score_thresh is not None and not 0.0 < float(score_thresh) < 1.0:
-            raise ValueError(f"score_thresh must lie in (0, 1), got {score_thresh}")
-        thresholds = {"score_thresh": c.score_thresh if score_thresh is None else float(score_thresh),
-                      "nms_thresh": c.nms_thresh,
-                      "detections_per_img": float(c.detections_per_img), "cross_class_iou": c.cross_class_iou}
+        parts = _detector_parts(run)
+        if overrides.get("thresholds.score_thresh") == AUTO_THRESHOLD:
+            others = {k: v for k, v in overrides.items() if k != "thresholds.score_thresh"}
+            for setting, (old, new) in reading_changes(parts, apply_settings(parts, others, run_dir)).items():
+                raise ValueError(f"{run_dir}: the run validated its operating point with {setting} = {old}, not "
+                                 f"{new}: give --set thresholds.score_thresh=T chosen on validation images read "
+                                 "that way")
+            overrides["thresholds.score_thresh"] = validated_threshold(best_record, run_dir)
+        chosen = apply_settings(parts, overrides, run_dir)
+        # the network config keeps the run's thresholds; the manifest's ``thresholds`` hold the chosen ones
+        run = dataclasses.replace(run, network_config=DetectorConfig.from_dict({**chosen["detector"],
+                                                                                **parts["thresholds"]}))
+        thresholds = {k: float(v) for k, v in chosen["thresholds"].items()}
+        tiling = chosen["tiling"]
     manifest = ModelManifest(
         name=name or f"mccad-{run.role}", version=version, architecture=arch, role=run.role,
         classes=ROLE_CLASSES.get(run.role, ["negative", "positive"]),
@@ -223,6 +183,15 @@ def export_run(run_dir: Path, out_dir: Path, *, name: str | None = None, version
     (out_dir / "MODEL_CARD.md").write_text(model_card(written.model_dump(), run, evaluation))
     log.info("exported %s run %s to %s", run.role, run_dir, out_dir)
     return out_dir
+
+
+def _detector_parts(run: LoadedRun) -> dict[str, dict[str, Any] | None]:
+    """A detector run's settings as ``training.overrides.apply_settings`` takes them."""
+    config = run.network_config.to_dict()
+    return {"detector": {k: v for k, v in config.items() if k not in THRESHOLD_KEYS},
+            "thresholds": {k: config[k] for k in THRESHOLD_KEYS},
+            "tiling": dict(run.tiling) if run.tiling else None,
+            "breast_gate": dict(run.breast_gate) if run.breast_gate is not None else None}
 
 
 def validated_threshold(record: dict[str, Any], run_dir: Path) -> float:

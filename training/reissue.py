@@ -12,27 +12,34 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from training.export import (AUTO_THRESHOLD, TILING_DEFAULTS, evaluation_lines, headline_metrics, json_safe,
-                             tiling_with)
+from training.export import AUTO_THRESHOLD, TILING_DEFAULTS, evaluation_lines, headline_metrics, json_safe
+from training.overrides import apply_settings
 
 log = logging.getLogger(__name__)
 
 
-def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | None = None,
-                  score_thresh: float | str | None = None, tile_batch: int | None = None,
-                  score_mode: str | None = None, malignant_offset: float | None = None,
-                  test_time_flip: bool | None = None, tile: int | None = None, tile_overlap: int | None = None,
-                  metrics_json: Path | None = None,
-                  training_data: str | None = None, synthetic_only: bool = False) -> Path:
-    """Write ``out_dir``: ``model_dir``'s weights, its manifest with the settings given replaced, ``version`` (which
-    must differ from the source's), the evaluation of ``metrics_json`` (``mccad evaluate`` of the re-issued
-    reading; without it the source's evaluation is dropped, since it measured another reading), and a card.
-    ``synthetic_only`` can only be added. Returns ``out_dir``."""
-    from models.detector import DetectorConfig
+def reissue_model(model_dir: Path, out_dir: Path, overrides: Mapping[str, Any] | None = None, *, version: str,
+                  name: str | None = None, metrics_json: Path | None = None, training_data: str | None = None,
+                  synthetic_only: bool = False) -> Path:
+    """Write ``out_dir``: ``model_dir``'s weights and manifest with ``overrides`` applied.
+
+    Args:
+        model_dir: a detector or classifier folder (``manifest.json`` and its weights).
+        out_dir: the folder to write; not ``model_dir``.
+        overrides: detector settings chosen after training, ``{"thresholds.score_thresh": 0.35}``
+            (``training.overrides``; values or their text).
+        version: the new model's version, which must differ from the source's.
+        name: the new model's name (default: the source's).
+        metrics_json: ``mccad evaluate``'s ``metrics.json`` of the re-issued reading; without it the source's
+            evaluation is dropped, since it measured another reading.
+        training_data: the card's line on the training data (default: the source's).
+        synthetic_only: marks the model as trained on synthetic data only (can only be added).
+    """
     from models.registry import load_manifest, verify_weights, write_manifest
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -42,31 +49,20 @@ def reissue_model(model_dir: Path, out_dir: Path, *, version: str, name: str | N
         raise ValueError(f"{out_dir} is the model folder being re-issued: write the new version to another folder")
     if version == source.version:
         raise ValueError(f"{model_dir} is version {version} already: a re-issued model needs a version of its own")
-    if score_thresh == AUTO_THRESHOLD:
+    overrides = dict(overrides or {})
+    if overrides.get("thresholds.score_thresh") == AUTO_THRESHOLD:
         raise ValueError(f"{model_dir} is a model folder, not a training run: it keeps no validation checkpoint for "
-                         "'auto'; give --score-thresh a number chosen with 'mccad evaluate'")
-    detector_settings = {"score_thresh": score_thresh, "tile_batch": tile_batch, "score_mode": score_mode,
-                         "malignant_offset": malignant_offset, "test_time_flip": test_time_flip, "tile": tile,
-                         "tile_overlap": tile_overlap}
-    given = [k for k, v in detector_settings.items() if v is not None]
-    if given and source.role != "detector":
-        raise ValueError(f"{model_dir}: {', '.join(given)} is a detector setting; this model is a {source.role}")
+                         "'auto'; give --set thresholds.score_thresh a number chosen with 'mccad evaluate'")
+    if overrides and source.role != "detector":
+        raise ValueError(f"{model_dir}: {', '.join(overrides)} are detector settings; this model is a {source.role}")
     input_spec = json.loads(json.dumps(source.input_spec))
     thresholds = dict(source.thresholds)
-    if source.role == "detector":
-        tiling = tiling_with(input_spec.get("tiling"), model_dir, tile_batch=tile_batch,
-                             test_time_flip=test_time_flip, tile=tile, tile_overlap=tile_overlap)
-        if tiling is not None:
-            input_spec["tiling"] = tiling
-        network = dict(input_spec.get("detector", {}))
-        network.update({k: v for k, v in (("score_mode", score_mode), ("malignant_logit_offset", malignant_offset))
-                        if v is not None})
-        DetectorConfig.from_dict(network)  # refuses an unknown score mode or an offset out of range
-        input_spec["detector"] = network
-        if score_thresh is not None:
-            if not 0.0 < float(score_thresh) < 1.0:
-                raise ValueError(f"score_thresh must lie in (0, 1), got {score_thresh}")
-            thresholds["score_thresh"] = float(score_thresh)
+    if overrides:
+        chosen = apply_settings({"detector": input_spec.get("detector", {}), "thresholds": thresholds,
+                                 "tiling": input_spec.get("tiling"), "breast_gate": input_spec.get("breast_gate")},
+                                overrides, model_dir)
+        thresholds = {k: float(v) for k, v in chosen["thresholds"].items()}
+        input_spec.update({k: chosen[k] for k in ("detector", "tiling", "breast_gate") if chosen[k] is not None})
     changes = _changes(source.model_dump(), input_spec, thresholds)
     evaluation = json.loads(Path(metrics_json).read_text()) if metrics_json else None
     metrics = {k: v for k, v in source.metrics.items() if k != "evaluation"}

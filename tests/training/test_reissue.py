@@ -45,8 +45,8 @@ def _evaluation(path: Path) -> Path:
 
 def test_a_reissued_detector_keeps_its_weights_and_changes_only_what_was_given(tmp_path):
     source = _detector_folder(tmp_path / "src")
-    out = reissue_model(source, tmp_path / "new", version="0.2.0", score_thresh=0.33, test_time_flip=True,
-                        metrics_json=_evaluation(tmp_path / "metrics.json"))
+    out = reissue_model(source, tmp_path / "new", {"thresholds.score_thresh": "0.33", "tiling.hflip": "on"},
+                        version="0.2.0", metrics_json=_evaluation(tmp_path / "metrics.json"))
     old, new = load_manifest(source), load_manifest(out)
     assert (out / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     assert new.sha256 == old.sha256 == sha256_of(out / "model.safetensors")
@@ -76,8 +76,8 @@ def test_a_reissued_detector_keeps_its_weights_and_changes_only_what_was_given(t
 
 def test_without_a_new_evaluation_the_sources_is_dropped_and_the_card_says_so(tmp_path):
     source = _detector_folder(tmp_path / "src")
-    out = reissue_model(source, tmp_path / "new", version="0.1.1", tile_batch=1, malignant_offset=-1.0,
-                        training_data="tiny phantoms, read otherwise")
+    out = reissue_model(source, tmp_path / "new", {"tiling.batch": 1, "detector.malignant_logit_offset": -1.0},
+                        version="0.1.1", training_data="tiny phantoms, read otherwise")
     new = load_manifest(out)
     assert "evaluation" not in new.metrics and new.training_data == "tiny phantoms, read otherwise"
     assert new.input_spec["tiling"]["batch"] == 1 and new.input_spec["detector"]["malignant_logit_offset"] == -1.0
@@ -88,7 +88,8 @@ def test_without_a_new_evaluation_the_sources_is_dropped_and_the_card_says_so(tm
 
 def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     source = _detector_folder(tmp_path / "src")
-    out = reissue_model(source, tmp_path / "new", version="0.2.0", score_thresh=0.3, tile=256, tile_overlap=32)
+    out = reissue_model(source, tmp_path / "new", {"thresholds.score_thresh": 0.3, "tiling.tile": 256,
+                                                   "tiling.overlap": 32}, version="0.2.0")
     assert load_manifest(out).input_spec["tiling"] == {**TILING, "tile": 256, "overlap": 32}
     from training.evaluation.predict import load_model
 
@@ -96,34 +97,39 @@ def test_a_reissued_detector_may_read_images_in_other_tiles(tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert "| input_spec.tiling.tile | 64 | 256 |" in card and "| input_spec.tiling.overlap | 16 | 32 |" in card
     assert "hflip" not in card  # unchanged, and absent from both manifests
-    flipped = reissue_model(source, tmp_path / "flip", version="0.3.0", score_thresh=0.3, test_time_flip=True)
+    flipped = reissue_model(source, tmp_path / "flip", {"thresholds.score_thresh": 0.3, "tiling.hflip": True},
+                            version="0.3.0")
     assert load_manifest(flipped).input_spec["tiling"] == {**TILING, "hflip": True}
     assert "| input_spec.tiling.hflip | False | True |" in (flipped / "MODEL_CARD.md").read_text()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"version": "0.1.0"}, "version of its own"),
-    ({"version": "0.2.0", "score_thresh": "auto"}, "not a training run"),
-    ({"version": "0.2.0", "score_thresh": 1.5}, "score_thresh"),
-    ({"version": "0.2.0", "tile_batch": 0}, "1-256"),
-    ({"version": "0.2.0", "score_mode": "box"}, "score_mode"),
-    ({"version": "0.2.0", "malignant_offset": 50.0}, "offset"),
-    ({"version": "0.2.0", "tile": 64, "tile_overlap": 64}, "overlap"),
-    ({"version": "0.2.0", "tile": 0}, "tile"),
+@pytest.mark.parametrize("version,overrides,message", [
+    ("0.1.0", {}, "version of its own"),
+    ("0.2.0", {"thresholds.score_thresh": "auto"}, "not a training run"),
+    ("0.2.0", {"thresholds.score_thresh": "1.5"}, r"thresholds\.score_thresh=1\.5: score_thresh must lie in \(0, 1\)"),
+    ("0.2.0", {"thresholds.score_thresh": "high"}, r"thresholds\.score_thresh: score_thresh takes float, not 'high'"),
+    ("0.2.0", {"tiling.batch": "0"}, r"tiling\.batch=0: batch must be at least 1"),
+    ("0.2.0", {"detector.score_mode": "box"}, r"detector\.score_mode=box: unknown score_mode 'box'"),
+    ("0.2.0", {"detector.malignant_logit_offset": "50"}, r"detector\.malignant_logit_offset=50: .*offset"),
+    ("0.2.0", {"tiling.tile": "64", "tiling.overlap": "64"}, r"tiling\.tile=64, tiling\.overlap=64: overlap"),
+    ("0.2.0", {"tiling.tile": "0"}, r"tiling\.tile=0: tile"),
+    ("0.2.0", {"tiling.hflip": "maybe"}, r"tiling\.hflip: hflip takes bool, not 'maybe'"),
+    ("0.2.0", {"tiling.layout": "even"}, r"tiling\.layout: 'layout' is not a tiling setting"),
+    ("0.2.0", {"detector.backbone": "resnet50"}, r"detector\.backbone: 'backbone' is not a detector setting chosen"),
+    ("0.2.0", {"score_thresh": "0.3"}, r"--set score_thresh: unknown section 'score_thresh'"),
+    ("0.2.0", {"breast_gate.margin_mm": "1"}, "has no breast_gate"),
 ])
-def test_requests_that_cannot_be_honoured_are_refused_before_writing(tmp_path, kwargs, message):
+def test_requests_that_cannot_be_honoured_are_refused_before_writing(tmp_path, version, overrides, message):
     source = _detector_folder(tmp_path / "src")
     with pytest.raises(ValueError, match=message):
-        reissue_model(source, tmp_path / "new", **kwargs)
+        reissue_model(source, tmp_path / "new", overrides, version=version)
     assert not (tmp_path / "new").exists()
 
 
 def test_the_flip_of_a_whole_image_detector_and_a_folder_over_itself_are_refused(tmp_path):
     whole = _detector_folder(tmp_path / "whole", tiling=None)
     with pytest.raises(ValueError, match="tile by tile"):
-        reissue_model(whole, tmp_path / "new", version="0.2.0", test_time_flip=True)
-    with pytest.raises(ValueError, match="tile by tile"):
-        reissue_model(whole, tmp_path / "new", version="0.2.0", tile=256)
+        reissue_model(whole, tmp_path / "new", {"tiling.hflip": "on"}, version="0.2.0")
     with pytest.raises(ValueError, match="another folder"):
         reissue_model(whole, whole, version="0.2.0")
 
@@ -142,9 +148,14 @@ def test_mccad_export_reissues_a_model_folder_and_refuses_run_only_options(tmp_p
 
     source = _detector_folder(tmp_path / "src")
     assert main(["export", str(source), "--out", str(tmp_path / "new"), "--version", "0.2.0",
-                 "--test-time-flip", "on", "--score-thresh", "0.35"]) == 0
+                 "--set", "tiling.hflip=on", "--set", "thresholds.score_thresh=0.35"]) == 0
     new = load_manifest(tmp_path / "new")
     assert new.input_spec["tiling"]["hflip"] is True and new.thresholds["score_thresh"] == 0.35
+    for bad, message in ((["--set", "tiling.tile"], "expected SECTION.KEY=VALUE"),
+                         (["--set", "tiling.tile=64", "--set", "tiling.tile=96"], "given twice"),
+                         (["--set", "tiling.tiles=64"], "'tiles' is not a tiling setting")):
+        assert main(["export", str(source), "--out", str(tmp_path / "z"), "--version", "0.3.0", *bad]) == 2
+        assert message in capsys.readouterr().err
     assert main(["export", str(source), "--out", str(tmp_path / "x")]) == 2
     assert "--version" in capsys.readouterr().err
     assert main(["export", str(source), "--out", str(tmp_path / "y"), "--version", "0.3.0", "--dtype",

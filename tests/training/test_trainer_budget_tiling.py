@@ -194,13 +194,13 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     assert whole_boxes.shape != pred.boxes.shape or not np.allclose(whole_boxes, pred.boxes, atol=1e-3)
 
     # a CPU deployment of a GPU run: fewer tiles per pass, written into the manifest, the same boxes
-    cpu = export_run(tmp_path / "run", tmp_path / "cpu", dtype="float32", tile_batch=1)
+    cpu = export_run(tmp_path / "run", tmp_path / "cpu", {"tiling.batch": "1"}, dtype="float32")
     assert load_manifest(cpu).input_spec["tiling"] == dict(TILING, batch=1)
     assert load_manifest(out).input_spec["tiling"] == TILING  # the run itself is left as it was
     (one_by_one,) = predict(load_model(cpu), [sample])
     np.testing.assert_allclose(one_by_one.boxes, pred.boxes, atol=1e-3)
-    with pytest.raises(ValueError, match="1-256"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", tile_batch=0)
+    with pytest.raises(ValueError, match="tiling.batch=0: batch must be at least 1"):
+        export_run(tmp_path / "run", tmp_path / "bad", {"tiling.batch": "0"}, dtype="float32")
 
     # the run folder itself evaluates the same way
     from_run = load_model(tmp_path / "run")
@@ -237,16 +237,20 @@ def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_
     from models.registry import load_manifest
     from training.export import export_run
 
-    export_run(tmp_path / "run", tmp_path / "flip", dtype="float32", score_thresh=0.4, test_time_flip=True)
+    export_run(tmp_path / "run", tmp_path / "flip", {"thresholds.score_thresh": 0.4, "tiling.hflip": True},
+               dtype="float32")
     assert load_manifest(tmp_path / "flip").input_spec["tiling"] == {**TILING, "hflip": True}
     assert load_model(tmp_path / "flip").tiling == {**TILING, "hflip": True}
-    with pytest.raises(ValueError, match="test-time flip False, not True"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", test_time_flip=True)
+    with pytest.raises(ValueError, match="tiling.hflip = False, not True"):
+        export_run(tmp_path / "run", tmp_path / "bad", {"thresholds.score_thresh": "auto", "tiling.hflip": "on"},
+                   dtype="float32")
     # so is the tile geometry: other tiles move the scores the run's operating point was measured on
-    export_run(tmp_path / "run", tmp_path / "large", dtype="float32", score_thresh=0.4, tile=TILING["tile"] * 2)
+    export_run(tmp_path / "run", tmp_path / "large",
+               {"thresholds.score_thresh": 0.4, "tiling.tile": TILING["tile"] * 2}, dtype="float32")
     assert load_model(tmp_path / "large").tiling == {**TILING, "tile": TILING["tile"] * 2}
-    with pytest.raises(ValueError, match="tiles of at most"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", tile=TILING["tile"] * 2)
+    with pytest.raises(ValueError, match="tiling.tile = 64, not 128"):
+        export_run(tmp_path / "run", tmp_path / "bad", {"thresholds.score_thresh": "auto", "tiling.tile": 128},
+                   dtype="float32")
 
 
 def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_path):
@@ -280,10 +284,11 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     from models.registry import load_manifest
 
     assert 0 < row["val_threshold_at_1fp"] < 1  # this seed's tiny model has one (0.73)
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "auto"), "--score-thresh", "auto"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "auto"),
+                 "--set", "thresholds.score_thresh=auto"]) == 0
     assert load_manifest(tmp_path / "auto").thresholds["score_thresh"] == pytest.approx(row["val_threshold_at_1fp"])
-    with pytest.raises(SystemExit):
-        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--score-thresh", "sometimes"])
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"),
+                 "--set", "thresholds.score_thresh=sometimes"]) == 2
 
     loaded = load_model(tmp_path / "run")
     wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
@@ -388,34 +393,39 @@ def test_export_writes_the_operating_point_it_is_given(tiny, tmp_path):
     cfg = DetectorTrainConfig(epochs=1, max_side=160, detector=TINY_DETECTOR, samples_per_epoch=1)
     train_detector(tiny[:2], None, cfg, tmp_path / "run", progress=False)
     export_run(tmp_path / "run", tmp_path / "paper", dtype="float32")
-    export_run(tmp_path / "run", tmp_path / "chosen", dtype="float32", score_thresh=0.62)
+    export_run(tmp_path / "run", tmp_path / "chosen", {"thresholds.score_thresh": "0.62"}, dtype="float32")
     assert load_manifest(tmp_path / "paper").thresholds["score_thresh"] == pytest.approx(0.3)  # the run's own
     assert load_manifest(tmp_path / "chosen").thresholds["score_thresh"] == pytest.approx(0.62)
     assert load_detector(tmp_path / "chosen")[1].score_thresh == pytest.approx(0.62)  # what the pipeline runs at
     with pytest.raises(ValueError, match="score_thresh"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh=1.5)
+        export_run(tmp_path / "run", tmp_path / "bad", {"thresholds.score_thresh": 1.5}, dtype="float32")
     # 'auto' needs an operating point measured on whole validation images: this run validated on none
     from training.trainers.common import TrainingError
 
     with pytest.raises(TrainingError, match="val_threshold_at_1fp"):
-        export_run(tmp_path / "run", tmp_path / "auto", dtype="float32", score_thresh="auto")
+        export_run(tmp_path / "run", tmp_path / "auto", {"thresholds.score_thresh": "auto"}, dtype="float32")
     with pytest.raises(ValueError, match="tile by tile"):  # a whole-image model has no tiles to batch
-        export_run(tmp_path / "run", tmp_path / "tiles", dtype="float32", tile_batch=2)
+        export_run(tmp_path / "run", tmp_path / "tiles", {"tiling.batch": 2}, dtype="float32")
     with pytest.raises(ValueError, match="tile by tile"):  # nor a tiled reading to mirror
-        export_run(tmp_path / "run", tmp_path / "tiles", dtype="float32", test_time_flip=True)
+        export_run(tmp_path / "run", tmp_path / "tiles", {"tiling.hflip": True}, dtype="float32")
     # a score mode chosen on validation images after training is written with the threshold chosen in that mode
-    export_run(tmp_path / "run", tmp_path / "lesion", dtype="float32", score_thresh=0.7, score_mode="lesion")
+    export_run(tmp_path / "run", tmp_path / "lesion",
+               {"thresholds.score_thresh": 0.7, "detector.score_mode": "lesion"}, dtype="float32")
     assert load_manifest(tmp_path / "lesion").input_spec["detector"]["score_mode"] == "lesion"
     assert load_detector(tmp_path / "lesion")[1].score_mode == "lesion"
     assert load_manifest(tmp_path / "chosen").input_spec["detector"]["score_mode"] == "class"  # the run's own
-    with pytest.raises(ValueError, match="class scores"):  # the run's operating point was measured per class
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", score_mode="lesion")
+    with pytest.raises(ValueError, match="score_mode = class, not lesion"):  # its operating point is per class
+        export_run(tmp_path / "run", tmp_path / "bad",
+                   {"thresholds.score_thresh": "auto", "detector.score_mode": "lesion"}, dtype="float32")
     # a malignant offset calibrated on validation images likewise, with the threshold chosen under it
-    export_run(tmp_path / "run", tmp_path / "offset", dtype="float32", score_thresh=0.5, malignant_offset=-0.75)
+    export_run(tmp_path / "run", tmp_path / "offset",
+               {"thresholds.score_thresh": 0.5, "detector.malignant_logit_offset": "-0.75"}, dtype="float32")
     assert load_manifest(tmp_path / "offset").input_spec["detector"]["malignant_logit_offset"] == -0.75
     assert load_detector(tmp_path / "offset")[1].malignant_logit_offset == -0.75
     assert load_manifest(tmp_path / "chosen").input_spec["detector"]["malignant_logit_offset"] == 0  # the run's own
-    with pytest.raises(ValueError, match="malignant offset 0, not -0.75"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh="auto", malignant_offset=-0.75)
+    with pytest.raises(ValueError, match="malignant_logit_offset = 0.0, not -0.75"):
+        export_run(tmp_path / "run", tmp_path / "bad",
+                   {"thresholds.score_thresh": "auto", "detector.malignant_logit_offset": -0.75}, dtype="float32")
     with pytest.raises(ValueError, match="malignant_logit_offset"):
-        export_run(tmp_path / "run", tmp_path / "bad", dtype="float32", score_thresh=0.5, malignant_offset=50)
+        export_run(tmp_path / "run", tmp_path / "bad",
+                   {"thresholds.score_thresh": 0.5, "detector.malignant_logit_offset": 50}, dtype="float32")

