@@ -51,7 +51,8 @@ def test_descriptors_pick_the_most_likely_terms_and_refuse_inconsistent_ones():
         ClusterDescriptors.from_probabilities({"coarse": 0.5}, {"grouped": 1.0})
     with pytest.raises(ValueError, match="not the most likely"):
         ClusterDescriptors(calcification_type="coarse", distribution="grouped",
-                           type_probabilities={"coarse": 0.2, "amorphous": 0.8}, distribution_probabilities={"grouped": 1})
+                           type_probabilities={"coarse": 0.2, "amorphous": 0.8},
+                           distribution_probabilities={"grouped": 1})
 
 
 @pytest.fixture(scope="module")
