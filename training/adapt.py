@@ -31,12 +31,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
+from models.onnx_runtime import detection_model
+from models.registry import load_manifest
 from training.datasets.normals import read_normals_folder, split_women
+from training.datasets.paper_csv import read_paper_dataset
+from training.datasets.readers import read_dataset
 from training.datasets.samples import DatasetError, Sample
-from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, fp_interval_by_woman, fp_per_image, kept_indices,
-                               threshold_for_fp_rate)
+from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, fp_interval_by_woman, fp_per_image,
+                                         kept_indices, read_predictions, threshold_for_fp_rate, write_predictions)
 from training.evaluation.froc import DEFAULT_HIT_IOU, FrocImage, froc, hit_scores
+from training.evaluation.predict import load_model, predict
+from training.export import export_run
+from training.reissue import reissue_model
+from training.simulate.dataset import make_simulated_dataset
+from training.trainers.config import load_experiment
+from training.trainers.detector import DetectorTrainConfig, train_detector
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +130,6 @@ def read_normals(path: Path, fmt: str = "normals") -> list[Sample]:
     images of VinDr-Mammo in its publisher's layout that carry no finding (no lesion, and the reader leaves out
     the images of other findings), DICOM only (the films' pitch is read from their headers). Archives whose every
     image holds a finding (CBIS-DDSM, CMMD) have no normals to adapt with."""
-    from training.datasets.readers import read_dataset
-
     if fmt not in NORMAL_FORMATS:
         raise AdaptationError(f"normals come from a folder of DICOM normals or a dataset with normal images "
                               f"({', '.join(NORMAL_FORMATS)}), not {fmt!r}")
@@ -156,8 +165,6 @@ def load_split(normals: Path, work: Path, seed: int, fmt: str = "normals") -> di
 def site_pitch_mm(samples: Sequence[Sample]) -> float:
     """The median pixel spacing (mm) the films state (PixelSpacing, else ImagerPixelSpacing): the pitch clusters are
     rendered at, so that a calcification is as blurred by the site's sampling as a real one."""
-    import pydicom
-
     pitches = []
     for sample in samples:
         ds = pydicom.dcmread(sample.source, stop_before_pixels=True)
@@ -189,9 +196,6 @@ def simulate_part(name: str, samples: Sequence[Sample], work: Path, pitch: float
                   crops: bool) -> list[Sample]:
     """The simulated images of one part (training crops, or ``copies`` whole copies of each judging image with 1-3
     clusters), made once into ``work/sim/<name>`` and read back as samples."""
-    from training.datasets.paper_csv import read_paper_dataset
-    from training.simulate.dataset import make_simulated_dataset
-
     out = work / "sim" / name
     csv = out / "annotations.csv"
     if not (out / "simulated.json").is_file():
@@ -215,8 +219,6 @@ class CandidateReader:
     prediction that is not cached, so a resumed adaptation whose predictions are all on disk builds none."""
 
     def __init__(self, model_dir: Path, runtime: str) -> None:
-        from training.evaluation.predict import load_model
-
         self.model_dir, self.runtime = Path(model_dir), runtime
         self.loaded = load_model(self.model_dir, device="cpu")
         if self.loaded.kind != "detector":
@@ -231,10 +233,6 @@ class CandidateReader:
     def predictions(self, samples: Sequence[Sample], cache: Path) -> list[ImagePrediction]:
         """The predictions on ``samples``, read from ``cache`` (a predictions file) when it holds exactly them,
         else made and written there for resumption."""
-        from models.onnx_runtime import detection_model
-        from training.evaluation.evaluate import read_predictions, write_predictions
-        from training.evaluation.predict import predict
-
         if cache.is_file():
             preds, _ = read_predictions(cache)
             if {p.image_id for p in preds} == {s.image_id for s in samples}:
@@ -252,9 +250,6 @@ class CandidateReader:
 def fine_tune(base: Path, train: Sequence[Sample], work: Path, settings: AdaptSettings, progress: bool) -> Path:
     """Candidate B's run folder: ``base`` fine-tuned on ``train`` by the recipe, its last epoch kept (resumed from
     its last checkpoint when one is there)."""
-    from training.trainers.config import load_experiment
-    from training.trainers.detector import DetectorTrainConfig, train_detector
-
     recipe = dict(load_experiment(RECIPE).train)
     recipe.update(epochs=settings.epochs, samples_per_epoch=settings.samples_per_epoch, init_from=str(base))
     run_dir = work / "run"
@@ -349,10 +344,6 @@ def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSetti
 def write_bundle(report: dict[str, Any], out: Path, base: Path, run_dir: Path | None, version: str | None) -> Path:
     """``out/detector`` (the kept candidate at its operating point, its card extended by the adaptation's figures)
     and ``out/adaptation.json``."""
-    from models.registry import load_manifest
-    from training.export import export_run
-    from training.reissue import reissue_model
-
     kept = report["kept"]
     threshold = report["candidates"][kept]["score_thresh"]
     base_manifest = load_manifest(base)

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from PIL import Image
+from tqdm import tqdm
 
 from training.datasets.dicom_index import DicomEntry, DicomIndex, index_dicom_tree
 from training.datasets.samples import DatasetError, Lesion, Sample, breast_from_text, normalise_label, view_from_text
@@ -265,11 +268,7 @@ class CbisLocator:
 
 def _read_array(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".dcm", ".dicom", ""):
-        import pydicom
-
         return np.asarray(pydicom.dcmread(path).pixel_array)
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16") else im)
 
@@ -278,12 +277,8 @@ def _image_shape(path: Path) -> tuple[int, int] | None:
     if not path.is_file():
         return None
     if path.suffix.lower() in (".dcm", ".dicom", ""):
-        import pydicom
-
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         return int(ds.Rows), int(ds.Columns)
-    from PIL import Image
-
     with Image.open(path) as im:
         return int(im.size[1]), int(im.size[0])
 
@@ -328,8 +323,6 @@ def read_cbis_ddsm(path: Path, image_root: Path | None = None, *, skipped: list[
     locator = CbisLocator(root, cache=cache, progress=progress)
     items: Iterable[tuple[str, list[CbisFinding]]] = grouped.items()
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(list(grouped.items()), desc="CBIS-DDSM masks", unit="img")
     samples = []
     for image_path, group in items:

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from training.datasets.readers import read_dataset
 from training.datasets.samples import Sample
 
 
@@ -135,8 +138,6 @@ def check_dataset(path: Path, fmt: str, *, image_root: Path | None = None, split
                   other_findings: str = "exclude", decode: bool = False, progress: bool = True) -> DatasetReport:
     """Read a dataset as training would and open each of its images; every problem is listed, none raises
     (except a dataset that cannot be read at all: a missing table, an unknown format)."""
-    from training.datasets.readers import read_dataset
-
     unresolved: list[str] = []
     samples = read_dataset(path, fmt, image_root=image_root, split=split,
                            other_findings=other_findings,  # type: ignore[arg-type]
@@ -145,8 +146,6 @@ def check_dataset(path: Path, fmt: str, *, image_root: Path | None = None, split
     report.unresolved = unresolved
     items: Iterable[Sample] = samples
     if progress and samples:
-        from tqdm import tqdm
-
         items = tqdm(samples, desc="images", unit="img")
     report.unreadable = [p for p in (image_problem(s, decode) for s in items) if p is not None]
     return report

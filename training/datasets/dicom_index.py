@@ -23,6 +23,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 CACHE_NAME = ".mccad-dicom-index.json"
@@ -110,9 +114,6 @@ def _view(ds) -> str:
 
 def read_entry(root: Path, path: Path) -> DicomEntry | None:
     """The header attributes of one file, or None when it is not a readable DICOM file."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
@@ -190,8 +191,6 @@ def index_dicom_tree(root: Path, *, cache: Path | None | bool = True, progress: 
             to_read.append((rel, path, stamp))
     items: Iterable[tuple[str, Path, list[int]]] = to_read
     if progress and to_read:
-        from tqdm import tqdm
-
         items = tqdm(to_read, desc="DICOM headers", unit="file")
     for rel, path, stamp in items:
         entry = read_entry(root, path)

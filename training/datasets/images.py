@@ -8,11 +8,18 @@ archives the cache is what keeps an epoch from re-decoding every DICOM).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from PIL import Image
+from tqdm import tqdm
 
+from dicom_io.mg_metadata import pixel_spacing_mm
+from dicom_io.reader import read_mammogram
 from models.preprocess import CoordinateMap, StandardiseConfig, standardise
 from training.datasets.samples import DatasetError, Sample
 
@@ -47,11 +54,7 @@ def load_pixels(sample: Sample) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"image {path} of sample {sample.image_id!r} does not exist")
     if sample.is_dicom:
-        from dicom_io.reader import read_mammogram
-
         return np.asarray(read_mammogram(path).pixels, dtype=np.float32)
-    from PIL import Image
-
     with Image.open(path) as im:
         mode = im.mode
         if mode in ("RGB", "RGBA", "P", "LA"):
@@ -75,13 +78,8 @@ def pixel_spacing(sample: Sample) -> tuple[float, float] | None:
     Spacing), a raster file's physical resolution (``mccad simulate`` writes it as the PNG's dpi); else None."""
     path = Path(sample.source)
     if sample.is_dicom:
-        import pydicom
-
-        from dicom_io.mg_metadata import pixel_spacing_mm
 
         return pixel_spacing_mm(pydicom.dcmread(path, stop_before_pixels=True), [])
-    from PIL import Image
-
     with Image.open(path) as im:
         dpi = im.info.get("dpi")
     if not dpi or not all(float(d) > 0 for d in dpi[:2]):
@@ -122,19 +120,12 @@ def prepare_all(samples: Sequence[Sample], config: StandardiseConfig, progress: 
     part of preparing a real archive, and it parallelises perfectly.
     """
     if workers > 0 and len(samples) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
-
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results: Iterable[PreparedImage] = pool.map(partial(prepare, config=config), samples, chunksize=4)
             if progress:
-                from tqdm import tqdm
-
                 results = tqdm(results, total=len(samples), desc="prepare", unit="img", leave=False)
             return list(results)
     items: Iterable[Sample] = samples
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(samples, desc="prepare", unit="img", leave=False)
     return [prepare(s, config) for s in items]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
 from training.datasets.samples import DatasetError, Lesion, Sample
 
 MIAS_SIDE = 1024
@@ -63,8 +65,6 @@ def read_mias(path: Path, image_root: Path | None = None, *, classes: tuple[str,
 
 def _image_height(source: Path) -> int:
     if source.is_file():
-        from PIL import Image
-
         with Image.open(source) as im:
             return int(im.size[1])
     return MIAS_SIDE

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from dicom_io.reader import is_dicom_file
 from training.datasets.samples import DatasetError, Sample, breast_from_text, view_from_text
@@ -30,8 +31,6 @@ def read_normals_folder(folder: Path | str) -> list[Sample]:
     Raises ``DatasetError`` when the folder is missing, holds no DICOM file, or a DICOM file has no PatientID or no
     pixel data (the message names the file).
     """
-    import pydicom
-
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"normals folder {str(root)!r} does not exist or is not a folder")

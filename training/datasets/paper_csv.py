@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dicom_io.durable import write_text_durably
 from dicom_io.errors import MccadError
 from training.datasets.samples import (
     DatasetError,
@@ -135,8 +136,6 @@ def format_paper_csv(annotations: Mapping[str, Sequence[PaperBox]]) -> str:
 
 def write_paper_csv(path: Path, annotations: Mapping[str, Sequence[PaperBox]]) -> Path:
     """Write the annotations durably (every image gets a row, with or without boxes); returns ``path``."""
-    from dicom_io.durable import write_text_durably
-
     return write_text_durably(Path(path), format_paper_csv(annotations))
 
 

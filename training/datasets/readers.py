@@ -4,7 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from training.datasets.cbis_ddsm import read_cbis_ddsm
+from training.datasets.cmmd import read_cmmd
+from training.datasets.coco import read_coco
+from training.datasets.inbreast import read_inbreast
+from training.datasets.mias import read_mias
+from training.datasets.normals import read_normals_folder
+from training.datasets.paper_csv import read_paper_dataset
 from training.datasets.samples import DatasetError, Sample
+from training.datasets.sr_folder import read_sr_folder
+from training.datasets.vindr_mammo import read_vindr_mammo
 
 FORMATS = ("paper_csv", "coco", "cbis_ddsm", "inbreast", "mias", "sr_folder", "vindr_mammo", "cmmd", "normals")
 #: VinDr-Mammo's findings other than calcifications: left out with their images, or their images kept as background
@@ -39,39 +48,21 @@ def read_dataset(path: Path, fmt: str = "paper_csv", *, image_root: Path | None 
 def _read(path: Path, fmt: str, image_root: Path | None, other_findings: OtherFindings, skipped: list[str] | None,
           progress: bool) -> list[Sample]:
     if fmt == "paper_csv":
-        from training.datasets.paper_csv import read_paper_dataset
-
         return read_paper_dataset(path, image_root)
     if fmt == "coco":
-        from training.datasets.coco import read_coco
-
         return read_coco(path, image_root)
     if fmt == "cbis_ddsm":
-        from training.datasets.cbis_ddsm import read_cbis_ddsm
-
         return read_cbis_ddsm(path, image_root, skipped=skipped, progress=progress)
     if fmt == "inbreast":
-        from training.datasets.inbreast import read_inbreast
-
         return read_inbreast(path, image_root)
     if fmt == "mias":
-        from training.datasets.mias import read_mias
-
         return read_mias(path, image_root)
     if fmt == "sr_folder":
-        from training.datasets.sr_folder import read_sr_folder
-
         return read_sr_folder(path)
     if fmt == "vindr_mammo":
-        from training.datasets.vindr_mammo import read_vindr_mammo
-
         return read_vindr_mammo(path, image_root, other_findings=other_findings, skipped=skipped)
     if fmt == "cmmd":
-        from training.datasets.cmmd import read_cmmd
-
         return read_cmmd(path, image_root, skipped=skipped, progress=progress)
     if fmt == "normals":
-        from training.datasets.normals import read_normals_folder
-
         return read_normals_folder(path)
     raise DatasetError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
+
+from dicom_io.result_reader import read_measurement_report
 from training.datasets.samples import DatasetError, Lesion, Sample
 
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33"}
 
 
 def read_sr_folder(folder: Path) -> list[Sample]:
-    import pydicom
-
-    from dicom_io.result_reader import read_measurement_report
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from models.preprocess import StandardiseConfig
+from training.datasets.images import load_pixels, pixel_spacing
 from training.datasets.samples import Sample
 from training.evaluation.froc import DEFAULT_HIT_IOU, hit_scores
 
@@ -63,9 +65,6 @@ def write_false_positive_sheet(pairs: Sequence[tuple[Sample, Any]], threshold: f
                                hit_iou: float = DEFAULT_HIT_IOU) -> dict[str, Any] | None:
     """Write the sheet (PNG) to ``path``; returns what ``metrics.json`` keeps of it, or None when there is no false
     positive at ``threshold`` (no file then)."""
-    from PIL import Image, ImageDraw
-
-    from training.datasets.images import load_pixels, pixel_spacing
 
     entries = false_positives(pairs, threshold, limit, hit_iou)
     if not entries:

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.evaluation.evaluate import nan_to_none
 from training.evaluation.metrics import TABLE_KEYS  # noqa: E402
 
 TABLE_HEAD = ("Overall accuracy", "Precision benign", "Precision malignant", "Sensitivity benign",
@@ -198,8 +199,6 @@ def write_report(metrics: dict[str, Any], out_dir: Path, *, title: str = "mccad 
                  model_name: str = "model", comparison: dict[str, Any] | None = None,
                  comparison_names: tuple[str, str] = ("A", "B"), warnings: list[str] | None = None) -> Path:
     """Write ``metrics.json``, the figures and ``report.html`` into ``out_dir``; returns the HTML path."""
-    from training.evaluation.evaluate import nan_to_none
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figs = write_figures(metrics, out_dir)

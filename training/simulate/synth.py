@@ -33,7 +33,11 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from dicom_io.durable import write_text_durably
+from dicom_io.mg_writer import MGInstanceSpec, write_mg_instance
+from dicom_io.uids import derive_uid
 from models.preprocess import resize_bilinear
+from training.datasets.paper_csv import PaperBox, write_paper_csv
 from training.simulate.synth_render import draw_calcification, ellipse_radius, power_law_noise
 
 VIEWS: tuple[tuple[str, str], ...] = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
@@ -332,11 +336,6 @@ def write_synthetic_dataset(out_dir: Path, n_patients: int, *, seed: int = 0, ro
     pathotype and ER status of every lesion, keyed by image, with lesion ids shared by the CC and MLO views).
     UIDs derive from the seed and the patient, so rewriting the same dataset gives the same files.
     """
-    from dicom_io.durable import write_text_durably
-    from dicom_io.mg_writer import MGInstanceSpec, write_mg_instance
-    from dicom_io.uids import derive_uid
-    from training.datasets.paper_csv import PaperBox, write_paper_csv
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     annotations: dict[str, list[PaperBox]] = {}

@@ -21,6 +21,7 @@ from models.classifier import ClassifierConfig, build_classifier, classify, fit_
 from models.preprocess import StandardiseConfig
 from training.datasets.images import prepare_all
 from training.datasets.samples import Sample
+from training.evaluation.metrics import binary_auc
 from training.trainers.augment import augment
 from training.trainers.common import LoopSpec, TrainingError, TrainRun, fit, select_device
 from training.trainers.detector import make_optimizer
@@ -119,8 +120,6 @@ def train_classifier_items(kind: str, pixels: Sequence[np.ndarray], targets: Seq
 
     validate = None
     if len(val_pixels):
-        from training.evaluation.metrics import binary_auc
-
         val_tensors = [torch.from_numpy(np.ascontiguousarray(p))[None] for p in val_pixels]
 
         def validate(m: torch.nn.Module) -> dict[str, float]:

@@ -16,13 +16,16 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
+
+from training.trainers.config import dump_toml
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +131,6 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, 
 
 def config_defaults(cfg: Any) -> dict[str, Any]:
     """The default of every field of a trainer's dataclass config that has one (as ``config_dict`` writes it)."""
-    from dataclasses import MISSING
-
     out: dict[str, Any] = {}
     for f in fields(cfg):
         if f.default is not MISSING:
@@ -199,8 +200,6 @@ class LoopSpec:
 
 
 def _write_run_config(out_dir: Path, kind: str, cfg: dict[str, Any]) -> None:
-    from training.trainers.config import dump_toml
-
     text = dump_toml({"kind": kind, "train": cfg})
     (out_dir / RUN_CONFIG).write_text(text)
 
@@ -279,8 +278,6 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
         sums: dict[str, float] = {}
         iterator: Any = batches
         if progress:
-            from tqdm import tqdm
-
             iterator = tqdm(batches, desc=f"{spec.kind} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
         for batch in iterator:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):

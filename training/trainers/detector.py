@@ -20,13 +20,15 @@ from models.breast_gate import BreastGate, gate_spacing_mm
 from models.detector import Detections, DetectorConfig, build_detector, detect, to_three_channels
 from models.fusion import image_verdict
 from models.preprocess import StandardiseConfig
+from models.registry import MANIFEST, load_detector, load_manifest
 from models.tiling import TilingSpec
 from training.evaluation.predict import FROC_SCORE_FLOOR
 from training.datasets.images import PreparedImage, prepare_all
 from training.datasets.samples import Sample
 from training.evaluation.froc import FrocImage, froc
 from training.trainers.augment import augment
-from training.trainers.common import LoopSpec, TrainingError, TrainRun, fit, select_device
+from training.trainers.common import (BEST_CHECKPOINT, LoopSpec, TrainingError, TrainRun, fit, load_checkpoint,
+                                      select_device)
 
 log = logging.getLogger(__name__)
 
@@ -123,29 +125,42 @@ def breast_gate_spec(enabled: bool) -> dict[str, float] | None:
     return BreastGate().to_spec() if enabled else None
 
 
-def load_initial_weights(model: torch.nn.Module, source: Path) -> None:
-    """Copy a trained detector's weights into ``model`` (``init_from``). Shapes must match exactly: a warm start
-    that silently skipped a mismatched head would train a different model than the config says."""
-    from training.evaluation.predict import load_model
-
+def _initial_state(source: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights ``init_from`` names, and where they came from in words (for the log)."""
     if not source.exists():
         raise TrainingError(f"init_from {source} does not exist")
-    try:
-        loaded = load_model(source)
-    except Exception as exc:  # noqa: BLE001 - any unreadable folder is the same user error
-        raise TrainingError(f"init_from {source} is neither a detector folder nor a finished run: {exc}") from exc
-    if loaded.kind != KIND:
-        raise TrainingError(f"init_from {source} holds a {loaded.kind} model, not a detector")
+    if (source / MANIFEST).is_file():
+        try:
+            manifest = load_manifest(source)
+            network = load_detector(source)[0] if manifest.role == KIND else None
+        except Exception as exc:  # noqa: BLE001 - any unreadable folder is the same user error
+            raise TrainingError(f"init_from {source} is not a readable detector folder: {exc}") from exc
+        if network is None:
+            raise TrainingError(f"init_from {source} holds a {manifest.role} model, not a detector")
+        return network.state_dict(), f"{manifest.name} {manifest.version}"
+    if (source / BEST_CHECKPOINT).is_file():
+        checkpoint = load_checkpoint(source / BEST_CHECKPOINT)
+        if checkpoint.get("kind") != KIND:
+            raise TrainingError(f"init_from {source} holds a {checkpoint.get('kind')} model, not a detector")
+        return checkpoint["model"], f"run {source.name}, epoch {checkpoint.get('epoch')}"
+    raise TrainingError(f"init_from {source} is neither a detector folder ({MANIFEST}) nor a finished run "
+                        f"({BEST_CHECKPOINT})")
+
+
+def load_initial_weights(model: torch.nn.Module, source: Path) -> None:
+    """Copy a trained detector's weights into ``model`` (``init_from``): from a model folder (``manifest.json``) or
+    a finished training run (``best.pt``). Shapes must match exactly: a warm start that silently skipped a mismatched
+    head would train a different model than the config says."""
+    state, origin = _initial_state(source)
     # BatchNorm's batch counters are not weights (exported bundles leave them out): they may be missing
-    state = {k: v for k, v in loaded.model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     mismatched = sorted(k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape))
     if mismatched or set(state) - set(own):
         raise TrainingError(f"init_from {source} has another architecture than this experiment's detector "
                             f"(first differing weights: {(mismatched or sorted(set(state) - set(own)))[:3]})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
-    log.info("detector weights initialised from %s (%s %s)", source, loaded.description.get("name"),
-             loaded.description.get("version"))
+    log.info("detector weights initialised from %s (%s)", source, origin)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.classifier import ClassifierConfig
+from models.pipeline import crop_patch
 from models.preprocess import StandardiseConfig
 from training.datasets.images import PreparedImage, prepare_all
 from training.datasets.samples import Lesion, Sample
@@ -99,8 +100,6 @@ class PatchTrainConfig:
 def lesion_patches(items: Sequence[PreparedImage], task: str, size: int,
                    margin: float = 0.25) -> tuple[list[np.ndarray], list[int]]:
     """The patches and 0/1 targets of every malignant lesion with a known class for ``task``."""
-    from models.pipeline import crop_patch
-
     patches, targets = [], []
     for item in items:
         for box, index in zip(item.boxes, item.lesion_index):
