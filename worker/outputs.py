@@ -149,15 +149,26 @@ def render_heatmap(pixels: np.ndarray, heatmap: np.ndarray) -> Image.Image:
     return Image.fromarray((base * (1 - alpha) + rgb * alpha).astype(np.uint8), mode="RGB")
 
 
-def render_html(result: StudyResult, outputs: StudyOutputs) -> str:
-    """One self-contained page: verdicts per exam, breast and image, every lesion, links to every picture."""
+#: The header row of :func:`image_rows`' table.
+IMAGE_TABLE_HEAD = ("<tr><th>image</th><th>label</th><th>P(malignant) FPNNet</th><th>P(malignant) SPPNet</th>"
+                    "<th>lesions</th>\n<th>overlay / heatmap</th></tr>")
+
+
+def image_rows(result: StudyResult, overlays: set[str], *, prefix: str = "", heatmaps: bool = True,
+               height: int = 320) -> str:
+    """One ``<tr>`` per image of ``result`` under :data:`IMAGE_TABLE_HEAD`: view, label, P(malignant) of FPNNet and
+    SPPNet, every lesion (id, caption, box, sub-type probabilities) and thumbnails ``height`` pixels high linking to
+    its pictures: the overlay when its file name is in ``overlays``, the heatmap when ``heatmaps``. ``prefix`` goes
+    before every file name, so a page outside the study's folder links into it (``"<folder>/"``)."""
     e = html.escape
-    overlays = {p.name for p in outputs.overlays}
     rows = []
     for img in result.images:
         overlay = f"overlay-{_stem(img)}.png"
-        pics = "".join(f'<a href="{e(n)}"><img src="{e(n)}" alt="{e(n)}" height="320"></a> '
-                       for n in (overlay, img.heatmap) if n and (n in overlays or n == img.heatmap))
+        names = [overlay] if overlay in overlays else []
+        if heatmaps and img.heatmap:
+            names.append(img.heatmap)
+        pics = "".join(f'<a href="{e(prefix + n)}"><img src="{e(prefix + n)}" alt="{e(n)}" height="{height}"></a> '
+                       for n in names)
         lesions = "".join(
             f"<li>#{les.lesion_id} {e(les.caption())} box=({les.box.x0:.0f},{les.box.y0:.0f})-"
             f"({les.box.x1:.0f},{les.box.y1:.0f})"
@@ -168,6 +179,18 @@ def render_html(result: StudyResult, outputs: StudyOutputs) -> str:
         rows.append(f"<tr><td>{e(img.laterality or '?')} {e(img.view or '?')}</td><td>{e(img.label)}</td>"
                     f"<td>{img.malignancy_probability:.3f}</td><td>{_fmt(img.sppnet_malignancy_probability)}</td>"
                     f"<td><ul>{lesions or '<li>none</li>'}</ul></td><td>{pics}</td></tr>")
+    return "".join(rows)
+
+
+#: The style of the result pages (this one and ``worker.index_page``'s).
+PAGE_STYLE = """body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse} td,th{border:1px solid #999;
+padding:4px 8px;vertical-align:top} .warn{color:#b00;font-weight:bold}"""
+
+
+def render_html(result: StudyResult, outputs: StudyOutputs) -> str:
+    """One self-contained page: verdicts per exam, breast and image, every lesion, links to every picture."""
+    e = html.escape
+    rows = image_rows(result, {p.name for p in outputs.overlays})
     breasts = "".join(f"<tr><td>{e(b.laterality or '?')}</td><td>{e(b.label)}</td><td>{b.malignancy_probability:.3f}"
                       f"</td><td>{b.probability:.3f}</td></tr>" for b in result.breasts)
     warnings = "".join(f'<p class="warn">{e(w)}</p>' for w in result.warnings)
@@ -175,15 +198,13 @@ def render_html(result: StudyResult, outputs: StudyOutputs) -> str:
     dicom = "".join(f'<li><a href="dicom/{e(p.name)}">{e(p.name)}</a></li>' for p in outputs.dicom_objects)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mccad result</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}} td,th{{border:1px solid #999;
-padding:4px 8px;vertical-align:top}} .warn{{color:#b00;font-weight:bold}}</style></head><body>
+<style>{PAGE_STYLE}</style></head><body>
 <h1>Microcalcification CAD result</h1>{warnings}
 <p>Exam: <b>{e(result.exam.caption())}</b>. Models: {models}.</p>
 <h2>Breasts (CC + MLO fused, paper section 2.7)</h2>
 <table><tr><th>side</th><th>label</th><th>P(malignant)</th><th>confidence</th></tr>{breasts}</table>
 <h2>Images</h2>
-<table><tr><th>image</th><th>label</th><th>P(malignant) FPNNet</th><th>P(malignant) SPPNet</th><th>lesions</th>
-<th>overlay / heatmap</th></tr>{''.join(rows)}</table>
+<table>{IMAGE_TABLE_HEAD}{rows}</table>
 <h2>Files</h2><ul><li><a href="result.json">result.json</a></li>{dicom}</ul>
 </body></html>
 """

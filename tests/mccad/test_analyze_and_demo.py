@@ -11,6 +11,10 @@ import pydicom
 import pytest
 
 from dicom_io.result_reader import read_measurement_report
+from mccad.cli import UserError, build_parser
+from mccad.commands import demo
+from settings.config import load_settings
+from settings.logs import short_uid
 from training.simulate.synth import write_synthetic_dataset
 
 
@@ -72,19 +76,47 @@ def test_analyze_refuses_a_tampered_model_with_a_clear_message(synth_study: Path
     assert "sha256" in proc.stderr.lower() or "tamper" in proc.stderr.lower()
 
 
-def test_demo_sends_a_study_through_the_service_and_reads_the_sr_back_from_the_pacs(
+def test_demo_sends_a_study_through_the_service_and_prints_one_line_per_study_and_one_page(
         synth_study: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     inputs = sorted(str(p) for p in (synth_study / "SYN00000").glob("*.dcm"))
-    proc = _mccad(["demo", "--out", str(tmp_path / "demo"), "--timeout", "500", "--inputs", *inputs],
+    out = tmp_path / "demo"
+    proc = _mccad(["demo", "--out", str(out), "--timeout", "500", "--inputs", *inputs],
                   {"MCCAD_MODEL_DIR": str(tiny_model_dir)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert list(report["studies"].values()) == ["done"]  # a synthetic study is one study of 4 views
-    assert len(report["verdicts_read_back_from_pacs_sr"]) == 4
-    assert len(report["objects_received_by_pacs"]) == 10  # 2 SR + 4 SEG + 4 GSPS
-    assert all(Path(p).is_file() for p in report["overlays"] + report["html"])
-    # the four overlays side by side in one picture, each scaled to the sheet's height
-    from PIL import Image
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    # plain lines only on the terminal: the JSON logs of the service and its worker and Celery's banner are in the file
+    assert proc.stderr == "" and not any(line.lstrip().startswith(("{", "-")) for line in lines), proc.stdout
+    assert f"logs of the service and its worker: {out / 'mccad.log'}" in lines
+    events = [json.loads(line).get("event") for line in (out / "mccad.log").read_text().splitlines()
+              if line.startswith("{")]
+    assert {"serve_ready", "task_done"} <= set(events)  # this process's records and the embedded worker's
+    source = pydicom.dcmread(inputs[0], stop_before_pixels=True)
+    folder = out / "service" / "results" / source.StudyInstanceUID
+    result = json.loads((folder / "result.json").read_text())
+    (line,) = [line for line in lines if line.startswith("study ")]  # a synthetic study is one study of 4 views
+    assert line.startswith(f"study {short_uid(source.StudyInstanceUID)} ") and str(source.PatientName) not in line
+    assert sorted(line.split()[2:6]) == ["LCC", "LMLO", "RCC", "RMLO"]
+    exam = result["exam"]
+    assert f"{exam['label']}, P(cancer) {exam['malignancy_probability']:.2f}" in line
+    count = sum(len(img["lesions"]) for img in result["images"])
+    assert (f"{count} lesion" if count else "no lesions") in line
+    overlays = sorted(folder.glob("overlay-*.png"))
+    assert len(overlays) == 4 and line.endswith(" ".join(str(p) for p in overlays))
+    assert ("the stand-in PACS received 10 objects (4 PR, 4 SEG, 2 SR); the SRs of 1 of 1 studies read back as "
+            "their result.json") in lines
+    assert "note: NOT FOR CLINICAL USE: model trained on synthetic data only" in lines
+    assert f"every study side by side: {out / 'index.html'}" in lines
+    page = (out / "index.html").read_text()
+    rel = f"service/results/{source.StudyInstanceUID}"
+    assert f'href="{rel}/index.html"' in page and f'href="{rel}/result.json"' in page
+    assert all(f'src="{rel}/{p.name}"' in page for p in overlays) and "NOT FOR CLINICAL USE" in page
 
-    sheet = Image.open(report["overlays_contact_sheet"])
-    assert len(report["overlays"]) == 4 and sheet.height == 420 and sheet.width > 4 * 100
+
+def test_demo_names_a_missing_model_bundle_before_starting_anything(synth_study: Path, tmp_path: Path) -> None:
+    args = build_parser("demo").parse_args(["demo", "--out", str(tmp_path / "demo"), "--inputs",
+                                            str(synth_study / "SYN00000" / "LCC.dcm")])
+    missing = tmp_path / "no-such-bundle"
+    with pytest.raises(UserError) as raised:
+        demo.run(args, load_settings(model_dir=missing))
+    assert str(raised.value) == f"model folder {missing} does not exist; point MCCAD_MODEL_DIR at a model bundle"
+    assert not (tmp_path / "demo").exists()
