@@ -54,7 +54,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,9 @@ from bench.common import (
     write_report,
 )
 from models.classifier import ClassifierConfig, build_classifier, classify
-from models.breast_gate import BreastGate, config_before_gate, gate_then_suppress
-from models.detector import DetectorConfig, Detections, build_detector, detect, to_three_channels
+from models.breast_gate import BreastGate
+from models.detect import DetectorRunner
+from models.detector import DetectorConfig, Detections, build_detector, to_three_channels
 from models.onnx_runtime import detection_model, resolve_runtime
 from models.preprocess import standardise_config_from
 from models.tiling import TilingSpec, native_scale
@@ -528,16 +529,10 @@ class DetectorCase:
     spacing_mm: float = PHANTOM_SPACING_MM  # what one pixel of the pool stands for (the gate's mask cells)
 
     def run(self, model: nn.Module, images: list[torch.Tensor], tile_batch: int | None = None) -> list[Detections]:
-        config = config_before_gate(self.config, self.breast_gate)  # as ``Pipeline.analyze`` runs it
-        if self.tiling is None:
-            dets = detect(model, images, config)
-        else:
-            dets = [self.tiling.detect(model, image, config, batch=tile_batch) for image in images]
-        if self.breast_gate is None:
-            return dets
-        return [gate_then_suppress(d, image[0].detach().cpu().numpy(), self.spacing_mm, self.breast_gate,
-                                   self.config.cross_class_suppression, self.config.cross_class_iou)
-                for d, image in zip(dets, images)]
+        """``images`` through ``model`` as ``Pipeline.analyze`` runs them (``models.detect.DetectorRunner``);
+        ``tile_batch`` replaces the tiles per forward pass of a tiled case."""
+        tiling = self.tiling if self.tiling is None or tile_batch is None else replace(self.tiling, batch=tile_batch)
+        return DetectorRunner(model, self.config, tiling, self.breast_gate, self.spacing_mm)(images)
 
     def network_input(self, model: nn.Module) -> torch.Tensor:
         """The batch the backbone sees for the first image (tiled: its first batch of tiles), for the feature check."""

@@ -22,19 +22,19 @@ How (:meth:`BreastGate.apply`), on the standardised detector input (chest wall o
    the mask found nothing; kept boxes keep their order, labels and scores.
 
 A detector bundle turns the gate on with ``input_spec["breast_gate"] = {"margin_mm": ...}`` in its manifest; without
-the key (older bundles) there is no gate. The pipeline (``models.pipeline``) and evaluation (``training.evaluation.predict``)
-apply it alike, after detection, whole-image or tiled.
+the key (older bundles) there is no gate. ``models.detect`` applies it after detection, whole-image or tiled, for the
+pipeline, evaluation and validation alike, before the cross-class suppression.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from models.breast_mask import _coarse_factor, breast_mask
-from models.detector import DetectorConfig, Detections
+from models.detector import Detections
 from models.preprocess import StandardiseConfig, border_rows
 
 #: background cells added beyond the nipple, as a share of the image width (at least one cell): a row bright from
@@ -144,23 +144,3 @@ def gate_spacing_mm(config: StandardiseConfig) -> float:
     else its ``assumed_spacing_mm``. Nominal: a ``max_side`` cap and an image's own stated spacing are not followed;
     the spacing sets the size of the mask's cells (about 1 mm) and the scale of ``margin_mm``."""
     return float(config.spacing_mm) if config.spacing_mm is not None else float(config.assumed_spacing_mm)
-
-
-def gate_then_suppress(detections: Detections, image: np.ndarray, spacing_mm: float, gate: "BreastGate | None",
-                       cross_class_suppression: bool, cross_class_iou: float) -> Detections:
-    """The gate, then the released code's cross-class suppression (``models.fusion.suppress_cross_class``), on
-    detections made without that suppression. In this order a malignant box outside the breast cannot suppress a
-    benign one inside it before the gate removes it, and the pipeline shows what evaluation measures (evaluation
-    gates the unsuppressed boxes and suppresses at its operating point)."""
-    from models.fusion import suppress_cross_class
-
-    det = gate.apply(detections, image, spacing_mm) if gate is not None else detections
-    if not cross_class_suppression or len(det) == 0:
-        return det
-    return det.take(suppress_cross_class(det.boxes, det.labels, det.scores, iou=cross_class_iou))
-
-
-def config_before_gate(config: DetectorConfig, gate: "BreastGate | None") -> DetectorConfig:
-    """The config to detect with: with a gate, without the cross-class suppression, which ``gate_then_suppress``
-    runs after the gate (``config`` keeps saying whether and at which IoU)."""
-    return config if gate is None else replace(config, cross_class_suppression=False)

@@ -1,12 +1,11 @@
 """The analysis of one study, from decoded mammograms to a ``StudyResult``.
 
-Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5; whole image, or tile by tile for a
-crops-trained detector, ``models.tiling``) -> breast gate (when the detector's manifest has
-``input_spec["breast_gate"]``: boxes centred outside the breast are dropped, ``models.breast_gate``) -> lesion and
-image findings from boxes (2.6, ``models.findings``) -> SPPNet whole-image baseline -> pathotype and ER heads on
-malignant patches -> BI-RADS descriptors of every box and P(malignant) from them when the pipeline has a descriptor
-head (``models.descriptors``) -> breast fusion of CC + MLO (2.7) -> exam verdict -> explanation heatmaps. Everything
-returned is in the source images' own pixel coordinates.
+Order of work follows the paper: standardise (2.4) -> FPNNet detection (2.5) as ``models.detect`` runs it (whole
+image, or tile by tile for a crops-trained detector; the breast gate when the detector's manifest has one; the
+operating point) -> lesion and image findings from boxes (2.6, ``models.findings``) -> SPPNet whole-image
+baseline -> pathotype and ER heads on malignant patches -> BI-RADS descriptors of every box and P(malignant) from
+them when the pipeline has a descriptor head (``models.descriptors``) -> breast fusion of CC + MLO (2.7) -> exam
+verdict -> explanation heatmaps. Everything returned is in the source images' own pixel coordinates.
 """
 from __future__ import annotations
 
@@ -15,20 +14,21 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.breast_gate import BreastGate, config_before_gate, gate_spacing_mm, gate_then_suppress
-from models.classifier import ClassifierConfig, SPPNet, classify
+from models.breast_gate import BreastGate
+from models.classifier import ClassifierConfig, classify
 from models.descriptors import ClusterDescriptors, DescriptorHead, MalignancyMapping
-from models.detector import DetectorConfig, detect
+from models.detect import DetectorRunner
+from models.detector import DetectorConfig
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
-from models.registry import ModelManifest, load_classifier, load_detector, load_manifest
+from models.registry import ModelManifest, load_classifier, load_detector
 from models.onnx_runtime import detection_model
 from models.tiling import TilingSpec, native_scale
 from models.findings import breast_results, exam_result, image_decision, lesions_of_image
@@ -115,14 +115,24 @@ class Pipeline:
         self.sppnet = sppnet
         self.patch_heads = dict(patch_heads or {})
         self.explain = explain
-        spec = detector_manifest.input_spec.get("tiling")
-        self.tiling = tiling if tiling is not None else (TilingSpec(**spec) if spec else None)
-        gate = BreastGate.from_spec(detector_manifest.input_spec.get("breast_gate"))
-        self.breast_gate = breast_gate if breast_gate is not None else gate
-        self.gate_spacing_mm = gate_spacing_mm(self.standardise_config)
+        runner = DetectorRunner.from_manifest(self.detection_model, detector_config, detector_manifest)
+        #: detection as the product runs it (tiling, breast gate, operating point): ``models.detect``; ``tiling`` and
+        #: ``breast_gate`` given here replace the manifest's
+        self.runner = replace(runner, tiling=tiling if tiling is not None else runner.tiling,
+                              breast_gate=breast_gate if breast_gate is not None else runner.breast_gate)
         for head in [sppnet, *self.patch_heads.values()]:
             if head is not None:
                 head.model.to(self.device).eval()
+
+    @property
+    def tiling(self) -> TilingSpec | None:
+        """How the detector reads a whole image tile by tile (None: at once)."""
+        return self.runner.tiling
+
+    @property
+    def breast_gate(self) -> BreastGate | None:
+        """The gate applied to the detector's boxes (None: no gate)."""
+        return self.runner.breast_gate
 
     # construction --------------------------------------------------------------------------------------------
     @classmethod
@@ -179,20 +189,7 @@ class Pipeline:
         tensors = [torch.from_numpy(np.ascontiguousarray(p.pixels))[None].to(self.device) for p in prepared]
         timings["standardise"] += time.perf_counter() - t
 
-        t = time.perf_counter()
-        config = config_before_gate(self.detector_config, self.breast_gate)
-        if self.tiling is None:  # the paper's whole-image mode
-            detections = detect(self.detection_model, tensors, config)
-        else:
-            detections = [self.tiling.detect(self.detection_model, t, config) for t in tensors]
-        timings["detect"] += time.perf_counter() - t
-        if self.breast_gate is not None:
-            t = time.perf_counter()
-            c = self.detector_config
-            detections = [gate_then_suppress(det, prep.pixels, self.gate_spacing_mm, self.breast_gate,
-                                             c.cross_class_suppression, c.cross_class_iou)
-                          for det, prep in zip(detections, prepared)]
-            timings["breast_gate"] += time.perf_counter() - t
+        detections = self.runner(tensors, timings=timings)
 
         sppnet_probs: list[float | None] = [None] * len(images)
         if self.sppnet is not None:

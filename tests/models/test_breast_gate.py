@@ -124,25 +124,3 @@ def test_real_mammogram_marker_film_border_and_background_dropped_parenchyma_kep
     det = _detections([marker, parenchyma[0], film, background, parenchyma[1]])
     kept = BreastGate().apply(det, pixels, gate_spacing_mm(config))
     np.testing.assert_array_equal(kept.boxes, det.boxes[[1, 4]])
-
-
-def test_the_gate_runs_before_the_cross_class_suppression() -> None:
-    """A malignant box just outside the breast overlapping a benign one just inside: suppressing first would drop the
-    benign box, and the gate the malignant one, leaving nothing where evaluation (gate, then suppression) keeps the
-    benign box."""
-    from models.breast_gate import BreastGate, gate_then_suppress, standardised_breast_mask
-    from models.detector import Detections
-
-    image = np.zeros((400, 300), np.float32)
-    yy, xx = np.mgrid[:400, :300]
-    image[((yy - 200) / 180.0) ** 2 + (xx / 150.0) ** 2 <= 1.0] = 0.6  # breast on the left, edge at x = 150 on row 200
-    edge = int(np.flatnonzero(standardised_breast_mask(image, 0.1)[200])[-1])
-    benign = [edge - 14, 190, edge + 6, 210]  # centre 4 px inside the breast
-    malignant = [edge - 6, 190, edge + 14, 210]  # centre 4 px outside; IoU 12 / 28 = 0.43 > 0.4, the IoU used here
-    det = Detections(boxes=np.array([malignant, benign], np.float32), labels=np.array([2, 1]),
-                     scores=np.array([0.9, 0.8], np.float32))
-    kept = gate_then_suppress(det, image, 0.1, BreastGate(), True, 0.4)
-    assert kept.labels.tolist() == [1] and kept.boxes.tolist() == [benign]
-    # without a gate it is the released code's rule alone: the malignant box wins
-    assert gate_then_suppress(det, image, 0.1, None, True, 0.4).labels.tolist() == [2]
-    assert gate_then_suppress(det, image, 0.1, None, False, 0.4).labels.tolist() == [2, 1]

@@ -147,7 +147,8 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     from models.tiling import detect_tiled
     from training.datasets.images import prepare
     from training.export import export_run
-    from training.evaluation.predict import FROC_SCORE_FLOOR, load_model, predict
+    from models.detect import EVALUATION_SCORE_FLOOR
+    from training.evaluation.predict import load_model, predict
 
     samples = native_resolution_samples(tmp_path / "img", 3, seed=4)
     cfg = crops_config()
@@ -174,7 +175,8 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     prep = prepare(sample, loaded.standardise)
     assert prep.cmap.scale_xy == (0.5, 0.5) and prep.pixels.shape[0] > TILING["tile"]
     tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None]
-    wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
+    wide = dataclasses.replace(loaded.network_config, score_thresh=EVALUATION_SCORE_FLOOR,
+                               cross_class_suppression=False)
     tiled = detect_tiled(loaded.model, tensor, wide, tile=TILING["tile"], overlap=TILING["overlap"],
                          batch=TILING["batch"], join=TILING["join"])
     # then the breast gate the run recorded (on by default): boxes centred outside the breast are dropped
@@ -262,7 +264,8 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
     from models.detector import detect
     from models.tiling import TilingSpec
     from training.datasets.images import prepare
-    from training.evaluation.predict import FROC_SCORE_FLOOR, load_model, predict
+    from models.detect import EVALUATION_SCORE_FLOOR
+    from training.evaluation.predict import detector_runner, load_model, predict
     from training.trainers.detector import is_whole_image, validation_detections
 
     samples = native_resolution_samples(tmp_path / "img", 4, seed=6)  # 80 x 56 px at 0.1 mm: larger than a tile
@@ -291,12 +294,15 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
                  "--set", "thresholds.score_thresh=sometimes"]) == 2
 
     loaded = load_model(tmp_path / "run")
-    wide = dataclasses.replace(loaded.network_config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
-    tiling, gate = TilingSpec(**loaded.tiling), BreastGate.from_spec(loaded.breast_gate)
+    wide = dataclasses.replace(loaded.network_config, score_thresh=EVALUATION_SCORE_FLOOR,
+                               cross_class_suppression=False)
+    runner = detector_runner(loaded)
+    tiling = runner.tiling
+    assert tiling == TilingSpec(**loaded.tiling) and runner.breast_gate == BreastGate.from_spec(loaded.breast_gate)
     for sample in samples[2:]:
         prep = prepare(sample, loaded.standardise)
         assert is_whole_image(prep.pixels, tiling)
-        det = validation_detections(loaded.model, prep.pixels, wide, torch.device("cpu"), tiling, gate, 0.1)
+        det = validation_detections(runner, prep.pixels, torch.device("cpu"))
         (pred,) = predict(loaded, [sample])
         assert len(det) > 0 and len(det) == len(pred.boxes)
         np.testing.assert_allclose(prep.cmap.boxes_to_original(det.boxes.astype(np.float64)), pred.boxes, atol=1e-3)
@@ -306,7 +312,7 @@ def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_pat
         # a crop no larger than a tile runs whole, without the gate
         crop = np.ascontiguousarray(prep.pixels[:TILING["tile"], :TILING["tile"]])
         assert not is_whole_image(crop, tiling)
-        plain = validation_detections(loaded.model, crop, wide, torch.device("cpu"), tiling, gate, 0.1)
+        plain = validation_detections(runner, crop, torch.device("cpu"))
         direct = detect(loaded.model, [torch.from_numpy(crop)[None]], wide)[0]
         np.testing.assert_allclose(plain.boxes, direct.boxes, atol=1e-4)
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from models.fusion import (ImageVerdict, box_malignancy, breast_verdict, image_verdict, match_lesions,
-                           suppress_cross_class)
+from models.detect import EVALUATION_SCORE_FLOOR, kept_at_operating_point
+from models.detector import DetectorConfig
+from models.fusion import ImageVerdict, box_malignancy, breast_verdict, image_verdict, match_lesions
 from training.datasets.samples import Sample
 from training.evaluation.froc import FrocImage, froc, froc_bootstrap
 from training.evaluation.metrics import (
@@ -111,22 +112,19 @@ def read_predictions(path: Path) -> tuple[list[ImagePrediction], dict[str, Any]]
 # ------------------------------------------------------------------------------------------------ operating point
 @dataclass(frozen=True)
 class OperatingPoint:
-    """The post-processing between raw detections and the paper's rules (section 2.6 and the released code)."""
+    """The post-processing between raw detections and the paper's rules (section 2.6 and the released code); the
+    defaults are the detector's (``models.detector.DetectorConfig``)."""
 
-    score_thresh: float = 0.3
-    cross_class_suppression: bool = True
-    cross_class_iou: float = 0.5
+    score_thresh: float = DetectorConfig.score_thresh
+    cross_class_suppression: bool = DetectorConfig.cross_class_suppression
+    cross_class_iou: float = DetectorConfig.cross_class_iou
 
 
 def kept_indices(pred: ImagePrediction, op: OperatingPoint) -> np.ndarray:
-    """Indices of the boxes that survive the score threshold and the cross-class suppression."""
-    boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
-    keep = np.flatnonzero(scores >= op.score_thresh)
-    if op.cross_class_suppression and len(keep):
-        idx = suppress_cross_class(boxes[keep], [pred.labels[i] for i in keep], scores[keep], iou=op.cross_class_iou)
-        keep = keep[np.asarray(idx, dtype=np.int64)]
-    return keep
+    """Indices of the boxes that survive the score threshold and the cross-class suppression, as the product keeps
+    them (``models.detect.kept_at_operating_point``)."""
+    return kept_at_operating_point(pred.boxes, pred.labels, pred.scores, op.score_thresh,
+                                   op.cross_class_suppression, op.cross_class_iou)
 
 
 def kept_boxes(pred: ImagePrediction, op: OperatingPoint) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -283,10 +281,10 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
 
 # ------------------------------------------------------------------------------- false positives on normals
 def threshold_for_fp_rate(normals: Sequence[ImagePrediction], op: OperatingPoint, target: float, *,
-                          floor: float = 0.01) -> float:
+                          floor: float = EVALUATION_SCORE_FLOOR) -> float:
     """The lowest score threshold at which ``normals`` (predictions on lesion-free images, every box a false
     positive) keep at most ``target`` boxes per image after ``op``'s suppression, never below ``floor`` (the lowest
-    score the predictions were recorded at: ``training.evaluation.predict.FROC_SCORE_FLOOR``).
+    score the predictions were recorded at: ``models.detect.EVALUATION_SCORE_FLOOR``).
 
     The threshold is one of the boxes' own scores (the lowest that keeps within ``target``); ``floor`` when every
     recorded box fits within it; just above the highest score when even that one box per image is too many.

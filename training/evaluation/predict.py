@@ -1,10 +1,10 @@
 """Run a trained model over an annotated dataset and keep what evaluation needs (``ImagePrediction`` per image).
 
 Images are prepared as the pipeline prepares them (section 2.4 standardisation with the model's own settings);
-detector boxes are mapped back to original pixels. The detector runs with a low score threshold and without the
-cross-class suppression so that FROC sees the whole score range; ``training.evaluation.evaluate`` applies the operating point.
-A detector whose manifest (or training run) has the breast gate (``models.breast_gate``) has it applied after
-detection, on the standardised image, as ``models.pipeline`` does; ``mccad evaluate --no-breast-gate`` turns it off.
+detector boxes are mapped back to original pixels. A detector runs as the product runs it (``models.detect``: whole
+image or tile by tile, then its breast gate; ``mccad evaluate --no-breast-gate`` turns the gate off) but keeps every
+box (``keep_all``: a low score threshold, no cross-class suppression) so that FROC sees the whole score range;
+``training.evaluation.evaluate`` applies the operating point.
 The training-free spot detector (``models.spot_detector``, a manifest without weights) reads each image at its own
 pixel pitch instead, unstandardised (it finds the breast itself), and gives one box per cluster.
 """
@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.detect import DetectorRunner
 from models.preprocess import StandardiseConfig, standardise_config_from
 from models.spot_detector import SpotDetectorConfig, detect_clusters
 from training.datasets.images import prepare
 from training.datasets.samples import Sample
 from training.evaluation.evaluate import ImagePrediction, OperatingPoint
 
-FROC_SCORE_FLOOR = 0.01
 LABEL_NAMES = {1: "benign", 2: "malignant"}
 
 
@@ -97,12 +97,17 @@ def predict_spots(config: SpotDetectorConfig, sample: Sample) -> ImagePrediction
     return ImagePrediction(sample.image_id, found.boxes, ["malignant"] * len(found), found.scores)
 
 
+def detector_runner(loaded: LoadedModel) -> DetectorRunner:
+    """The product's reading of a loaded detector (``models.detect``): its tiling, breast gate and operating point."""
+    if loaded.kind != "detector" or loaded.model is None:
+        raise ValueError(f"a {loaded.kind} model is not a detector")
+    return DetectorRunner.from_specs(loaded.model, loaded.network_config, loaded.standardise, loaded.tiling,
+                                     loaded.breast_gate)
+
+
 def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = False) -> list[ImagePrediction]:
     """One ImagePrediction per sample (boxes in original pixels for the detector, P(malignant) for SPPNet)."""
-    from models.breast_gate import BreastGate, gate_spacing_mm
     from models.classifier import classify
-    from models.detector import detect
-    from models.tiling import TilingSpec
 
     items: Any = samples
     if progress:
@@ -113,29 +118,17 @@ def predict(loaded: LoadedModel, samples: Sequence[Sample], progress: bool = Fal
         return [predict_spots(loaded.network_config, sample) for sample in items]
     assert loaded.model is not None
     device = next(loaded.model.parameters()).device
-    wide = None
-    if loaded.kind == "detector":
-        wide = dataclasses.replace(loaded.network_config, score_thresh=min(FROC_SCORE_FLOOR,
-                                                                           loaded.network_config.score_thresh),
-                                   cross_class_suppression=False)
-    tiling = TilingSpec(**loaded.tiling) if loaded.tiling else None  # as the pipeline reads the manifest
-    gate = BreastGate.from_spec(loaded.breast_gate) if loaded.kind == "detector" else None
-    gate_spacing = gate_spacing_mm(loaded.standardise)
+    runner = detector_runner(loaded) if loaded.kind == "detector" else None
     out = []
     for sample in items:
         prep = prepare(sample, loaded.standardise)
         tensor = torch.from_numpy(np.ascontiguousarray(prep.pixels))[None].to(device)
-        if loaded.kind == "detector":
-            if tiling is not None:
-                det = tiling.detect(loaded.model, tensor, wide)
-            else:
-                det = detect(loaded.model, [tensor], wide)[0]
-            if gate is not None:
-                det = gate.apply(det, prep.pixels, gate_spacing)
+        if runner is not None:
+            (det,) = runner([tensor], keep_all=True)
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det) else np.zeros((0, 4))
+            malignancy = None if det.malignancy is None else det.malignancy.astype(np.float64)
             out.append(ImagePrediction(sample.image_id, boxes, [LABEL_NAMES[int(v)] for v in det.labels],
-                                       det.scores.astype(np.float64),
-                                       malignancy=None if det.malignancy is None else det.malignancy.astype(np.float64)))
+                                       det.scores.astype(np.float64), malignancy=malignancy))
         elif loaded.kind == "sppnet":
             p = float(classify(loaded.model, [tensor], loaded.network_config)[0, 1])
             out.append(ImagePrediction(sample.image_id, image_probability=p))

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from models.breast_gate import BreastGate, gate_spacing_mm
-from models.detector import Detections, DetectorConfig, build_detector, detect, to_three_channels
+from models.detect import DetectorRunner, at_operating_point
+from models.detector import Detections, DetectorConfig, build_detector, to_three_channels
 from models.fusion import image_verdict
 from models.preprocess import StandardiseConfig
 from models.registry import MANIFEST, load_detector, load_manifest
 from models.tiling import TilingSpec
-from training.evaluation.predict import FROC_SCORE_FLOOR
 from training.datasets.images import PreparedImage, prepare_all
 from training.datasets.samples import Sample
 from training.evaluation.froc import FrocImage, froc
@@ -180,16 +180,14 @@ def is_whole_image(pixels: np.ndarray, tiling: TilingSpec | None) -> bool:
     return tiling is not None and max(pixels.shape[-2:]) > tiling.tile
 
 
-def validation_detections(model: torch.nn.Module, pixels: np.ndarray, wide: DetectorConfig, device: torch.device,
-                          tiling: TilingSpec | None, gate: BreastGate | None, spacing_mm: float) -> Detections:
-    """The unsuppressed detections (``wide``: low threshold, no cross-class suppression) of one standardised image,
-    made as ``training.evaluation.predict`` makes them for the exported model: tile by tile and gated when it is a whole image,
-    else the model's own whole-input mode (a training-sized crop)."""
+def validation_detections(runner: DetectorRunner, pixels: np.ndarray, device: torch.device) -> Detections:
+    """Every detection (``keep_all``: low threshold, no cross-class suppression) of one standardised image, made as
+    ``training.evaluation.predict`` makes them for the exported model (``runner``: tile by tile and gated) when it is
+    a whole image, else in the model's own whole-input mode, ungated (a training-sized crop)."""
     tensor = torch.from_numpy(np.ascontiguousarray(pixels))[None].to(device)
-    if not is_whole_image(pixels, tiling):
-        return detect(model, [tensor], wide)[0]
-    det = tiling.detect(model, tensor, wide)
-    return gate.apply(det, pixels, spacing_mm) if gate is not None else det
+    if not is_whole_image(pixels, runner.tiling):
+        runner = dataclasses.replace(runner, tiling=None, breast_gate=None)
+    return runner([tensor], keep_all=True)[0]
 
 
 def validate_detector(model: torch.nn.Module, items: Sequence[PreparedImage], config: DetectorConfig,
@@ -198,8 +196,8 @@ def validate_detector(model: torch.nn.Module, items: Sequence[PreparedImage], co
     """Image-level AUC by the paper's rule (section 2.6), lesion FROC sensitivity at 0.5, 1 and 2 FP per image and
     the lowest score threshold with at most 1 FP per image (NaN when even the highest makes more).
 
-    Detection runs with a low score threshold and no cross-class suppression so that FROC sees the whole score
-    range; the image verdict then uses the configured threshold and suppression, as the pipeline does.
+    Detection keeps every box (``models.detect.DetectorRunner`` with ``keep_all``) so that FROC sees the whole score
+    range; the image verdict then uses the boxes the product shows (``models.detect.at_operating_point``).
 
     With ``tiling``, a validation image larger than a tile is a whole mammogram: it is detected tile by tile and
     passed through the breast gate (``gate``), exactly as the pipeline and ``mccad evaluate`` run the exported model.
@@ -207,19 +205,15 @@ def validate_detector(model: torch.nn.Module, items: Sequence[PreparedImage], co
     0.95 at 1 FP per crop while whole images (about 15 normal tiles per tile with a cluster) stay far lower, so
     ``best.pt`` chosen on crops says little about whole images. Crops (no larger than a tile) run as before.
     """
-    from models.fusion import suppress_cross_class
     from training.evaluation.metrics import binary_auc
 
-    wide = dataclasses.replace(config, score_thresh=FROC_SCORE_FLOOR, cross_class_suppression=False)
+    runner = DetectorRunner(model, config, tiling, gate, spacing_mm)
     y_true, y_score, froc_images = [], [], []
     whole = 0
     for item in items:
         whole += is_whole_image(item.pixels, tiling)
-        det = validation_detections(model, item.pixels, wide, device, tiling, gate, spacing_mm)
-        shown = det.take(np.flatnonzero(det.scores >= config.score_thresh))
-        if config.cross_class_suppression and len(shown):  # after the gate, as models.pipeline runs it
-            shown = shown.take(suppress_cross_class(shown.boxes, shown.labels, shown.scores,
-                                                    iou=config.cross_class_iou))
+        det = validation_detections(runner, item.pixels, device)
+        shown = at_operating_point(det, config)
         verdict = image_verdict([int(v) for v in shown.labels], [float(s) for s in shown.scores])
         y_true.append(item.sample.target)
         y_score.append(verdict.malignancy_probability)
