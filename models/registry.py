@@ -28,6 +28,8 @@ from torch import nn
 
 from models.classifier import ClassifierConfig, SPPNet, build_classifier
 from models.classifier import ARCHITECTURE as CLASSIFIER_ARCHITECTURE
+from models.descriptor_head import ARCHITECTURE as DESCRIPTORS_ARCHITECTURE
+from models.descriptor_head import CnnDescriptorHead, DescriptorHeadConfig, DescriptorNet, build_descriptor_net
 from models.detector import DetectorConfig, apply_thresholds, build_detector
 from models.detector import ARCHITECTURE as DETECTOR_ARCHITECTURE
 from models.errors import ArchitectureMismatch, ModelNotFound, WeightsNotFound, WeightsTampered
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 Architecture = Literal["fpnnet-resnet50", "fpnnet-efficientnet_lite0", "fpnnet-efficientnet_lite2",
-                       "sppnet-resnet18", "sppnet-efficientnet_lite0", "sppnet-efficientnet_lite2", "spots-dog"]
+                       "sppnet-resnet18", "sppnet-efficientnet_lite0", "sppnet-efficientnet_lite2", "spots-dog",
+                       "descriptors-cnn"]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Detector thresholds an operator may tune in manifest.json without retraining (the weights hash is unaffected).
 DETECTOR_THRESHOLD_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "cross_class_iou")
@@ -132,6 +135,8 @@ def save_model(folder: Path, model: nn.Module, manifest: ModelManifest, dtype: t
     input_spec = dict(manifest.input_spec)
     config = getattr(model, "mccad_config", None)
     key = "classifier" if isinstance(model, SPPNet) else "detector"
+    if isinstance(model, DescriptorNet):
+        key = "descriptors"
     if key not in input_spec and config is not None:
         input_spec[key] = config.to_dict()
     weights = folder / manifest.weights_file
@@ -238,6 +243,34 @@ def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[S
     model = _load_state(folder, manifest, config.architecture, lambda: build_classifier(config))
     log.info("loaded classifier %s %s (%s) from %s", manifest.name, manifest.version, manifest.role, folder)
     return model.to(device).eval(), config, manifest  # type: ignore[return-value]
+
+
+def load_descriptor_head(folder: Path, device: str | torch.device = "cpu") -> CnnDescriptorHead:
+    """Load and verify a descriptor head folder (``models.descriptor_head``; a bundle's ``descriptors/`` part): its
+    ``input_spec["descriptors"]`` is the ``DescriptorHeadConfig`` and its classes the types, then the distributions,
+    of ``models.descriptors``. Returns the float32 head in eval mode, its manifest attached."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    config = _config(folder, manifest, "descriptors", DescriptorHeadConfig)
+    if manifest.classes != [*config.patterns, *config.distributions]:
+        raise ArchitectureMismatch(folder, f"manifest classes {manifest.classes} are not the head's types and "
+                                           f"distributions {[*config.patterns, *config.distributions]}")
+    net = _load_state(folder, manifest, DESCRIPTORS_ARCHITECTURE, lambda: build_descriptor_net(config))
+    log.info("loaded descriptor head %s %s from %s", manifest.name, manifest.version, folder)
+    return CnnDescriptorHead(net.to(device).eval(), manifest)
+
+
+#: the sub-folder of a model bundle that holds its descriptor head (optional)
+DESCRIPTOR_PART = "descriptors"
+
+
+def bundle_descriptor_head(bundle: Path, device: str | torch.device = "cpu") -> CnnDescriptorHead | None:
+    """The descriptor head of a model bundle (its ``descriptors/`` folder, verified like any model folder), or None
+    when the bundle has none: a bundle without it reports clusters without BI-RADS descriptors."""
+    folder = Path(bundle) / DESCRIPTOR_PART
+    if not (folder / MANIFEST).is_file():
+        return None
+    return load_descriptor_head(folder, device)
 
 
 def load_spot_detector(folder: Path) -> tuple[SpotDetectorConfig, ModelManifest]:

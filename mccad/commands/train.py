@@ -1,4 +1,5 @@
-"""``mccad train detector|sppnet|patches --data CSV --out RUN``: offline training.
+"""``mccad train detector|sppnet|patches --data CSV --out RUN``: offline training; ``mccad train descriptors --config
+EXP --out RUN`` draws its simulated clusters itself (no ``--data``).
 
 The experiment file (``--config exp.toml``, see ``training.trainers.config``) holds every setting; command-line options
 override it. The run folder receives ``config.toml`` (the trainer's settings), ``experiment.toml``, ``metrics.jsonl``,
@@ -14,8 +15,9 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     from training.datasets.readers import FORMATS
 
-    p = sub.add_parser("train", help="train the detector, SPPNet or the patch heads on an annotated dataset")
-    p.add_argument("kind", choices=["detector", "sppnet", "patches"])
+    p = sub.add_parser("train", help="train the detector, SPPNet or the patch heads on an annotated dataset, "
+                   "or the descriptor head on simulated clusters")
+    p.add_argument("kind", choices=["detector", "sppnet", "patches", "descriptors"])
     p.add_argument("--data", type=Path, help="annotation file or folder (default: the experiment's data.csv)")
     p.add_argument("--format", default=None, choices=FORMATS,
                    help="dataset format (default paper_csv); check a download first with "

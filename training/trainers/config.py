@@ -2,7 +2,7 @@
 
 Example (``mccad train detector --config exp.toml``)::
 
-    kind = "detector"            # detector | sppnet | patches
+    kind = "detector"            # detector | sppnet | patches | descriptors (simulates its own data: no [data])
     [data]
     csv = "synth/annotations.csv"
     val_fraction = 0.2           # patient-level hold-out for validation / early stopping
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Kind = Literal["detector", "sppnet", "patches"]
+Kind = Literal["detector", "sppnet", "patches", "descriptors"]
 
 
 class DataConfig(BaseModel):

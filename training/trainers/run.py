@@ -33,7 +33,15 @@ def trainer_for(kind: str) -> tuple[type, Any]:
         from training.trainers.patches import PatchTrainConfig, train_patch_head
 
         return PatchTrainConfig, train_patch_head
-    raise ValueError(f"unknown model kind {kind!r}; expected detector, sppnet or patches")
+    if kind == "descriptors":
+        from training.trainers.descriptors import DescriptorTrainConfig, train_descriptor_head
+
+        return DescriptorTrainConfig, train_descriptor_head
+    raise ValueError(f"unknown model kind {kind!r}; expected detector, sppnet, patches or descriptors")
+
+
+#: kinds whose trainer draws its own data from the simulator (``training.simulate``): no annotation file is read
+SIMULATING_KINDS = frozenset({"descriptors"})
 
 
 def read_samples(exp: ExperimentConfig, progress: bool = False) -> list[Sample]:
@@ -41,6 +49,8 @@ def read_samples(exp: ExperimentConfig, progress: bool = False) -> list[Sample]:
     ``other_findings``)."""
     from training.datasets import readers
 
+    if exp.kind in SIMULATING_KINDS:
+        return []
     if exp.data.csv is None:
         raise ValueError("the experiment names no data file (data.csv or --data)")
     return readers.read_dataset(exp.data.csv, exp.data.format, image_root=exp.data.image_root, split=exp.data.split,
@@ -75,6 +85,8 @@ def run_experiment(exp: ExperimentConfig, samples: Sequence[Sample], out_dir: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "experiment.toml").write_text(dump_toml(json.loads(exp.model_dump_json())))
+    if exp.kind in SIMULATING_KINDS:
+        return [train_fn(cfg, out_dir, resume=resume, progress=progress)]
     if exp.data.folds > 1 and exp.data.val_csv is not None:
         raise ValueError("data.val_csv (--val-data) and k-fold cross-validation exclude each other: the folds make "
                          "their own validation hold-outs; drop one of them")
