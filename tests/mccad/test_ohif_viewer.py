@@ -46,12 +46,21 @@ def _page_text(driver) -> str:
         " + '\\n' + document.body.innerText")
 
 
-def _wait_for(driver, texts: set[str], timeout_s: float) -> set[str]:
-    """The ``texts`` still missing from the page after waiting up to ``timeout_s`` for all of them."""
+#: what OHIF 3.13 logs when its viewer route failed (the blank SR viewport of a failed first load, see the test)
+VIEWER_ROUTE_FAILED = "Route viewer Error Boundary"
+
+
+def _wait_for(driver, texts: set[str], timeout_s: float, logs: list[str]) -> set[str]:
+    """The ``texts`` still missing from the page after waiting up to ``timeout_s`` for all of them, or as soon as
+    OHIF logs that its viewer route failed (nothing more will be drawn; waiting on would only spend the timeout).
+    The browser's log lines read meanwhile are appended to ``logs``."""
     deadline = time.monotonic() + timeout_s
+    first = len(logs)
     while True:
         missing = {t for t in texts if t not in _page_text(driver)}
-        if not missing or time.monotonic() > deadline:
+        logs.extend(entry["message"] for entry in driver.get_log("browser"))
+        failed = any(VIEWER_ROUTE_FAILED in m for m in logs[first:])
+        if not missing or failed or time.monotonic() > deadline:
             return missing
         time.sleep(1)
 
@@ -89,17 +98,19 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
 
         with OhifServer(orthanc.url, dist) as server:
             driver = _browser()
+            logs: list[str] = []
             try:
                 labels = {f"#{lesion.lesion_id} {lesion.caption()}" for _, lesion in lesions}
                 first_image = lesions[0][0].sop_instance_uid
                 shown = {f"#{les.lesion_id} {les.caption()}" for im, les in lesions if im.sop_instance_uid == first_image}
                 # the SR viewport draws the boxes of the first referenced image, each with its label; OHIF 3.13
-                # sometimes leaves the SR viewport blank on a first load ("error in event list"), which a reload,
-                # as a radiologist would do, clears: the page is opened at most twice
+                # sometimes leaves the SR viewport blank on a first load ("error in event listener of type:
+                # IMAGE_LOAD_ERROR", then its viewer route's error boundary), which a reload, as a radiologist would
+                # do, clears: the page is opened at most twice, again as soon as the error boundary is logged
                 for attempt in range(2):
                     driver.get(f"{server.url}/viewer?StudyInstanceUIDs={result.study_instance_uid}"
                                f"&initialSeriesInstanceUID={sr_series}")
-                    missing_in_viewport = _wait_for(driver, shown, 90)
+                    missing_in_viewport = _wait_for(driver, shown, 90, logs)
                     if not missing_in_viewport:
                         break
                     driver.save_screenshot(str(tmp_path / f"sr-viewport-{attempt + 1}.png"))
@@ -107,13 +118,13 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
                 tracked = _click_button(driver, "Yes")
                 time.sleep(2)
                 driver.execute_script("document.querySelector('[data-cy=trackedMeasurements-btn]').click()")
-                missing_in_panel = _wait_for(driver, labels, 30)
+                missing_in_panel = _wait_for(driver, labels, 30, logs)
                 for button in ("Skip all", "Confirm and hide"):  # the first-visit tour and banner, for the picture
                     _click_button(driver, button)
                 time.sleep(1)
                 screenshot = Path(os.environ.get("OHIF_SCREENSHOT") or tmp_path / "ohif.png")
                 driver.save_screenshot(str(screenshot))
-                logs = [entry["message"] for entry in driver.get_log("browser")]
+                logs.extend(entry["message"] for entry in driver.get_log("browser"))
             finally:
                 driver.quit()
         errors = [m for m in logs if "rror" in m][-10:]
