@@ -28,7 +28,7 @@ from models.detect import DetectorRunner
 from models.detector import DetectorConfig
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
-from models.registry import ModelManifest, load_classifier, load_detector
+from models.registry import ModelManifest, bundle_descriptor_head, load_classifier, load_detector
 from models.onnx_runtime import detection_model
 from models.tiling import TilingSpec, native_scale
 from models.findings import breast_results, exam_result, image_decision, lesions_of_image
@@ -138,9 +138,10 @@ class Pipeline:
     @classmethod
     def from_model_dir(cls, model_dir: Path | str, device: str = "auto", *, explain: bool = True,
                        runtime: str = "eager") -> "Pipeline":
-        """Load a bundle folder: ``detector/`` is required; ``sppnet/``, ``pathotype_incl/``, ``pathotype_excl/``
-        and ``er/`` are used when present. Every folder is hash-checked by the registry. ``runtime`` is the
-        detector's (``models.onnx_runtime.RUNTIMES``; the CLI and workers pass ``Settings.detector_runtime``)."""
+        """Load a bundle folder: ``detector/`` is required; ``sppnet/``, ``pathotype_incl/``, ``pathotype_excl/``,
+        ``er/`` and ``descriptors/`` (the descriptor head) are used when present. Every folder is hash-checked by the
+        registry. ``runtime`` is the detector's (``models.onnx_runtime.RUNTIMES``; the CLI and workers pass
+        ``Settings.detector_runtime``)."""
         root = Path(model_dir)
         if not (root / "detector" / "manifest.json").is_file():
             raise BundleError(f"{root} is not a model bundle: it has no detector/manifest.json "
@@ -153,7 +154,8 @@ class Pipeline:
                 model, cfg, manifest = load_classifier(root / role, device=str(dev))
                 heads[role] = _Head(model, cfg, manifest)
         return cls(detector, det_cfg, det_manifest, sppnet=heads.pop("sppnet", None), patch_heads=heads,
-                   device=dev, explain=explain, runtime=runtime)
+                   device=dev, explain=explain, runtime=runtime,
+                   descriptor_head=bundle_descriptor_head(root, device=str(dev)))
 
     def _cam_scale(self, tensor: torch.Tensor) -> AbstractContextManager:
         """A crops-trained (tiled) detector explains the whole image at :func:`tiled_cam_scale` of its native scale

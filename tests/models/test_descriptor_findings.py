@@ -92,3 +92,26 @@ def test_pipeline_calls_the_descriptor_head_on_every_box(tiny_model_dir, tmp_pat
     roles = {m.role for m in after.models}
     assert "descriptor_mapping" in roles and "descriptor_mapping" not in {m.role for m in before.models}
     assert "descriptors" in after.timings_s and "descriptors" not in before.timings_s
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_bundle_with_a_descriptors_part_reports_descriptors(tiny_model_dir, tmp_path):
+    import torch
+
+    from models.descriptor_head import DescriptorHeadConfig, build_descriptor_net
+    from models.registry import ModelManifest, save_model
+
+    bundle = _gated_bundle(tiny_model_dir, tmp_path / "b", {"margin_mm": 0.0})
+    assert Pipeline.from_model_dir(bundle, device="cpu", explain=False).descriptor_head is None
+    torch.manual_seed(0)
+    net = build_descriptor_net(DescriptorHeadConfig(widths=(8, 8, 8, 8, 8), hidden=16))
+    cfg = net.mccad_config
+    save_model(bundle / "descriptors", net, ModelManifest(
+        name="tiny-descriptors", version="0.0.1", architecture=cfg.architecture, role="descriptors",
+        classes=[*cfg.patterns, *cfg.distributions]))
+    pipeline = Pipeline.from_model_dir(bundle, device="cpu", explain=False)
+    image, _ = _breast_with_label()
+    result = pipeline.analyze([image]).result
+    lesions = result.images[0].lesions
+    assert lesions and all(les.descriptors is not None and les.malignancy_interval is not None for les in lesions)
+    assert {"descriptors", "descriptor_mapping"} <= {m.role for m in result.models}
