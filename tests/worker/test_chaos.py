@@ -1,7 +1,9 @@
 """Chaos: a stream of small synthetic studies while the SCP (``mccad serve``), the worker (``mccad worker``), Redis
 (with the runbook's persistence) and the destination Orthanc are killed (SIGKILL) and restarted at random moments.
 At the end every acknowledged study is delivered exactly once (each result object once in the PACS) and nothing
-is left stuck. Kept to a few minutes; the seeds are fixed so that a failure repeats."""
+is left stuck. The faults go on until every study is acknowledged, each component has been killed and at least
+``MIN_FAULTS`` have struck, for at most ``CHAOS_MAX_S``: the test lasts as long as the stream, not a fixed time. The
+seeds are fixed so that a failure repeats."""
 from __future__ import annotations
 
 import json
@@ -27,7 +29,8 @@ from worker.supervisor import stuck_studies
 
 SEED = 23
 STUDIES = 6
-CHAOS_S = 75.0
+MIN_FAULTS = 6
+CHAOS_MAX_S = 75.0
 
 
 class Component:
@@ -102,7 +105,7 @@ def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(t
     studies = [write_study(tmp_path / "in", f"chaos-{i}", views=1, seed=i) for i in range(STUDIES)]
     acknowledged: list[str] = []
     faults: list[str] = []
-    stop = threading.Event()
+    stop, all_sent = threading.Event(), threading.Event()
 
     def send_like_a_pacs() -> None:
         """Each study until storescu says every instance was acknowledged (a PACS resends what was not)."""
@@ -116,11 +119,15 @@ def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(t
                     break
                 time.sleep(1.0)
             time.sleep(rng.uniform(2.0, 6.0))
+        all_sent.set()
+
+    def enough_chaos() -> bool:
+        return all_sent.is_set() and len(faults) >= MIN_FAULTS and {c.name for c in components} <= set(faults)
 
     def chaos() -> None:
         victims = random.Random(SEED + 1)
-        end = time.monotonic() + CHAOS_S
-        while time.monotonic() < end and not stop.is_set():
+        end = time.monotonic() + CHAOS_MAX_S
+        while time.monotonic() < end and not stop.is_set() and not enough_chaos():
             time.sleep(victims.uniform(3.0, 9.0))
             victim = victims.choice(components)
             victim.kill()
@@ -133,7 +140,7 @@ def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(t
     try:
         sender.start()
         chaos_thread.start()
-        chaos_thread.join(CHAOS_S + 120)
+        chaos_thread.join(CHAOS_MAX_S + 120)
         sender.join(600)
         assert len(acknowledged) == STUDIES, f"sender stopped with {acknowledged}"
         deadline = time.monotonic() + 420
@@ -153,7 +160,7 @@ def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(t
             assert sorted(results) == sorted(ours), f"study {uid[-12:]}: each result exactly once in the PACS"
         assert stuck_studies(ledger, settings.model_copy(update={"stuck_after_s": 1.0})) == []
         print(f"chaos: {len(faults)} faults survived: {faults}")
-        assert len(faults) >= 6
+        assert len(faults) >= MIN_FAULTS and {c.name for c in components} <= set(faults)
     finally:
         stop.set()
         for component in reversed(components):
