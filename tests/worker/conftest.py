@@ -16,9 +16,13 @@ REDIS_DBS = range(10, 16)
 
 
 def make_settings(root: Path, **overrides) -> Settings:
-    """Settings under ``root``; services started with them log to stderr as well, which the tests capture."""
+    """Settings under ``root``; services started with them log to stderr as well, which the tests capture. The
+    detector runs eager: building its ONNX Runtime twin ("auto", the product's default) costs every worker process
+    about 12 s of CPU at start, for nothing these tests look at; the end-to-end service test keeps "auto", and
+    tests/models/test_onnx_runtime.py tests the runtime itself."""
     values = dict(data_dir=root / "data", port=0, http_port=0, study_idle_s=0.5, retry_backoff_s=0.2,
-                  send_retries=1, device="cpu", threads=1, log_format="text", log_stderr=True)
+                  send_retries=1, device="cpu", threads=1, log_format="text", log_stderr=True,
+                  detector_runtime="eager")
     values.update(overrides)
     return Settings(**values)
 

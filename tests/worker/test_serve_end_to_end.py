@@ -73,7 +73,7 @@ def test_pacs_study_survives_a_killed_service_and_results_reach_the_pacs(tmp_pat
     try:
         settings = make_settings(tmp_path, port=scp_port, http_port=free_port(), study_idle_s=2.0,
                                  model_dir=tiny_model_dir, allowed_calling_aes=["ORTHANC", "STORESCU"],
-                                 log_stderr=False,
+                                 log_stderr=False, detector_runtime="auto",  # the product's default runtime
                                  destinations=[Destination(ae_title="ORTHANC", host="127.0.0.1",
                                                            port=pacs.dicom_port)])
         study = write_study(tmp_path / "in", "e2e-four-views", views=4)
