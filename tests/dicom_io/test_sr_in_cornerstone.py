@@ -14,7 +14,7 @@ from tests.peers.node_readers import cornerstone_annotations
 @pytest.mark.slow
 def test_cornerstone_hydrates_one_rectangle_per_lesion_on_its_image(tmp_path):
     sources = [make_source(1, "L", "CC"), make_source(2, "R", "MLO"), make_source(3, "L", "MLO")]
-    result = make_result(sources)
+    result = make_result(sources, descriptors=True)  # lesion groups with descriptor CODE items, as a head gives
     moved = result.images[2].model_copy(update={"lesions": [result.images[0].lesions[1].model_copy(
         update={"lesion_id": 3})]})
     result = result.model_copy(update={"images": [result.images[0], result.images[1], moved]})
