@@ -20,7 +20,8 @@ class UserError(Exception):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand, or of ``only`` (when it names one): importing a command module can be slow
     (training modules load scipy), and an operator's ``mccad status`` should not wait for the others."""
-    parser = argparse.ArgumentParser(prog="mccad", description="Microcalcification CAD for mammography, PACS-integrated.")
+    parser = argparse.ArgumentParser(prog="mccad",
+                                     description="Microcalcification CAD for mammography, PACS-integrated.")
     parser.add_argument("--version", action="version", version=f"mccad {__version__}")
     parser.add_argument("--log-level", default=None, help="override MCCAD_LOG_LEVEL")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
