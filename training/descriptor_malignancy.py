@@ -168,8 +168,8 @@ def naive_rates(train: Sequence[CbisFinding], test: Sequence[CbisFinding]) -> np
     return np.array(out)
 
 
-def scores(y: np.ndarray, p: np.ndarray, groups: Sequence[str]) -> dict:
-    auc = bootstrap_auc(y.astype(int), p, groups, n_boot=2000, seed=0)
+def scores(y: np.ndarray, p: np.ndarray, groups: Sequence[str], n_boot: int = 2000) -> dict:
+    auc = bootstrap_auc(y.astype(int), p, groups, n_boot=n_boot, seed=0)
     clipped = np.clip(p, LOGLOSS_CLIP, 1 - LOGLOSS_CLIP)
     reliability = []
     for low, high in zip(RELIABILITY_BINS[:-1], RELIABILITY_BINS[1:], strict=True):
@@ -207,7 +207,8 @@ def cell_table(mean: np.ndarray, cov: np.ndarray) -> list[str]:
     return lines
 
 
-def fit_mapping(train: Sequence[CbisFinding], test: Sequence[CbisFinding]) -> tuple[dict, list[str]]:
+def fit_mapping(train: Sequence[CbisFinding], test: Sequence[CbisFinding],
+                n_boot: int = 2000) -> tuple[dict, list[str]]:
     """The mapping file's content and the report's markdown lines."""
     x, y = design_matrix(train)
     fit, grid = choose_fit(x, y)
@@ -215,8 +216,8 @@ def fit_mapping(train: Sequence[CbisFinding], test: Sequence[CbisFinding]) -> tu
     cell_mean, cell_cov = a @ fit.mean, a @ fit.cov @ a.T
     xt, yt = design_matrix(test)
     groups = [f.patient_id for f in test]
-    model = scores(yt, posterior_mean_probability(xt, fit), groups)
-    naive = scores(yt, naive_rates(train, test), groups)
+    model = scores(yt, posterior_mean_probability(xt, fit), groups, n_boot)
+    naive = scores(yt, naive_rates(train, test), groups, n_boot)
     mapping = {
         "source": SOURCE, "fitted_on": "calc_case_description_train_set.csv",
         "findings": len(train), "malignant": int(y.sum()),
@@ -244,10 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.descriptor_malignancy", description=__doc__)
     parser.add_argument("--tables", type=Path, required=True, help="folder with the two CBIS-DDSM calc tables")
     parser.add_argument("--out", type=Path, default=DEFAULT_MAPPING_PATH)
+    parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the test AUC's interval")
     args = parser.parse_args(argv)
     train = read_table(args.tables / "calc_case_description_train_set.csv")
     test = read_table(args.tables / "calc_case_description_test_set.csv")
-    mapping, lines = fit_mapping(train, test)
+    mapping, lines = fit_mapping(train, test, args.boot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(mapping, indent=1) + "\n")
     print("\n".join(lines))

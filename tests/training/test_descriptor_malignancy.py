@@ -64,7 +64,7 @@ def test_command_writes_a_mapping_the_product_loads(tmp_path, capsys):
     _table(tmp_path / "calc_case_description_train_set.csv", rows)
     _table(tmp_path / "calc_case_description_test_set.csv", rows[::2])
     out = tmp_path / "mapping.json"
-    assert main(["--tables", str(tmp_path), "--out", str(out)]) == 0
+    assert main(["--tables", str(tmp_path), "--out", str(out), "--boot", "100"]) == 0
     data = json.loads(out.read_text())
     assert data["findings"] == len(rows) and data["test"]["findings"] == len(rows[::2])
     assert "AUC" in capsys.readouterr().out
