@@ -42,8 +42,8 @@ class Assembler:
 
     def on_received(self, instance: object) -> None:
         """SCP callback (``dicom_io.scp.ReceivedInstance``): the instance is on disk; put it in the ledger."""
-        study_uid = getattr(instance, "study_uid")
-        self.ledger.record_instance(study_uid, getattr(instance, "sop_uid"), str(getattr(instance, "path")),
+        study_uid = instance.study_uid
+        self.ledger.record_instance(study_uid, instance.sop_uid, str(instance.path),
                                     calling_ae=getattr(instance, "calling_ae", None),
                                     size_bytes=getattr(instance, "size_bytes", None))
         if self.on_registered is not None:

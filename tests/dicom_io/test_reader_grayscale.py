@@ -17,7 +17,7 @@ PROBES = np.array([[0, 1535, 1536, 1792, 2047, 2048, 2304, 2559, 2560, 2561, 409
 
 def decode(ds) -> np.ndarray:
     image = read_mammogram(ds)
-    assert image.pixels.dtype == np.float32 and 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+    assert image.pixels.dtype == np.float32 and image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
     return image.pixels.astype(np.float64)
 
 

@@ -322,8 +322,8 @@ def test_crop_window_holds_its_lesion_and_cut_boxes_are_kept_or_dropped_by_visib
     mask = np.ones((1000, 800), bool)
     for seed in range(5):
         y0, x0, y1, x1 = crop_window(np.random.default_rng(seed), (1000, 800), 256, [target], mask)
-        assert (y1 - y0, x1 - x0) == (256, 256) and 0 <= y0 and y1 <= 1000 and 0 <= x0 and x1 <= 800
-        assert x0 <= 300 and 360 <= x1 and y0 <= 400 and 470 <= y1
+        assert (y1 - y0, x1 - x0) == (256, 256) and y0 >= 0 and y1 <= 1000 and x0 >= 0 and x1 <= 800
+        assert x0 <= 300 and x1 >= 360 and y0 <= 400 and y1 >= 470
     window = (0, 0, 100, 100)
     kept = boxes_in_window([lesion((40.0, 40.0, 60.0, 60.0)),  # inside
                             lesion((90.0, 10.0, 130.0, 30.0)),  # a quarter inside: dropped

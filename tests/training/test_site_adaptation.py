@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.training.dicom_tree import write_dicom
-from training.adapt import AdaptSettings, AdaptationError, adapt, choose, load_split, sensitivity_at
+from training.adapt import AdaptSettings, AdaptationError, choose, load_split, sensitivity_at
 from training.datasets.normals import read_normals_folder, split_women
 from training.datasets.samples import DatasetError, Lesion, Sample
 from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, evaluate, fp_interval_by_woman, fp_per_image,
