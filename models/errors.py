@@ -23,6 +23,18 @@ class ModelNotFound(RegistryError):
         )
 
 
+class ManifestInvalid(RegistryError):
+    """A ``manifest.json`` exists but cannot be used as written: not JSON, of another format version, or holding an
+    unknown key, a setting twice or a value the class it configures refuses."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path} cannot be used: {detail}. A manifest is read strictly, so that a typo or a setting this "
+            f"version does not know never changes what the model does unnoticed."
+        )
+
+
 class WeightsNotFound(RegistryError):
     """A weights file named by a manifest or by a ``backbone_weights`` argument is missing."""
 

@@ -4,7 +4,15 @@ The manifest says what the weights are (architecture, role, classes), how to fee
 standardisation and network configs), how to read their output (``thresholds``), where they came from
 (``training_data``, ``synthetic_only``, ``metrics``) and the SHA-256 of the weights file. Loading checks all of it
 before a single weight is used: a wrong folder, a changed file or weights of another network fail with an
-``models.errors.RegistryError`` that names the file. Nothing is ever downloaded. The one model without weights is
+``models.errors.RegistryError`` that names the file. Nothing is ever downloaded.
+
+Each setting appears once (manifest format ``FORMAT_VERSION``): a detector's operating point and post-processing
+(``DETECTOR_THRESHOLD_KEYS``) live in ``thresholds`` only, its network config in ``input_spec["detector"]``, how it
+reads whole images in ``input_spec["tiling"]`` (``models.tiling.TilingSpec``) and its breast gate in
+``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``). :func:`load_manifest` is the one reader: every
+block is checked by the class it configures, so an unknown key, a setting given twice, a manifest without a format
+version or of a newer format fails there, with ``models.errors.ManifestInvalid``, for every caller alike (pipeline,
+evaluation, adaptation, benchmark, re-issue). The one model without weights is
 the training-free spot detector (``spots-dog``, ``models.spot_detector``): its folder is a manifest alone.
 
 Weights are stored as float16 (the repository ships them; half the size of float32) and loaded into float32 networks.
@@ -13,6 +21,7 @@ BatchNorm's ``num_batches_tracked`` counters are not stored: inference does not 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -32,9 +41,12 @@ from models.descriptor_head import ARCHITECTURE as DESCRIPTORS_ARCHITECTURE
 from models.descriptor_head import CnnDescriptorHead, DescriptorHeadConfig, DescriptorNet, build_descriptor_net
 from models.detector import DetectorConfig, apply_thresholds, build_detector
 from models.detector import ARCHITECTURE as DETECTOR_ARCHITECTURE
-from models.errors import ArchitectureMismatch, ModelNotFound, WeightsNotFound, WeightsTampered
+from models.breast_gate import BreastGate
+from models.errors import ArchitectureMismatch, ManifestInvalid, ModelNotFound, WeightsNotFound, WeightsTampered
+from models.preprocess import StandardiseConfig
 from models.spot_detector import ARCHITECTURE as SPOTS_ARCHITECTURE
 from models.spot_detector import SpotDetectorConfig
+from models.tiling import TilingSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,11 @@ Architecture = Literal["fpnnet-resnet50", "fpnnet-efficientnet_lite0", "fpnnet-e
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Detector thresholds an operator may tune in manifest.json without retraining (the weights hash is unaffected).
 DETECTOR_THRESHOLD_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "cross_class_iou")
+#: the manifest format this version writes and reads (2: each setting once; 1, without the field: a detector's
+#: thresholds in both ``thresholds`` and ``input_spec["detector"]``)
+FORMAT_VERSION = 2
+#: the ``input_spec`` blocks a model of each kind may hold (by architecture prefix)
+INPUT_BLOCKS = {"fpnnet": ("standardise", "detector", "tiling", "breast_gate"), "sppnet": ("standardise", "classifier")}
 
 
 class ModelManifest(BaseModel):
@@ -52,6 +69,7 @@ class ModelManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    format_version: int = FORMAT_VERSION
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     architecture: Architecture
@@ -61,7 +79,7 @@ class ModelManifest(BaseModel):
         default_factory=dict,
         description="'standardise': preprocessing config; 'detector' or 'classifier': the network config as a dict",
     )
-    thresholds: dict[str, float] = {}
+    thresholds: dict[str, float | int] = {}
     sha256: str = ""
     weights_file: str = "model.safetensors"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
@@ -139,23 +157,39 @@ def save_model(folder: Path, model: nn.Module, manifest: ModelManifest, dtype: t
         key = "descriptors"
     if key not in input_spec and config is not None:
         input_spec[key] = config.to_dict()
+    thresholds = dict(manifest.thresholds)
+    if key == "detector" and isinstance(input_spec.get(key), dict):  # the thresholds move to ``thresholds``
+        network = dict(input_spec[key])
+        for name in DETECTOR_THRESHOLD_KEYS:
+            value = network.pop(name, None)
+            if value is not None:
+                thresholds.setdefault(name, value)
+        input_spec[key] = network
+    check_manifest(folder, manifest.model_copy(update={"input_spec": input_spec, "thresholds": thresholds}))
     weights = folder / manifest.weights_file
     tmp = folder / f".{manifest.weights_file}.tmp"
     save_file(_storable_state(model, dtype), str(tmp), metadata={"name": manifest.name, "version": manifest.version})
     os.replace(tmp, weights)
-    written = manifest.model_copy(update={"sha256": sha256_of(weights), "dtype": dtype_name, "input_spec": input_spec})
+    written = manifest.model_copy(update={"sha256": sha256_of(weights), "dtype": dtype_name, "input_spec": input_spec,
+                                          "thresholds": thresholds})
     write_manifest(folder, written)
     log.info("saved model %s %s to %s (sha256 %s)", written.name, written.version, folder, written.sha256[:12])
     return written
 
 
 def write_manifest(folder: Path, manifest: ModelManifest) -> None:
-    """Write ``folder/manifest.json`` atomically (a re-issued model's, whose weights file is already in place)."""
+    """Write ``folder/manifest.json`` atomically (a re-issued model's, whose weights file is already in place),
+    after the checks :func:`load_manifest` makes, so that no writer leaves a manifest the reader refuses."""
+    check_manifest(Path(folder), manifest)
     _atomic_write(Path(folder) / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
 
 
 def load_manifest(folder: Path) -> ModelManifest:
-    """Read and validate ``folder/manifest.json``; ModelNotFound when missing or invalid."""
+    """Read ``folder/manifest.json`` and check every block of it (module docstring).
+
+    Raises ``ModelNotFound`` when the folder or the file is missing, ``ManifestInvalid`` (naming the file and the
+    setting) when it is not JSON, has no ``format_version`` or a newer one than ``FORMAT_VERSION``, or holds an
+    unknown key, a setting twice or a value its class refuses."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
@@ -163,10 +197,63 @@ def load_manifest(folder: Path) -> ModelManifest:
     if not path.is_file():
         raise ModelNotFound(folder, f"{MANIFEST} is missing")
     try:
-        return ModelManifest.model_validate_json(path.read_bytes())
+        data = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise ManifestInvalid(path, f"it is not JSON ({exc})") from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version is None:
+        raise ManifestInvalid(path, f"it has no format_version: it is of format 1, written before {FORMAT_VERSION} "
+                                    "(a detector's thresholds in both 'thresholds' and 'input_spec.detector'); "
+                                    "keep them in 'thresholds' only and add \"format_version\": 2")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ManifestInvalid(path, f"its format_version is {version!r}, newer than this mccad reads "
+                                    f"({FORMAT_VERSION}): update mccad to use this model")
+    try:
+        manifest = ModelManifest.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise ModelNotFound(folder, f"{MANIFEST} is not a valid manifest ({problems})") from exc
+        raise ManifestInvalid(path, problems) from exc
+    check_manifest(folder, manifest)
+    return manifest
+
+
+def check_manifest(folder: Path, manifest: ModelManifest) -> None:
+    """The checks of :func:`load_manifest` past its JSON schema: for a detector or classifier, ``input_spec`` holds
+    only its blocks, each valid for the class it configures (``StandardiseConfig``, ``DetectorConfig`` with the
+    thresholds, ``TilingSpec``, ``BreastGate``, ``ClassifierConfig``), and a setting of ``thresholds`` is not also in
+    ``input_spec["detector"]``. ``ManifestInvalid`` names the setting."""
+    path = Path(folder) / MANIFEST
+    kind = manifest.architecture.split("-")[0]
+    spec = manifest.input_spec
+    if kind in INPUT_BLOCKS:
+        unknown = sorted(set(spec) - set(INPUT_BLOCKS[kind]))
+        if unknown:
+            raise ManifestInvalid(path, f"input_spec holds {unknown}, which a {kind} model does not read; it reads "
+                                        f"{', '.join(INPUT_BLOCKS[kind])}")
+    if kind == "fpnnet":
+        twice = sorted(set(DETECTOR_THRESHOLD_KEYS) & set(spec.get("detector", {})))
+        if twice:
+            raise ManifestInvalid(path, f"input_spec.detector holds {twice}, which belong in thresholds only")
+        unknown = sorted(set(manifest.thresholds) - set(DETECTOR_THRESHOLD_KEYS))
+        if unknown:
+            raise ManifestInvalid(path, f"thresholds holds {unknown}; a detector's are "
+                                        f"{', '.join(DETECTOR_THRESHOLD_KEYS)}")
+    elif kind == "sppnet" and manifest.thresholds:
+        raise ManifestInvalid(path, f"thresholds of a classifier are empty, not {sorted(manifest.thresholds)}")
+    blocks: dict[str, Any] = {
+        "standardise": lambda v: StandardiseConfig(**v),
+        "detector": lambda v: DetectorConfig.from_dict({**v, **manifest.thresholds}),
+        "tiling": lambda v: TilingSpec(**v),
+        "breast_gate": lambda v: BreastGate(**v),
+        "classifier": ClassifierConfig.from_dict,
+    }
+    for block, check in blocks.items():
+        if block in spec and (kind in INPUT_BLOCKS or block == "standardise"):
+            try:
+                check(dict(spec[block]))
+            except (TypeError, ValueError) as exc:
+                where = "input_spec.detector with thresholds" if block == "detector" else f"input_spec.{block}"
+                raise ManifestInvalid(path, f"{where} is invalid ({exc})") from exc
 
 
 def verify_weights(folder: Path, manifest: ModelManifest) -> Path:
@@ -214,22 +301,23 @@ def _load_state(folder: Path, manifest: ModelManifest, expected_architecture: st
 def load_detector(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, DetectorConfig, ModelManifest]:
     """Load and verify an FPNNet folder; returns the float32 model in eval mode, its config and manifest.
 
-    Thresholds in ``manifest.thresholds`` (score_thresh, nms_thresh, detections_per_img, cross_class_iou) override
-    the stored config, so an operator can tune them without touching the weights.
+    The config is ``input_spec["detector"]`` with ``thresholds`` (score_thresh, nms_thresh, detections_per_img,
+    cross_class_iou), which an operator may tune without touching the weights.
     """
     folder = Path(folder)
     manifest = load_manifest(folder)
-    config = _config(folder, manifest, "detector", DetectorConfig)
-    overrides = {k: manifest.thresholds[k] for k in DETECTOR_THRESHOLD_KEYS if k in manifest.thresholds}
-    if "detections_per_img" in overrides:
-        overrides["detections_per_img"] = int(overrides["detections_per_img"])
-    if overrides:
-        config = DetectorConfig.from_dict({**config.to_dict(), **overrides})
+    config = detector_config(manifest)
     model = _load_state(
         folder, manifest, config.architecture, lambda: build_detector(config, None, frozen_batchnorm=True))
     apply_thresholds(model, config)  # type: ignore[arg-type]
     log.info("loaded detector %s %s from %s", manifest.name, manifest.version, folder)
     return model.to(device).eval(), config, manifest
+
+
+def detector_config(manifest: ModelManifest) -> DetectorConfig:
+    """A detector manifest's ``DetectorConfig``: its ``input_spec["detector"]`` with its ``thresholds``."""
+    thresholds = {k: int(v) if k == "detections_per_img" else v for k, v in manifest.thresholds.items()}
+    return DetectorConfig.from_dict({**manifest.input_spec.get("detector", {}), **thresholds})
 
 
 def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[SPPNet, ClassifierConfig, ModelManifest]:

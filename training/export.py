@@ -167,7 +167,7 @@ def export_run(run_dir: Path, out_dir: Path, overrides: Mapping[str, Any] | None
         # the network config keeps the run's thresholds; the manifest's ``thresholds`` hold the chosen ones
         run = dataclasses.replace(run, network_config=DetectorConfig.from_dict({**chosen["detector"],
                                                                                 **parts["thresholds"]}))
-        thresholds = {k: float(v) for k, v in chosen["thresholds"].items()}
+        thresholds = dict(chosen["thresholds"])
         tiling = chosen["tiling"]
     manifest = ModelManifest(
         name=name or f"mccad-{run.role}", version=version, architecture=arch, role=run.role,

@@ -61,7 +61,7 @@ def reissue_model(model_dir: Path, out_dir: Path, overrides: Mapping[str, Any] |
         chosen = apply_settings({"detector": input_spec.get("detector", {}), "thresholds": thresholds,
                                  "tiling": input_spec.get("tiling"), "breast_gate": input_spec.get("breast_gate")},
                                 overrides, model_dir)
-        thresholds = {k: float(v) for k, v in chosen["thresholds"].items()}
+        thresholds = dict(chosen["thresholds"])
         input_spec.update({k: chosen[k] for k in ("detector", "tiling", "breast_gate") if chosen[k] is not None})
     changes = _changes(source.model_dump(), input_spec, thresholds)
     evaluation = json.loads(Path(metrics_json).read_text()) if metrics_json else None

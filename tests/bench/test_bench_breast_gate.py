@@ -21,7 +21,7 @@ def test_a_gated_bundle_is_timed_with_its_gate(tiny_model_dir: Path, tmp_path: P
     shutil.copytree(tiny_model_dir / "detector", bundle / "detector")
     manifest = json.loads((bundle / "detector" / "manifest.json").read_text())
     manifest["input_spec"]["breast_gate"] = {"margin_mm": 0.0}
-    manifest["thresholds"] = {"detections_per_img": 100}  # the random detector's boxes fall everywhere
+    manifest["thresholds"]["detections_per_img"] = 100  # the random detector's boxes fall everywhere
     (bundle / "detector" / "manifest.json").write_text(json.dumps(manifest))
 
     models = inference.load_models(bundle, quick=True)

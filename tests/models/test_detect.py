@@ -22,7 +22,7 @@ def _detector_folder(tiny_model_dir: Path, folder: Path, tiling: dict | None) ->
     """The tiny bundle's detector (random weights) with the breast gate, ``tiling`` and at most 100 boxes."""
     shutil.copytree(tiny_model_dir / "detector", folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["thresholds"] = {"detections_per_img": 100}
+    manifest["thresholds"]["detections_per_img"] = 100
     manifest["input_spec"]["breast_gate"] = {"margin_mm": 0.0}
     manifest["input_spec"].pop("tiling", None)
     if tiling is not None:

@@ -100,7 +100,7 @@ def _gated_bundle(tiny_model_dir, folder, gate: dict | None):
 
     shutil.copytree(tiny_model_dir / "detector", folder / "detector")
     manifest = json.loads((folder / "detector" / "manifest.json").read_text())
-    manifest["thresholds"] = {"detections_per_img": 100}
+    manifest["thresholds"]["detections_per_img"] = 100
     manifest["input_spec"].pop("breast_gate", None)
     if gate is not None:
         manifest["input_spec"]["breast_gate"] = gate

@@ -10,8 +10,11 @@ from safetensors.torch import load_file
 
 from models.classifier import ClassifierConfig, build_classifier
 from models.detector import CLASS_NAMES, DetectorConfig, build_detector, detect
-from models.errors import ArchitectureMismatch, ModelNotFound, RegistryError, WeightsNotFound, WeightsTampered
+from models.errors import (ArchitectureMismatch, ManifestInvalid, ModelNotFound, RegistryError, WeightsNotFound,
+                           WeightsTampered)
 from models.registry import (
+    DETECTOR_THRESHOLD_KEYS,
+    FORMAT_VERSION,
     MANIFEST,
     ModelManifest,
     load_classifier,
@@ -19,6 +22,7 @@ from models.registry import (
     load_manifest,
     save_model,
     sha256_of,
+    write_manifest,
 )
 
 SMALL_CLASSIFIER = ClassifierConfig(levels=(1, 2), input_size=64, patch_size=32)
@@ -98,7 +102,7 @@ def test_missing_and_invalid_folders_fail_with_registry_errors(tmp_path: Path,
     folder, _ = saved_classifier
     manifest = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({**manifest, "architecture": "vgg16"}))
-    with pytest.raises(ModelNotFound, match="architecture"):
+    with pytest.raises(ManifestInvalid, match="architecture"):
         load_manifest(folder)
     (folder / MANIFEST).write_text(json.dumps({**manifest, "weights_file": "../elsewhere.safetensors"}))
     with pytest.raises(RegistryError):
@@ -132,14 +136,63 @@ def test_detector_round_trip_with_manifest_thresholds(tmp_path: Path) -> None:
     model = build_detector(config).eval()
     manifest = ModelManifest(name="fpnnet-demo", version="0.0.1", architecture="fpnnet-resnet50", role="detector",
                              classes=list(CLASS_NAMES), thresholds={"score_thresh": 0.4},
-                             input_spec={"standardise": {"method": "column-sum"}})
+                             input_spec={"standardise": {"max_side": 256}})
     save_model(tmp_path / "det", model, manifest)
     loaded, loaded_config, loaded_manifest = load_detector(tmp_path / "det")
-    assert loaded_manifest.input_spec["standardise"] == {"method": "column-sum"}
+    assert loaded_manifest.input_spec["standardise"] == {"max_side": 256}
     assert loaded_config.score_thresh == 0.4 and loaded_config.min_size == 128
+    # each setting once: the network config holds no threshold; the config's own fill the thresholds not given
+    assert not set(DETECTOR_THRESHOLD_KEYS) & set(loaded_manifest.input_spec["detector"])
+    assert loaded_manifest.thresholds == {"score_thresh": 0.4, "nms_thresh": config.nms_thresh,
+                                          "detections_per_img": config.detections_per_img,
+                                          "cross_class_iou": config.cross_class_iou}
     assert loaded.roi_heads.score_thresh == 0.4
     image = torch.rand(1, 128, 128)
     (ours,) = detect(loaded, [image], loaded_config)
     (theirs,) = detect(model, [image], loaded_config)
     assert (ours.scores >= 0.4).all()
     assert abs(len(ours) - len(theirs)) <= max(2, len(theirs) // 10)  # fp16 weights move a few borderline boxes
+
+
+def _edited(folder: Path, edit) -> None:
+    data = json.loads((folder / MANIFEST).read_text())
+    edit(data)
+    (folder / MANIFEST).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("format_version"), "no format_version: it is of format 1"),
+    (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this mccad reads"),
+    (lambda m: m["input_spec"]["detector"].update(score_thresh=0.3), r"input_spec.detector holds \['score_thresh'\]"),
+    (lambda m: m["thresholds"].update(score_threshold=0.3), r"thresholds holds \['score_threshold'\]"),
+    (lambda m: m["input_spec"].update(extra={}), r"input_spec holds \['extra'\]"),
+    (lambda m: m["input_spec"]["detector"].update(nms=0.3),
+     r"input_spec.detector with thresholds is invalid \(unknown detector"),
+    (lambda m: m["input_spec"].update(tiling={"tile": 64, "overlap": 8, "layout": "even"}),
+     r"input_spec.tiling is invalid .*layout"),
+    (lambda m: m["input_spec"].update(breast_gate={"margin": 1.0}), r"input_spec.breast_gate is invalid .*margin"),
+    (lambda m: m["input_spec"].update(standardise={"spacing": 0.1}), r"input_spec.standardise is invalid .*spacing"),
+    (lambda m: m["thresholds"].update(score_thresh=1.5), r"input_spec.detector with thresholds is invalid .*score_thresh"),
+])
+def test_one_strict_reader_refuses_what_a_manifest_must_not_hold(tmp_path: Path, edit, message) -> None:
+    """Every loader reads a manifest through ``load_manifest``: an unknown key, a setting twice, a value its class
+    refuses, no format version or a newer one fail there, with ``ManifestInvalid`` naming the file and setting,
+    for the pipeline, evaluation and the benchmark alike."""
+    from bench.inference import load_models
+    from models.pipeline import Pipeline
+    from training.evaluation.predict import load_model
+
+    bundle = tmp_path / "bundle"  # the manifest is refused before any weight is read: it needs none
+    (bundle / "detector").mkdir(parents=True)
+    write_manifest(bundle / "detector", ModelManifest(
+        name="d", version="0.1.0", architecture="fpnnet-resnet50", role="detector", classes=list(CLASS_NAMES),
+        input_spec={"standardise": {"max_side": 64}, "detector": {"min_size": 64, "max_size": 64}},
+        thresholds={"score_thresh": 0.4}))
+    _edited(bundle / "detector", edit)
+    loaders = (load_manifest, load_detector, load_model, lambda d: Pipeline.from_model_dir(d.parent),
+               lambda d: load_models(d.parent, quick=True))
+    for loader in loaders:
+        with pytest.raises(ManifestInvalid, match=message) as caught:
+            loader(bundle / "detector")
+        assert str(bundle / "detector" / MANIFEST) in str(caught.value)
+

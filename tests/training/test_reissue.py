@@ -52,7 +52,9 @@ def test_a_reissued_detector_keeps_its_weights_and_changes_only_what_was_given(t
     assert new.sha256 == old.sha256 == sha256_of(out / "model.safetensors")
     assert new.version == "0.2.0" and new.name == "tiny" and new.synthetic_only
     assert new.input_spec["tiling"] == {**TILING, "hflip": True}
-    assert new.thresholds == {"score_thresh": 0.33, "nms_thresh": 0.3}
+    # the network's own thresholds were written into ``thresholds`` when the source was saved (each setting once)
+    assert new.thresholds == {"score_thresh": 0.33, "nms_thresh": 0.3, "detections_per_img": 250,
+                              "cross_class_iou": 0.5}
     assert new.input_spec["detector"] == old.input_spec["detector"]
     assert new.training_data == "tiny phantoms"
     assert new.metrics["validation"] == {"val_auc": 0.5}
