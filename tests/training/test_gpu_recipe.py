@@ -1,12 +1,12 @@
 """``training/recipes/gpu-detector.sh``, the recipe that trains the shipped detector on a GPU host, run end to end on
 this CPU at a toy size: it makes crops and whole validation images from a kit's background folders, trains each
 experiment it is given on the crops with whole-image validation, and leaves per experiment an fp16 model, its
-manifest (tiling, breast gate) and the epoch log, plus data.json."""
+manifest (tiling, breast gate) and the epoch log, plus data.json. The kit's backgrounds are made once, as
+``make_gpu_kit`` makes them, and shared by the tests."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +17,26 @@ import pytest
 from tests.training.test_trainer_budget_tiling import TINY_DETECTOR
 
 REPO = Path(__file__).resolve().parents[2]
+#: the package images of the shared kit: patient 1's second for training, patient 2's third for validation
+KIT_TRAIN, KIT_VAL = 1, 6
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A kit's background folders as ``make_gpu_kit`` writes them (2 x 2 block-averaged to 0.1 mm, JPEG-LS), and the
+    files written; read-only for the tests (each writes its data and models elsewhere)."""
+    from training.recipes.make_gpu_kit import make_backgrounds
+
+    root = tmp_path_factory.mktemp("kit")
+    return root, make_backgrounds(root, [KIT_TRAIN], [KIT_VAL], 2)
 
 
 @pytest.mark.slow
-def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
-    from training.simulate.dataset import real_sample_paths
-
-    kit = tmp_path / "kit"
-    for folder, index in (("bg-train", 0), ("bg-val", 5)):
-        (kit / folder).mkdir(parents=True)
-        shutil.copy(real_sample_paths()[index], kit / folder / "a.dcm")
-    detector = "".join(f"{k} = {v}\n" for k, v in TINY_DETECTOR.items() if k not in ("min_size", "max_size"))
+def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path, kit):
+    kit, _ = kit
+    # the recipe's own backbone (training/experiments/sim-detector-lite0-gpu.toml), randomly initialised, at toy size
+    detector = 'backbone = "efficientnet_lite0"\n' + "".join(
+        f"{k} = {v}\n" for k, v in TINY_DETECTOR.items() if k not in ("min_size", "max_size"))
     config = tmp_path / "toy.toml"
     config.write_text('kind = "detector"\n[train]\nepochs = 1\nsamples_per_epoch = 2\nbatch_size = 2\nmax_side = 0\n'
                       'spacing_mm = 0.1\ntile = 512\ntile_overlap = 64\ntile_batch = 4\nthreads = 1\nnum_workers = 1\n'
@@ -68,15 +77,10 @@ def test_the_gpu_recipe_makes_data_trains_and_exports_from_a_kit(tmp_path):
     assert "torch.float16" in dtypes and "torch.float32" not in dtypes
 
 
-def test_the_gpu_recipe_stops_before_training_when_the_data_leaves_no_time(tmp_path):
+def test_the_gpu_recipe_stops_before_training_when_the_data_leaves_no_time(tmp_path, kit):
     """A deadline the data already used up: no training that a machine's command limit would cut before the export,
     but a clear message and the data record."""
-    from training.simulate.dataset import real_sample_paths
-
-    kit = tmp_path / "kit"
-    for folder in ("bg-train", "bg-val"):
-        (kit / folder).mkdir(parents=True)
-        shutil.copy(real_sample_paths()[0], kit / folder / "a.dcm")
+    kit, _ = kit
     out = tmp_path / "out"
     env = dict(os.environ, KIT=str(kit), OUT=str(out), WORK=str(tmp_path / "work"), N_TRAIN="1", N_VAL="1",
                WORKERS="1", CONFIGS="training/experiments/sim-detector-lite0-gpu-min3-ft.toml", DEADLINE="30",
@@ -101,16 +105,15 @@ def test_block_average_means_whole_blocks_in_the_stored_type():
         block_average(stored, 0)
 
 
-def test_the_kits_backgrounds_read_at_the_new_spacing_as_the_simulator_would_have_resampled_them(tmp_path):
+def test_the_kits_backgrounds_read_at_the_new_spacing_as_the_simulator_would_have_resampled_them(kit):
     """A kit background is the package image block-averaged to 0.1 mm, stated as such: the simulator reads it at
     0.1 mm without resampling, and gets what it would have made from the package image itself, up to rounding."""
-    from training.recipes.make_gpu_kit import make_backgrounds
     from training.simulate.dataset import _real_background
 
-    written = make_backgrounds(tmp_path / "kit", [1], [6], 2)
-    assert [p.relative_to(tmp_path / "kit").as_posix() for p in written] == ["bg-train/bg0.dcm", "bg-val/bg0.dcm"]
-    for folder, index in (("bg-train", 1), ("bg-val", 6)):
-        kit, lat, view, spacing = _real_background(0, 0.1, str(tmp_path / "kit" / folder))
+    root, written = kit
+    assert [p.relative_to(root).as_posix() for p in written] == ["bg-train/bg0.dcm", "bg-val/bg0.dcm"]
+    for folder, index in (("bg-train", KIT_TRAIN), ("bg-val", KIT_VAL)):
+        kit, lat, view, spacing = _real_background(0, 0.1, str(root / folder))
         package, lat0, view0, _ = _real_background(index, 0.1)
         assert spacing == pytest.approx((0.1, 0.1)) and (lat, view) == (lat0, view0)
         assert kit.shape == package.shape
