@@ -17,7 +17,7 @@ from models.results import StudyResult
 from worker.outputs import IMAGE_TABLE_HEAD, PAGE_STYLE, image_rows, load_result
 
 #: Height in pixels of the overlay thumbnails on the page.
-THUMBNAIL_HEIGHT = 240
+THUMBNAIL_HEIGHT = 200
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def write_index(studies: list[StudyEntry], path: Path, *, title: str = "mccad re
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>{PAGE_STYLE} .studies{{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}}
-.study{{border:1px solid #ccc;padding:0 1em 1em}}</style></head><body>
+.study{{border:1px solid #ccc;padding:0 1em 1em;font-size:85%}}</style></head><body>
 <h1>{e(title)}</h1>{warnings}
 <p>{len(studies)} studies. Each card: the exam's verdict, then per image its verdict, lesions and overlay
 (click a picture for full size).</p>
