@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -165,7 +165,7 @@ def read_header_at(path: Path) -> tuple[Dataset, int]:
             ds = dcmread(handle, stop_before_pixels=True)
             offset = handle.tell()  # pydicom rewinds to the start of the element it stopped before
         for element in ds.iterall():  # force the deferred parse of every header value now, not later
-            element.value
+            _ = element.value
     except Exception as exc:  # pydicom raises many types for malformed input
         raise CorruptDataset(f"the data set cannot be parsed ({type(exc).__name__})") from exc
     return ds, offset
@@ -209,15 +209,7 @@ def check_pixel_data(path: Path, ds: Dataset, offset: int) -> None:
         group, element = struct.unpack(end + "HH", head[:4])
         if (group << 16 | element) != _PIXEL_DATA:
             return
-        if implicit:
-            length = struct.unpack(end + "L", head[4:8])[0]
-        elif head[4:6] in _LONG_LENGTH_VRS:
-            more = handle.read(4)
-            if len(more) < 4:
-                raise TruncatedFile("the data set ends inside the Pixel Data header")
-            length = struct.unpack(end + "L", more)[0]
-        else:
-            length = struct.unpack(end + "H", head[6:8])[0]
+        length = _pixel_data_length(handle, head, end, implicit)
         start = handle.tell()
         if length != 0xFFFFFFFF:
             expected = expected_pixel_bytes(ds)
@@ -225,21 +217,41 @@ def check_pixel_data(path: Path, ds: Dataset, offset: int) -> None:
                 held = min(length, size - start)
                 raise TruncatedFile(f"Pixel Data is cut short: {held} bytes where the header needs {expected}")
             return
-        fragments = 0
-        while True:
-            item = handle.read(8)
-            if len(item) < 8:
-                raise TruncatedFile(f"encapsulated Pixel Data is cut short after {fragments} items")
-            tag_group, tag_element, item_length = struct.unpack(end + "HHL", item)
-            tag = tag_group << 16 | tag_element
-            if tag == _SEQUENCE_DELIMITER:
-                break
-            if tag != _ITEM or handle.tell() + item_length > size:
-                raise TruncatedFile(f"encapsulated Pixel Data is cut short in item {fragments + 1}")
-            handle.seek(item_length, 1)
-            fragments += 1
+        fragments = _count_items(handle, end, size)
         if image and fragments < 2:  # the basic offset table item, then at least one fragment
             raise TruncatedFile("encapsulated Pixel Data holds no fragment")
+
+
+def _pixel_data_length(handle: BinaryIO, head: bytes, end: str, implicit: bool) -> int:
+    """The value length of the Pixel Data element whose first 8 bytes are ``head``, leaving ``handle`` at its value
+    (explicit VRs with a 4-byte length read 4 more bytes); 0xFFFFFFFF for encapsulated pixel data."""
+    if implicit:
+        return struct.unpack(end + "L", head[4:8])[0]
+    if head[4:6] in _LONG_LENGTH_VRS:
+        more = handle.read(4)
+        if len(more) < 4:
+            raise TruncatedFile("the data set ends inside the Pixel Data header")
+        return struct.unpack(end + "L", more)[0]
+    return struct.unpack(end + "H", head[6:8])[0]
+
+
+def _count_items(handle: BinaryIO, end: str, size: int) -> int:
+    """The items of the encapsulated Pixel Data starting at ``handle``'s position (the basic offset table item
+    included), skipped by their lengths up to the sequence delimiter; raises :class:`TruncatedFile` when an item or the
+    delimiter is missing or an item runs past ``size``, the file's length."""
+    fragments = 0
+    while True:
+        item = handle.read(8)
+        if len(item) < 8:
+            raise TruncatedFile(f"encapsulated Pixel Data is cut short after {fragments} items")
+        tag_group, tag_element, item_length = struct.unpack(end + "HHL", item)
+        tag = tag_group << 16 | tag_element
+        if tag == _SEQUENCE_DELIMITER:
+            return fragments
+        if tag != _ITEM or handle.tell() + item_length > size:
+            raise TruncatedFile(f"encapsulated Pixel Data is cut short in item {fragments + 1}")
+        handle.seek(item_length, 1)
+        fragments += 1
 
 
 def check_header(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str, accept_non_mg: bool,

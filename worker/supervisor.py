@@ -90,45 +90,70 @@ class Supervisor:
             return None
 
     def tick(self, now: float | None = None) -> TickReport:
+        """One reconciliation at ``now`` (default: the time of day): failed studies whose retry is due are published
+        again, then messages the broker lost and studies of workers that are gone; deliveries waiting on
+        destinations that answer again are made due, and delivered studies past retention are purged. A publish
+        the broker refuses ends the tick there (the next one tries again)."""
         now = time.time() if now is None else now
         report = TickReport()
-        for record in self.ledger.due_now(now):
-            if not self._publish(record.study_uid, record.queue, record.model_dir, "retry due"):
-                return report
-            self.ledger.republish_due(record.study_uid, [FAILED])
-            report.retried.append(record.study_uid)
-        candidates = [r for r in self.ledger.studies_in([QUEUED, ANALYSING, SENDING])
-                      if (r.queued_at or r.started_at or 0.0) <= now - self.lost_after_s]
-        if candidates:
-            ready = self.ready()
-            heartbeats = self.ledger.heartbeats()
-            for r in candidates if ready is not None else []:
-                if r.study_uid in ready:
-                    continue
-                if r.state == QUEUED:
-                    kind = "lost"
-                elif worker_is_gone(r.worker, heartbeats.get(r.worker or ""), now=now,
-                                    stale_s=self.settings.worker_stale_s):
-                    kind = "orphaned"
-                else:
-                    continue
-                if not self._publish(r.study_uid, r.queue, r.model_dir, f"message {kind}"):
-                    return report
-                self.ledger.republish_due(r.study_uid, [r.state])
-                getattr(report, kind).append(r.study_uid)
+        if not self._retry_due(now, report) or not self._republish_lost(now, report):
+            return report
         if self.destinations_up is not None and time.monotonic() >= self._next_probe:
-            waiting = [r.study_uid for r in self.ledger.delivery_waiting() if (r.retry_at or 0.0) > now]
-            if waiting:
-                self._next_probe = time.monotonic() + PROBE_EVERY_S
-                if self.destinations_up():
-                    self.ledger.retry_now(waiting)
-                    report.destinations_back = waiting
-                    LOG.info("destinations answer again; %d deliveries are due now", len(waiting),
-                             extra={"event": "destinations_back", "studies": len(waiting)})
+            self._probe_destinations(now, report)
         if self.spool is not None and time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_EVERY_S
             report.purged = purge_delivered(self.ledger, self.spool, self.settings.spool_retention_s, now)[0]
         return report
+
+    def _retry_due(self, now: float, report: TickReport) -> bool:
+        """Publish the failed studies whose retry is due; False when the broker refused one."""
+        for record in self.ledger.due_now(now):
+            if not self._publish(record.study_uid, record.queue, record.model_dir, "retry due"):
+                return False
+            self.ledger.republish_due(record.study_uid, [FAILED])
+            report.retried.append(record.study_uid)
+        return True
+
+    def _republish_lost(self, now: float, report: TickReport) -> bool:
+        """Publish again the queued studies the broker no longer holds ("lost") and the studies in work whose worker
+        is gone ("orphaned"), once they have waited ``lost_after_s``; nothing when the broker cannot be read. False
+        when the broker refused a publish."""
+        candidates = [r for r in self.ledger.studies_in([QUEUED, ANALYSING, SENDING])
+                      if (r.queued_at or r.started_at or 0.0) <= now - self.lost_after_s]
+        if not candidates:
+            return True
+        ready = self.ready()
+        if ready is None:
+            return True
+        heartbeats = self.ledger.heartbeats()
+        for r in candidates:
+            if r.study_uid in ready:
+                continue
+            if r.state == QUEUED:
+                kind = "lost"
+            elif worker_is_gone(r.worker, heartbeats.get(r.worker or ""), now=now,
+                                stale_s=self.settings.worker_stale_s):
+                kind = "orphaned"
+            else:
+                continue
+            if not self._publish(r.study_uid, r.queue, r.model_dir, f"message {kind}"):
+                return False
+            self.ledger.republish_due(r.study_uid, [r.state])
+            getattr(report, kind).append(r.study_uid)
+        return True
+
+    def _probe_destinations(self, now: float, report: TickReport) -> None:
+        """When deliveries wait for a later retry, ask whether the destinations answer again (at most every
+        ``PROBE_EVERY_S``); if they do, those deliveries are due now."""
+        waiting = [r.study_uid for r in self.ledger.delivery_waiting() if (r.retry_at or 0.0) > now]
+        if not waiting:
+            return
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+        if self.destinations_up():
+            self.ledger.retry_now(waiting)
+            report.destinations_back = waiting
+            LOG.info("destinations answer again; %d deliveries are due now", len(waiting),
+                     extra={"event": "destinations_back", "studies": len(waiting)})
 
     def _publish(self, study_uid: str, queue: str | None, model_dir: str | None, why: str) -> bool:
         try:
@@ -151,7 +176,8 @@ def stuck_studies(ledger: Ledger, settings: Settings, now: float | None = None) 
     heartbeats = ledger.heartbeats()
     for r in ledger.studies_in([RECEIVING, COMPLETE, QUEUED, ANALYSING, SENDING, FAILED]):
         if r.state == RECEIVING:
-            since, why = r.last_instance_at + settings.study_idle_s, "complete but not assembled: is `mccad serve` running?"
+            since = r.last_instance_at + settings.study_idle_s
+            why = "complete but not assembled: is `mccad serve` running?"
         elif r.state == COMPLETE:
             since, why = r.completed_at or r.updated_at, "not handed to the broker: is the broker reachable?"
         elif r.state == QUEUED:

@@ -124,7 +124,8 @@ def _read_truths(paths: list[Path], fmt: str) -> tuple[list, dict | None]:
     """The samples of one or several annotation files, and their ``simulated.json`` records (None unless every file
     has them). Pooled files prefix each image's name with its file's folder (made unique), since two sets made by
     ``mccad simulate`` both name their first image ``images/000000.png``; a background shared by two simulated sets
-    stays one background (``training.evaluation.subgroups.background_of``), so its false positives are counted together."""
+    stays one background (``training.evaluation.subgroups.background_of``), so its false positives are counted
+    together."""
     from training.datasets.readers import read_dataset
     from training.evaluation.subgroups import simulation_records
 
@@ -155,88 +156,100 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def run(args: argparse.Namespace, settings) -> int:
+def _fold_predictions(args: argparse.Namespace, truth: list, out: Path, overrides: dict, runtime: str) -> list:
+    """``(samples, predictions, operating point, model name)`` per fold: each fold of ``--kfold``, each file of
+    several ``--predictions``, or one entry for ``--model`` / a single predictions file. Raises ``UserError`` when
+    the k-fold run has no ``folds.json``."""
     from mccad.cli import UserError
-    from models.errors import RegistryError
-    from models.onnx_runtime import RuntimeUnavailable
-    from training.datasets.samples import DatasetError
-    from training.evaluation.evaluate import EvaluationError, compare, evaluate, evaluate_folds, join_predictions
-    from training.evaluation.report import write_report
-    from training.trainers.common import TrainingError
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    def predictions_of(source: Path, samples: list, tag: str):
+        return _predictions_of(source, samples, args.device, out, tag, args.breast_gate, overrides, runtime)
+
+    fold_preds = []
+    if args.kfold is not None:
+        folds_file = args.kfold / "folds.json"
+        if not folds_file.is_file():
+            raise UserError(f"{args.kfold} has no folds.json: train it with 'mccad train ... --folds k'")
+        by_id = {s.image_id: s for s in truth}
+        for name, ids in sorted(json.loads(folds_file.read_text()).items()):
+            samples = [by_id[x] for x in ids if x in by_id]
+            fold_preds.append((samples, *predictions_of(args.kfold / name, samples, f"_{name}")))
+    elif args.predictions and len(args.predictions) > 1:
+        for path in args.predictions:
+            preds, op, name = predictions_of(path, truth, "")
+            ids = {p.image_id for p in preds}
+            fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
+    else:
+        source = args.model if args.model is not None else args.predictions[0]
+        fold_preds.append((truth, *predictions_of(source, truth, "")))
+    return fold_preds
+
+
+def _pooled_metrics(args: argparse.Namespace, fold_preds: list, op, simulation: dict | None, out: Path) -> dict:
+    """The metrics of every fold's predictions pooled at the operating point ``op``, the false-positive sheet
+    (``--false-positives``) where boxes were scored, and the k-fold table when there are several folds."""
+    from training.evaluation.evaluate import evaluate, evaluate_folds, join_predictions
+
+    all_truth = [s for f in fold_preds for s in f[0]]
+    all_preds = [p for f in fold_preds for p in f[1]]
+    metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
+    if ("froc" in metrics or "normal_images" in metrics) and args.false_positives > 0:
+        from training.evaluation.false_positive_sheet import write_false_positive_sheet
+
+        sheet = write_false_positive_sheet(join_predictions(all_truth, all_preds), op.score_thresh,
+                                           out / "false_positives.png", limit=args.false_positives)
+        if sheet is not None:
+            metrics["false_positive_sheet"] = sheet
+    if len(fold_preds) > 1:
+        per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]
+        metrics["kfold"] = evaluate_folds(per_fold)
+    return metrics
+
+
+def _evaluate(args: argparse.Namespace, settings, out: Path) -> tuple[dict, dict | None, tuple[str, str]]:
+    """(metrics, the ``--compare`` comparison or None, the two models' names): the whole evaluation, before any
+    report is written."""
+    from mccad.cli import UserError
+    from training.evaluation.evaluate import compare
+
     overrides = _detector_overrides(args)
     runtime = args.runtime or settings.detector_runtime
-    try:
-        if args.kfold is not None and len(args.truth) > 1:
-            raise UserError("--kfold evaluates the annotation file the folds were made from: give one --data")
-        truth, simulation = _read_truths(args.truth, args.format)
-        by_id = {s.image_id: s for s in truth}
-        fold_preds = []
-        if args.kfold is not None:
-            folds_file = args.kfold / "folds.json"
-            if not folds_file.is_file():
-                raise UserError(f"{args.kfold} has no folds.json: train it with 'mccad train ... --folds k'")
-            folds = json.loads(folds_file.read_text())
-            for i, (name, ids) in enumerate(sorted(folds.items()), start=1):
-                samples = [by_id[x] for x in ids if x in by_id]
-                fold_preds.append((samples, *_predictions_of(args.kfold / name, samples, args.device, out, f"_{name}",
-                                                             args.breast_gate, overrides, runtime)))
-        elif args.predictions and len(args.predictions) > 1:
-            for path in args.predictions:
-                preds, op, name = _predictions_of(path, truth, args.device, out, "", args.breast_gate,
-                                                  overrides, runtime)
-                ids = {p.image_id for p in preds}
-                fold_preds.append(([s for s in truth if s.image_id in ids], preds, op, name))
-        else:
-            source = args.model if args.model is not None else args.predictions[0]
-            fold_preds.append((truth, *_predictions_of(source, truth, args.device, out, "", args.breast_gate,
-                                                       overrides, runtime)))
-        op = fold_preds[0][2]
-        if args.score_thresh is not None:
-            op = dataclasses.replace(op, score_thresh=args.score_thresh)
+    if args.kfold is not None and len(args.truth) > 1:
+        raise UserError("--kfold evaluates the annotation file the folds were made from: give one --data")
+    truth, simulation = _read_truths(args.truth, args.format)
+    fold_preds = _fold_predictions(args, truth, out, overrides, runtime)
+    op = fold_preds[0][2]
+    if args.score_thresh is not None:
+        op = dataclasses.replace(op, score_thresh=args.score_thresh)
+    metrics = _pooled_metrics(args, fold_preds, op, simulation, out)
+    comparison, names = None, (fold_preds[0][3], "")
+    if args.compare is not None:
         all_truth = [s for f in fold_preds for s in f[0]]
         all_preds = [p for f in fold_preds for p in f[1]]
-        metrics = evaluate(all_truth, all_preds, op=op, n_boot=args.n_boot, simulation=simulation)
-        if ("froc" in metrics or "normal_images" in metrics) and args.false_positives > 0:
-            from training.evaluation.false_positive_sheet import write_false_positive_sheet
+        other, other_op, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
+                                                      args.breast_gate, overrides, runtime)
+        # each model at its own operating point (--score-thresh sets the evaluated model's only)
+        comparison = compare(all_truth, all_preds, other, op=op, op_b=other_op, n_boot=args.n_boot,
+                             simulation=simulation)
+        names = (fold_preds[0][3], other_name)
+    return metrics, comparison, names
 
-            sheet = write_false_positive_sheet(join_predictions(all_truth, all_preds), op.score_thresh,
-                                               out / "false_positives.png", limit=args.false_positives)
-            if sheet is not None:
-                metrics["false_positive_sheet"] = sheet
-        if len(fold_preds) > 1:
-            per_fold = [evaluate(t, p, op=op, n_boot=0) for t, p, _, _ in fold_preds]
-            metrics["kfold"] = evaluate_folds(per_fold)
-        comparison, names = None, (fold_preds[0][3], "")
-        if args.compare is not None:
-            other, other_op, other_name = _predictions_of(args.compare, all_truth, args.device, out, "_compare",
-                                                          args.breast_gate, overrides, runtime)
-            # each model at its own operating point (--score-thresh sets the evaluated model's only)
-            comparison = compare(all_truth, all_preds, other, op=op, op_b=other_op, n_boot=args.n_boot,
-                                 simulation=simulation)
-            names = (fold_preds[0][3], other_name)
-    except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError,
-            RuntimeUnavailable) as exc:
-        raise UserError(str(exc)) from exc
-    metrics["command"] = "mccad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    report = write_report(metrics, out, title=f"mccad evaluation: {fold_preds[0][3]}", model_name=fold_preds[0][3],
-                          comparison=comparison, comparison_names=names)
-    summary = {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
-               for lvl, b in metrics["levels"].items()}
-    printed: dict = {"report": str(report), "metrics": str(out / "metrics.json"), "levels": summary}
+
+def _summary(metrics: dict, comparison: dict | None) -> dict:
+    """The printed figures: per level n / accuracy / AUC, FROC sensitivities with intervals, false positives on
+    normal images, the FROC difference of ``--compare`` and, for a simulated set, clusters found per subgroup."""
+    printed: dict = {"levels": {lvl: {"n": b["n"], "accuracy": b["table"]["accuracy"], "auc": b["auc"]["auc"]}
+                                for lvl, b in metrics["levels"].items()}}
     if "froc" in metrics and metrics["froc"]["all"]["n_lesions"]:  # sensitivity at each FP rate, with its interval
         curve = metrics["froc"]["all"]
         printed["froc_sensitivity"] = _with_intervals(curve["sensitivity_at_fp_per_image"], curve.get("ci"))
     if "normal_images" in metrics:  # boxes on images without lesions: every one a false positive
         fp = metrics["normal_images"]
         ci = fp["fp_per_image_ci95"]
+        interval = f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci[0] is not None else ""
         printed["normal_images"] = {
             "images": fp["images"], "women": fp["women"], "score_thresh": fp["score_thresh"],
-            "fp_per_image": f"{fp['fp_per_image']:.3f}" + (f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci[0] is not None
-                                                          else ""),
-            "images_with_a_box": fp["images_with_a_box"]}
+            "fp_per_image": f"{fp['fp_per_image']:.3f}" + interval, "images_with_a_box": fp["images_with_a_box"]}
     if comparison and "froc" in comparison:
         printed["froc_difference"] = _with_intervals(comparison["froc"]["difference_at_fp_per_image"],
                                                      comparison["froc"])
@@ -249,5 +262,29 @@ def run(args: argparse.Namespace, settings) -> int:
     if len(by_spacing) > 1:  # a set made at several pitches: the figures per acquisition
         printed["froc_sensitivity_by_pixel_spacing"] = {name: row["sensitivity_at_fp_per_image"]
                                                         for name, row in by_spacing.items()}
+    return printed
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from mccad.cli import UserError
+    from models.errors import RegistryError
+    from models.onnx_runtime import RuntimeUnavailable
+    from training.datasets.samples import DatasetError
+    from training.evaluation.evaluate import EvaluationError
+    from training.evaluation.report import write_report
+    from training.trainers.common import TrainingError
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics, comparison, names = _evaluate(args, settings, out)
+    except (DatasetError, EvaluationError, TrainingError, FileNotFoundError, ValueError, RegistryError,
+            RuntimeUnavailable) as exc:
+        raise UserError(str(exc)) from exc
+    metrics["command"] = "mccad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(metrics, out, title=f"mccad evaluation: {names[0]}", model_name=names[0],
+                          comparison=comparison, comparison_names=names)
+    summary = _summary(metrics, comparison)
+    printed: dict = {"report": str(report), "metrics": str(out / "metrics.json"), **summary}
     print(json.dumps(printed, indent=2, default=str))
     return 0

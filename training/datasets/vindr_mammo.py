@@ -77,6 +77,53 @@ def _problem(skipped: list[str] | None, message: str) -> None:
     skipped.append(message)
 
 
+def _calcification(row: dict[str, str], names: list[str], where: str) -> Lesion:
+    """The lesion of a calcification finding: its box, malignant from BI-RADS 4 up, the BI-RADS as assessment."""
+    birads = birads_category(row["finding_birads"])
+    if birads is None:
+        raise DatasetError(f"{where}: a calcification finding without finding_birads")
+    try:
+        box = tuple(float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except ValueError as exc:
+        raise DatasetError(f"{where}: the box xmin, ymin, xmax, ymax is not four numbers") from exc
+    label = "malignant" if int(birads[0]) >= 4 else "benign"
+    return Lesion(box, label, category=", ".join(names), assessment=birads)  # type: ignore[arg-type]
+
+
+def _findings_of(image_id: str, rows: list[tuple[int, dict[str, str]]]) -> tuple[list[Lesion], bool]:
+    """(the calcification lesions, whether another finding is there) of one image's finding rows, each given with
+    its row number in the table. Raises DatasetError naming the first row the table gets wrong."""
+    lesions: list[Lesion] = []
+    other = False
+    for number, row in rows:
+        where = f"{FINDINGS} row {number} (image {image_id})"
+        try:
+            names = categories(row["finding_categories"], where)
+            lowered = [n.lower() for n in names]
+            if not names or lowered == [NO_FINDING]:
+                continue
+            if CALCIFICATION not in lowered:
+                other = True
+                continue
+            lesions.append(_calcification(row, names, where))
+        except DatasetError as exc:
+            raise DatasetError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from exc
+    return lesions, other
+
+
+def _image_rows(folder: Path, findings: list[dict[str, str]]) -> OrderedDict[str, dict[str, str]]:
+    """Each image's row, by image id: from the breast-level table where there is one (it lists every image), then
+    from the finding table for images it lacks."""
+    images: OrderedDict[str, dict[str, str]] = OrderedDict()
+    breast_level = folder / BREAST_LEVEL
+    if breast_level.is_file():
+        for row in _read_csv(breast_level, IMAGE_COLUMNS):
+            images.setdefault(row["image_id"].strip(), row)
+    for row in findings:
+        images.setdefault(row["image_id"].strip(), row)
+    return images
+
+
 def read_vindr_mammo(folder: Path, image_root: Path | None = None, *, other_findings: str = "exclude",
                      skipped: list[str] | None = None) -> list[Sample]:
     """Every image of a VinDr-Mammo download as a Sample (see the module doc for what becomes a lesion).
@@ -93,48 +140,17 @@ def read_vindr_mammo(folder: Path, image_root: Path | None = None, *, other_find
         raise DatasetError(f"{folder} is not a VinDr-Mammo download: it lacks {FINDINGS}")
     images_dir = Path(image_root) if image_root is not None else folder / IMAGES
     findings = _read_csv(table, FINDING_COLUMNS)
-    images: OrderedDict[str, dict[str, str]] = OrderedDict()
-    breast_level = folder / BREAST_LEVEL
-    if breast_level.is_file():
-        for row in _read_csv(breast_level, IMAGE_COLUMNS):
-            images.setdefault(row["image_id"].strip(), row)
-    for row in findings:
-        images.setdefault(row["image_id"].strip(), row)
     by_image: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for number, row in enumerate(findings, start=2):
         by_image.setdefault(row["image_id"].strip(), []).append((number, row))
     samples = []
-    for image_id, info in images.items():
+    for image_id, info in _image_rows(folder, findings).items():
         study = info["study_id"].strip()
         source = images_dir / study / f"{image_id}.dicom"
-        lesions: list[Lesion] = []
-        other = False
-        bad = None
-        for number, row in by_image.get(image_id, []):
-            where = f"{FINDINGS} row {number} (image {image_id})"
-            try:
-                names = categories(row["finding_categories"], where)
-                lowered = [n.lower() for n in names]
-                if not names or lowered == [NO_FINDING]:
-                    continue
-                if CALCIFICATION not in lowered:
-                    other = True
-                    continue
-                birads = birads_category(row["finding_birads"])
-                if birads is None:
-                    raise DatasetError(f"{where}: a calcification finding without finding_birads")
-                try:
-                    box = tuple(float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
-                except ValueError as exc:
-                    raise DatasetError(f"{where}: the box xmin, ymin, xmax, ymax is not four numbers") from exc
-                label = "malignant" if int(birads[0]) >= 4 else "benign"
-                lesions.append(Lesion(box, label,  # type: ignore[arg-type]
-                                      category=", ".join(names), assessment=birads))
-            except DatasetError as exc:
-                bad = f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)
-                break
-        if bad is not None:
-            _problem(skipped, bad)
+        try:
+            lesions, other = _findings_of(image_id, by_image.get(image_id, []))
+        except DatasetError as exc:
+            _problem(skipped, str(exc))
             continue
         if other and other_findings == "exclude":
             continue

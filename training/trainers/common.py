@@ -211,6 +211,101 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     return [r for r in rows if int(r.get("epoch", 0)) <= upto_epoch]
 
 
+def _resume(spec: LoopSpec, cfg: Any, cfg_dict: dict[str, Any], out_dir: Path, scaler: torch.amp.GradScaler,
+            use_amp: bool) -> tuple[EarlyStopping, int, list[dict[str, Any]]]:
+    """Load ``out_dir``'s ``last.pt`` into the model, optimizer, scheduler and scaler; (the early-stopping state,
+    the next epoch, the logged epochs so far). Raises TrainingError when the checkpoint is of another kind or
+    configuration."""
+    state = load_checkpoint(out_dir / LAST_CHECKPOINT)
+    changed = _changed_keys(state.get("config", {}), cfg_dict, config_defaults(cfg))
+    if state.get("kind") != spec.kind or changed:
+        raise TrainingError(
+            f"{out_dir} holds a {state.get('kind')} run whose configuration differs in {changed or ['kind']}; "
+            f"choose a new output folder, or start afresh there without resuming")
+    spec.model.load_state_dict(state["model"])
+    spec.optimizer.load_state_dict(state["optimizer"])
+    if spec.scheduler is not None and state.get("scheduler") is not None:
+        spec.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and use_amp:
+        scaler.load_state_dict(state["scaler"])
+    start_epoch = int(state["epoch"]) + 1
+    log.info("resuming %s run in %s after epoch %d", spec.kind, out_dir, start_epoch - 1)
+    return (EarlyStopping(cfg.early_stop_patience, **state["early_stopping"]), start_epoch,
+            _read_log(out_dir / METRICS_LOG, start_epoch - 1))
+
+
+def train_one_epoch(spec: LoopSpec, cfg: Any, epoch: int, device: torch.device, scaler: torch.amp.GradScaler, *,
+                    use_amp: bool, progress: bool) -> dict[str, Any]:
+    """One pass over the epoch's batches (``spec.order`` under the epoch's seed), one optimizer step per batch, then
+    one scheduler step; the epoch's record: ``epoch``, ``lr`` (the rate the epoch ran at), ``iterations``,
+    ``train_loss`` and ``train_<part>`` per loss part, each the mean over batches. Raises TrainingError on a
+    non-finite loss."""
+    gen = seed_everything(epoch_seed(cfg.seed, epoch))
+    order = list(spec.order(epoch, gen))
+    batches = [order[i:i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
+    spec.model.train()
+    sums: dict[str, float] = {}
+    iterator: Any = batches
+    if progress:
+        iterator = tqdm(batches, desc=f"{spec.kind} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+    for batch in iterator:
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            losses = spec.batch_loss(batch, gen)
+            total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise TrainingError(f"{spec.kind} loss became {float(total)} in epoch {epoch}; lower the learning "
+                                f"rate (lr={cfg.lr}) or check the annotations of this batch")
+        spec.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(spec.optimizer)
+        scaler.update()
+        sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        if progress:
+            iterator.set_postfix(loss=f"{float(total):.4f}")
+    lr = float(spec.optimizer.param_groups[0]["lr"])
+    if spec.scheduler is not None:
+        spec.scheduler.step()
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr, "iterations": len(batches),
+                              "train_loss": sums.get("loss", 0.0) / max(len(batches), 1)}
+    record.update({f"train_{k}": v / max(len(batches), 1) for k, v in sums.items() if k != "loss"})
+    return record
+
+
+def _save_checkpoints(spec: LoopSpec, cfg_dict: dict[str, Any], record: dict[str, Any], stopper: EarlyStopping,
+                      scaler: torch.amp.GradScaler, use_amp: bool, out_dir: Path, *, best: bool) -> None:
+    """Write the epoch's ``last.pt`` (everything a resume needs) and, when ``best``, its ``best.pt`` (weights,
+    configuration and metrics)."""
+    weights = {k: v.detach().cpu() for k, v in spec.model.state_dict().items()}
+    epoch = record["epoch"]
+    if best:
+        save_atomically({"format": CHECKPOINT_FORMAT, "kind": spec.kind, "epoch": epoch, "model": weights,
+                         "config": cfg_dict, "metrics": record, "build": spec.build_info}, out_dir / BEST_CHECKPOINT)
+    save_atomically({
+        "format": CHECKPOINT_FORMAT, "kind": spec.kind, "epoch": epoch, "model": weights,
+        "optimizer": spec.optimizer.state_dict(),
+        "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
+        "scaler": scaler.state_dict() if use_amp else None,
+        "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch,
+                           "bad_epochs": stopper.bad_epochs, "tie": stopper.tie},
+        "config": cfg_dict, "metrics": record, "build": spec.build_info,
+    }, out_dir / LAST_CHECKPOINT)
+
+
+def _report_epoch(spec: LoopSpec, cfg: Any, record: dict[str, Any], log_path: Path, progress: bool) -> None:
+    """Append the epoch's record to the metrics log, log it, and print it when ``progress``."""
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    epoch = record["epoch"]
+    log.info("%s epoch %d: %s", spec.kind, epoch, {k: (round(v, 4) if isinstance(v, float) else v)
+                                                   for k, v in record.items()})
+    if progress:
+        print(f"{spec.kind} epoch {epoch}/{cfg.epochs} " + " ".join(
+            f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
+            + f" ({record['seconds']:.1f}s)", flush=True)
+
+
 def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progress: bool = True,
         device: torch.device | None = None) -> TrainRun:
     """Train ``spec.model`` for ``cfg.epochs`` epochs, checkpointing each epoch into ``out_dir``.
@@ -238,22 +333,7 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
     last_path, best_path, log_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT, out_dir / METRICS_LOG
 
     if resume and last_path.is_file():
-        state = load_checkpoint(last_path)
-        changed = _changed_keys(state.get("config", {}), cfg_dict, config_defaults(cfg))
-        if state.get("kind") != spec.kind or changed:
-            raise TrainingError(
-                f"{out_dir} holds a {state.get('kind')} run whose configuration differs in {changed or ['kind']}; "
-                f"choose a new output folder, or start afresh there without resuming")
-        model.load_state_dict(state["model"])
-        spec.optimizer.load_state_dict(state["optimizer"])
-        if spec.scheduler is not None and state.get("scheduler") is not None:
-            spec.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") and use_amp:
-            scaler.load_state_dict(state["scaler"])
-        stopper = EarlyStopping(cfg.early_stop_patience, **state["early_stopping"])
-        start_epoch = int(state["epoch"]) + 1
-        history = _read_log(log_path, start_epoch - 1)
-        log.info("resuming %s run in %s after epoch %d", spec.kind, out_dir, start_epoch - 1)
+        stopper, start_epoch, history = _resume(spec, cfg, cfg_dict, out_dir, scaler, use_amp)
     else:
         for stale in (last_path, best_path, log_path):
             stale.unlink(missing_ok=True)
@@ -271,36 +351,7 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
             stopped_early = True
             break
         t0 = time.perf_counter()
-        gen = seed_everything(epoch_seed(cfg.seed, epoch))
-        order = list(spec.order(epoch, gen))
-        batches = [order[i:i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
-        model.train()
-        sums: dict[str, float] = {}
-        iterator: Any = batches
-        if progress:
-            iterator = tqdm(batches, desc=f"{spec.kind} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
-        for batch in iterator:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                losses = spec.batch_loss(batch, gen)
-                total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise TrainingError(f"{spec.kind} loss became {float(total)} in epoch {epoch}; lower the learning "
-                                    f"rate (lr={cfg.lr}) or check the annotations of this batch")
-            spec.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(spec.optimizer)
-            scaler.update()
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if progress:
-                iterator.set_postfix(loss=f"{float(total):.4f}")
-        lr = float(spec.optimizer.param_groups[0]["lr"])
-        if spec.scheduler is not None:
-            spec.scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "iterations": len(batches),
-                                  "train_loss": sums.get("loss", 0.0) / max(len(batches), 1)}
-        record.update({f"train_{k}": v / max(len(batches), 1) for k, v in sums.items() if k != "loss"})
+        record = train_one_epoch(spec, cfg, epoch, device, scaler, use_amp=use_amp, progress=progress)
         if spec.validate is not None:
             model.eval()
             with torch.no_grad():
@@ -309,30 +360,12 @@ def fit(spec: LoopSpec, cfg: Any, out_dir: Path, *, resume: bool = True, progres
         improved = stopper.update(monitored, epoch, record.get(spec.tie_break) if spec.tie_break else None)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(record)
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         usable = monitored is not None and math.isfinite(monitored)
         if not usable and stopper.best is None:
             stopper.best_epoch = epoch  # no usable validation metric: the latest epoch is the best we can say
-        if improved or (not usable and stopper.best is None):
-            save_atomically({"format": CHECKPOINT_FORMAT, "kind": spec.kind, "epoch": epoch, "model": weights,
-                             "config": cfg_dict, "metrics": record, "build": spec.build_info}, best_path)
-        save_atomically({
-            "format": CHECKPOINT_FORMAT, "kind": spec.kind, "epoch": epoch, "model": weights,
-            "optimizer": spec.optimizer.state_dict(),
-            "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
-            "scaler": scaler.state_dict() if use_amp else None,
-            "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch,
-                               "bad_epochs": stopper.bad_epochs, "tie": stopper.tie},
-            "config": cfg_dict, "metrics": record, "build": spec.build_info,
-        }, last_path)
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        log.info("%s epoch %d: %s", spec.kind, epoch, {k: (round(v, 4) if isinstance(v, float) else v)
-                                                       for k, v in record.items()})
-        if progress:
-            print(f"{spec.kind} epoch {epoch}/{cfg.epochs} " + " ".join(
-                f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
-                + f" ({record['seconds']:.1f}s)", flush=True)
+        _save_checkpoints(spec, cfg_dict, record, stopper, scaler, use_amp, out_dir,
+                          best=improved or (not usable and stopper.best is None))
+        _report_epoch(spec, cfg, record, log_path, progress)
         stopped_early = stopper.should_stop
         if stopped_early:
             log.info("%s: early stop after epoch %d (no %s gain for %d epochs)", spec.kind, epoch, spec.monitor,
