@@ -44,7 +44,7 @@ from models.box_scores import SCORE_MODES, check_malignant_offset, set_score_mod
 from models.efficientnet_lite import efficientnet_lite_fpn, lite_variant, resolve_lite_weights
 from models.manifest_config import ManifestConfig
 from models.roi_pool import ThreadedRoIAlign
-from models.fusion import box_malignancy, suppress_cross_class
+from models.fusion import CROSS_CLASS_IOU, box_malignancy, suppress_cross_class
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class DetectorConfig(ManifestConfig):
     nms_thresh: float = 0.3
     detections_per_img: int = 250
     cross_class_suppression: bool = True
-    cross_class_iou: float = 0.5
+    cross_class_iou: float = CROSS_CLASS_IOU  # models.fusion.suppress_cross_class
     score_mode: str = "class"  # models.box_scores: "class" (the paper's) or "lesion" (1 - P(background))
     # models.box_scores: added to each proposal's malignant logit at inference (0: the network's own split)
     malignant_logit_offset: float = 0.0

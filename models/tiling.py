@@ -43,6 +43,10 @@ Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), image pixels
 SEAM_TOUCH_PX = 2.0
 #: pieces of one lesion across a seam must overlap along the seam by this share of the shorter extent
 JOIN_ALONG_SEAM = 0.5
+#: the tiling a crops-trained detector is read with where its record names none (``TilingSpec``, the trainer's
+#: ``tile_overlap`` and ``tile_batch``): tiles of ``TILE`` px overlapping by ``OVERLAP`` px, ``TILE_BATCH`` tiles
+#: per forward pass (the geometry of the shipped detectors)
+TILE, OVERLAP, TILE_BATCH = 512, 64, 4
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -153,9 +157,9 @@ def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_sha
                         scores=np.concatenate([p.scores for p in pieces]),
                         malignancy=np.concatenate([p.malignancy for p in pieces]).astype(np.float32) if split else None)
     if join:
-        b, l, s, best = _join_pieces(merged.boxes, merged.labels, merged.scores, np.concatenate(origin),
-                                     np.concatenate(cuts))
-        merged = Detections(boxes=b, labels=l, scores=s,
+        b, lab, s, best = _join_pieces(merged.boxes, merged.labels, merged.scores, np.concatenate(origin),
+                                       np.concatenate(cuts))
+        merged = Detections(boxes=b, labels=lab, scores=s,
                             malignancy=None if merged.malignancy is None else merged.malignancy[best])
     return _suppress(merged, config)
 
@@ -174,8 +178,8 @@ def _suppress(merged: Detections, config: DetectorConfig) -> Detections:
     return merged.take(np.argsort(-merged.scores, kind="stable")[: config.detections_per_img])
 
 
-def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = 800,
-                 overlap: int = 128, batch: int = 4, join: bool = True) -> Detections:
+def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = TILE,
+                 overlap: int = OVERLAP, batch: int = TILE_BATCH, join: bool = False) -> Detections:
     """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
     resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``."""
     _check_image(image)
@@ -190,7 +194,7 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 def read_tiles(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tiles: Sequence[Tile], *,
-               batch: int = 4) -> list[tuple[Tile, Detections]]:
+               batch: int = TILE_BATCH) -> list[tuple[Tile, Detections]]:
     """``detect`` on each of ``tiles`` (all of one shape) of ``image``, ``batch`` at a time at native scale, without
     cross-class suppression (it runs once on the merged boxes, as in whole-image mode): each tile with its boxes in
     tile pixels."""
@@ -236,9 +240,9 @@ class TilingSpec:
     """How a crops-trained detector runs on whole images: its manifest's ``input_spec["tiling"]``, read by
     the pipeline, by evaluation and by the benchmark alike."""
 
-    tile: int = 800
-    overlap: int = 128
-    batch: int = 4
+    tile: int = TILE
+    overlap: int = OVERLAP
+    batch: int = TILE_BATCH
     join: bool = False  # seam joining of box pieces (merge_tile_detections): off unless the model asks
     # test-time flip (models.flip_fusion): the mirrored image is read too and both readings fused; twice the time
     hflip: bool = False

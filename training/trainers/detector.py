@@ -58,11 +58,11 @@ class DetectorTrainConfig:
     column_tolerance: float = 0.01
     spacing_mm: float | None = None  # resample every image to this pixel spacing first (crops at native resolution)
     # tiled inference for models trained on crops: written into the manifest, used by the pipeline and
-    # by evaluation on whole images; None keeps the paper's whole-image mode
+    # by evaluation on whole images; None keeps the paper's whole-image mode; the others default to TilingSpec's
     tile: int | None = None
-    tile_overlap: int = 64
-    tile_batch: int = 4
-    tile_join: bool = False  # join box pieces across tile seams (models.tiling); off: NMS only
+    tile_overlap: int = TilingSpec.overlap
+    tile_batch: int = TilingSpec.batch
+    tile_join: bool = TilingSpec.join  # join box pieces across tile seams (models.tiling); off: NMS only
     # drop boxes centred outside the breast (models.breast_gate, margin 0): written into the manifest, used by the
     # pipeline and by evaluation on whole images (`mccad evaluate --no-breast-gate` measures without it)
     breast_gate: bool = True
