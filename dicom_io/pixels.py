@@ -21,6 +21,7 @@ functions of the stored values and the header:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -90,35 +91,25 @@ def _first(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray:
-    """The first VOI LUT Sequence item applied to modality values, scaled from its output range to [0, 1].
-
-    The output range is 0..2**n - 1 with n the third LUT Descriptor value (PS3.3 C.11.2.1.1); some LUTs claim 16 bits
-    and hold 12-bit data or the reverse, so the larger of that and the LUT's real maximum is used.
-    """
+def voi_lut_output(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The first VOI LUT Sequence item applied to modality values (the LUT's own output values)."""
     integers = np.rint(values).astype(np.int64) if not np.issubdtype(values.dtype, np.integer) else values
     try:
-        out = apply_voi(integers, ds, index=0)
+        return apply_voi(integers, ds, index=0)
     except (NotImplementedError, ValueError, KeyError, AttributeError, IndexError) as exc:
         raise VoiError(f"the VOI LUT Sequence cannot be applied: {exc}") from exc
-    item = ds.VOILUTSequence[0]
-    bits = int(item.LUTDescriptor[2])
-    top = max(float(2**bits - 1), float(np.max(out)) if out.size else 0.0)
-    return np.clip(out.astype(np.float64) / top, 0.0, 1.0)
+
+
+def voi_lut_top(ds: Dataset, largest_output: float) -> float:
+    """The value the first VOI LUT Sequence item's output is divided by to give [0, 1]: its output range is
+    0..2**n - 1 with n the third LUT Descriptor value (PS3.3 C.11.2.1.1); some LUTs claim 16 bits and hold 12-bit
+    data or the reverse, so the larger of that and ``largest_output`` (the LUT's real maximum over the image)."""
+    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    return max(float(2**bits - 1), float(largest_output))
 
 
 def has_voi(ds: Dataset) -> bool:
     return bool(ds.get("VOILUTSequence")) or ("WindowCenter" in ds and "WindowWidth" in ds)
-
-
-def apply_voi_to_unit(values: np.ndarray, ds: Dataset, quirks: list[str]) -> np.ndarray:
-    """VOI LUT Sequence first (the manufacturer's curve), else the first window; both give [0, 1]."""
-    if ds.get("VOILUTSequence"):
-        if "WindowCenter" in ds:
-            quirks.append("voi-lut-sequence-preferred-over-window")
-        return voi_lut_sequence(values, ds)
-    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-    return window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR"))
 
 
 def effective_bits(stored: np.ndarray, bits_stored: int, mask: np.ndarray | None = None) -> int:
@@ -146,22 +137,6 @@ def effective_bits(stored: np.ndarray, bits_stored: int, mask: np.ndarray | None
     return min(range_bits, bits_stored)
 
 
-def range_to_unit(values: np.ndarray, mask: np.ndarray | None, quirks: list[str]) -> np.ndarray:
-    """Scale by the actual data range (outside padding): minimum -> 0, maximum -> 1; a constant image gives 0."""
-    data = values[~mask] if mask is not None else values
-    if data.size == 0:
-        quirks.append("image-all-padding")
-        return np.zeros(values.shape, np.float64)
-    lo, hi = float(np.min(data)), float(np.max(data))
-    if hi <= lo:
-        quirks.append("constant-image")
-        return np.zeros(values.shape, np.float64)
-    unit = values.astype(np.float64)  # one working copy, then in place: the memory of an image stays 8 B per pixel
-    unit -= lo
-    unit /= hi - lo
-    return np.clip(unit, 0.0, 1.0, out=unit)
-
-
 def is_inverted(ds: Dataset, quirks: list[str]) -> bool:
     """Whether stored order is opposite to bright = dense: MONOCHROME1 or Presentation LUT Shape INVERSE (once)."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
@@ -174,35 +149,106 @@ def is_inverted(ds: Dataset, quirks: list[str]) -> bool:
     return photometric == "MONOCHROME1"
 
 
+def _row_blocks(shape: tuple[int, ...]) -> Iterator[slice]:
+    """Slices of consecutive rows holding about ``_CHUNK`` pixels each, covering ``shape[0]`` rows."""
+    rows, columns = int(shape[0]), max(1, int(shape[1]))
+    step = max(1, _CHUNK // columns)
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+def _masked_min_max(stored: np.ndarray, mask: np.ndarray | None,
+                    values_of: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float] | None:
+    """Minimum and maximum of ``values_of(rows of stored)`` outside the padding, block by block; None when every
+    pixel is padding."""
+    lo, hi, seen = math.inf, -math.inf, False
+    for rows in _row_blocks(stored.shape):
+        values = values_of(stored[rows])
+        if mask is not None:
+            values = values[~mask[rows]]
+        if values.size:
+            lo, hi, seen = min(lo, float(np.min(values))), max(hi, float(np.max(values))), True
+    return (lo, hi) if seen else None
+
+
+def _range_scaler(limits: tuple[float, float] | None,
+                  quirks: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """``range_to_unit`` with the whole image's data range ``limits`` (None: all padding), for one block at a time."""
+    if limits is None:
+        quirks.append("image-all-padding")
+    elif limits[1] <= limits[0]:
+        quirks.append("constant-image")
+    if limits is None or limits[1] <= limits[0]:
+        return lambda values: np.zeros(values.shape, np.float64)
+    lo, hi = limits
+
+    def scale(values: np.ndarray) -> np.ndarray:
+        unit = values.astype(np.float64)
+        unit -= lo
+        unit /= hi - lo
+        return np.clip(unit, 0.0, 1.0, out=unit)
+
+    return scale
+
+
+def _unit_transform(stored: np.ndarray, ds: Dataset, mask: np.ndarray | None,
+                    quirks: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """Steps 1-4 of the module docstring as a function of a block of stored rows (float64 in [0, 1] out); the
+    statistics they need over the whole image (data ranges, the VOI LUT's top) are measured first, block by block."""
+    bits_stored = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
+
+    def modality(rows: np.ndarray) -> np.ndarray:
+        return apply_modality_lut(rows, ds)
+
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    relationship = str(ds.get("PixelIntensityRelationship", "") or "").strip().upper()
+    if intent == "FOR PROCESSING" and relationship != "LOG":
+        limits = _masked_min_max(stored, mask, modality)
+        lo = limits[0] if limits is not None else 0.0
+
+        def logged(rows: np.ndarray) -> np.ndarray:
+            return np.log1p(np.maximum(modality(rows).astype(np.float64) - lo, 0.0))
+
+        quirks.append("for-processing-log-converted")
+        if has_voi(ds):
+            quirks.append("voi-ignored-for-processing")
+        scale = _range_scaler(_masked_min_max(stored, mask, logged), quirks)
+        return lambda rows: scale(logged(rows))
+    if ds.get("VOILUTSequence"):
+        if "WindowCenter" in ds:
+            quirks.append("voi-lut-sequence-preferred-over-window")
+        top = voi_lut_top(ds, max((float(voi_lut_output(modality(stored[rows]), ds).max(initial=0.0))
+                                   for rows in _row_blocks(stored.shape)), default=0.0))
+        return lambda rows: np.clip(voi_lut_output(modality(rows), ds).astype(np.float64) / top, 0.0, 1.0)
+    if has_voi(ds):
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
+        return lambda rows: window(modality(rows), center, width, function)
+    measured = effective_bits(stored, bits_stored, mask)
+    if 0 < measured < bits_stored:
+        quirks.append(f"effective-bits-{measured}-of-{bits_stored}")
+    quirks.append("normalised-by-data-range")
+    scale = _range_scaler(_masked_min_max(stored, mask, modality), quirks)
+    return lambda rows: scale(modality(rows))
+
+
 def to_unit_image(stored: np.ndarray, ds: Dataset, quirks: list[str]) -> np.ndarray:
     """Stored pixel values of one frame -> float32 in [0, 1], bright = dense (steps 1-6 of the module docstring).
 
     Appends to ``quirks`` what it inferred (effective bit depth, log conversion, ignored VOI, polarity oddities).
+    Works through blocks of rows (``_CHUNK`` pixels): the float64 working copies of the Modality LUT and the VOI stay
+    a block in size, so the float32 result is the only allocation of the image's size (a 64 Mpx image in float64
+    is 512 MiB); each pixel gets the value a whole-image pass would give it.
     """
     mask = padding_mask(stored, ds)
-    bits_stored = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
-    values = apply_modality_lut(stored, ds)
-    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
-    relationship = str(ds.get("PixelIntensityRelationship", "") or "").strip().upper()
-    if intent == "FOR PROCESSING" and relationship != "LOG":
-        data = values[~mask] if mask is not None else values
-        lo = float(np.min(data)) if data.size else 0.0
-        values = np.log1p(np.maximum(values.astype(np.float64) - lo, 0.0))
-        quirks.append("for-processing-log-converted")
-        if has_voi(ds):
-            quirks.append("voi-ignored-for-processing")
-        unit = range_to_unit(values, mask, quirks)
-    elif has_voi(ds):
-        unit = apply_voi_to_unit(values, ds, quirks)
-        del values  # the Modality LUT's float64 copy is not needed past here: free it before the float32 copy
-    else:
-        measured = effective_bits(stored, bits_stored, mask)
-        if 0 < measured < bits_stored:
-            quirks.append(f"effective-bits-{measured}-of-{bits_stored}")
-        quirks.append("normalised-by-data-range")
-        unit = range_to_unit(values, mask, quirks)
-    if is_inverted(ds, quirks):
-        unit = 1.0 - unit
-    if mask is not None:
-        unit = np.where(mask, 0.0, unit)
-    return unit.astype(np.float32, copy=False)
+    transform = _unit_transform(stored, ds, mask, quirks)
+    inverted = is_inverted(ds, quirks)
+    out = np.empty(stored.shape, np.float32)
+    for rows in _row_blocks(stored.shape):
+        unit = transform(stored[rows])
+        if inverted:
+            unit = 1.0 - unit
+        if mask is not None:
+            unit = np.where(mask[rows], 0.0, unit)
+        out[rows] = unit
+    return out
