@@ -12,6 +12,7 @@ mode.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.image_list import ImageList
 
 from models.classifier import SPPNet
 from models.detector import to_three_channels
@@ -67,8 +69,21 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _detector_input(model: FasterRCNN, image: torch.Tensor) -> ImageList:
+    """The detector's own input transform (``model.transform``: resize by its ``min_size`` / ``max_size``, normalise,
+    pad to ``size_divisible``) with the resize first and on the grey channel alone, then the three channels: the
+    normalised three-channel copies are then of the resized image. torchvision normalises before it resizes; both
+    are linear, so the two orders differ by float rounding only, and a 64 Mpx grey image explained at 1.5 Mpx no longer
+    makes two 768 MiB three-channel copies."""
+    transform = model.transform
+    resized, _ = transform.resize(image, None)
+    x = transform.normalize(to_three_channels(resized))
+    batch = transform.batch_images([x], size_divisible=transform.size_divisible)
+    return ImageList(batch, [(int(x.shape[-2]), int(x.shape[-1]))])
+
+
 def detector_cam(model: FasterRCNN, image: torch.Tensor, target_label: int = 2,
-                 levels: Iterable[str] = DETECTOR_CAM_LEVELS) -> np.ndarray:
+                 levels: Iterable[str] = DETECTOR_CAM_LEVELS, out_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Grad-CAM of FPNNet for one class (2 malignant, 1 benign), over the FPN levels, in input pixels.
 
     The score explained is the sum of the class probabilities of the region proposals that pass the detector's score
@@ -76,18 +91,30 @@ def detector_cam(model: FasterRCNN, image: torch.Tensor, target_label: int = 2,
     image without detections still shows where the network looked. The CAMs of the FPN levels P2..P5 are each
     brought to input size and summed: small lesions are detected on the fine levels, which a CAM of the coarsest level
     alone would miss.
+
+    ``out_hw`` is the grid of the returned map, covering the whole image (default: the image's own (H, W)). A caller
+    explaining a very large image asks for a coarser grid and resamples it once
+    (``models.preprocess.CoordinateMap.heatmap_to_original(..., coarse=True)``): the map's detail is that of the
+    feature grid (stride 4 or more), and an input-sized float map of a 64 Mpx image is 256 MiB.
+
+    Only the box head is differentiated: the backbone and the RPN run without autograd and the FPN levels enter the
+    box head as leaves (the RPN's proposals carry no gradient, so the gradients are the same), which keeps no
+    backbone activation alive for a backward pass.
     """
-    out_hw = _image_hw(image)
+    image_hw = _image_hw(image)
+    out_hw = (int(out_hw[0]), int(out_hw[1])) if out_hw is not None else image_hw
     model.eval()
     device = _device(model)
-    x = to_three_channels(image.to(device=device, dtype=torch.float32)).clone().requires_grad_(True)
-    with torch.enable_grad():
-        batch, _ = model.transform([x])
-        features = model.backbone(batch.tensors)
-        chosen = [k for k in levels if k in features]
+    with torch.no_grad():
+        batch = _detector_input(model, image.to(device=device, dtype=torch.float32))
+        levels_out = model.backbone(batch.tensors)
+        chosen = [k for k in levels if k in levels_out]
         if not chosen:
-            raise ValueError(f"no FPN level among {list(levels)}; the backbone has {list(features)}")
-        proposals, _ = model.rpn(batch, features)
+            raise ValueError(f"no FPN level among {list(levels)}; the backbone has {list(levels_out)}")
+        proposals, _ = model.rpn(batch, levels_out)
+    features = OrderedDict((k, v.detach().requires_grad_(k in chosen)) for k, v in levels_out.items())
+    del levels_out
+    with torch.enable_grad():
         heads = model.roi_heads
         pooled = heads.box_roi_pool(features, proposals, batch.image_sizes)
         class_logits, _ = heads.box_predictor(heads.box_head(pooled))
@@ -99,7 +126,7 @@ def detector_cam(model: FasterRCNN, image: torch.Tensor, target_label: int = 2,
     padded_hw = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
     valid_hw = tuple(int(v) for v in batch.image_sizes[0])
     cam = torch.zeros(out_hw, device=device)
-    for key, grad in zip(chosen, grads):
+    for key, grad in zip(chosen, grads, strict=True):
         if grad is None:
             continue
         cam += _to_input_pixels(normalise(_grad_cam(features[key].detach(), grad)), padded_hw, valid_hw, out_hw)
@@ -149,7 +176,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor) -> dict[str, np.ndarray]
                 up = F.interpolate(summed[None, None], size=out_hw, mode="bilinear", align_corners=False)[0, 0]
                 maps[name] = _as_numpy(up)
         elif isinstance(model, FasterRCNN):
-            batch, _ = model.transform([to_three_channels(x)])
+            batch = _detector_input(model, x)
             stages = model.backbone.body(batch.tensors)
             padded_hw = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
             valid_hw = tuple(int(v) for v in batch.image_sizes[0])

@@ -56,9 +56,9 @@ class Analysis:
 #: Grad-CAM of a tiled detector runs on the whole image at half its native scale: a quarter of the cost of native
 #: scale (on the CPU that was 17 s per 0.1 mm mammogram, more than detection), and CAM maps are coarse (stride 4-32)
 TILED_CAM_SCALE = 0.5
-#: ... and on at most this many pixels: the whole-image pass holds every activation for the gradient, so its time and
-#: memory grow faster than the image (cache and memory traffic); a larger image is explained at a lower scale, which
-#: a map this coarse affords. A 0.1 mm mammogram (2048 x 1300) stays at ``TILED_CAM_SCALE``.
+#: ... and on at most this many pixels: the whole-image pass costs more per pixel as the image grows (cache and memory
+#: traffic); a larger image is explained at a lower scale, which a map this coarse affords. A 0.1 mm mammogram
+#: (2048 x 1300) stays at ``TILED_CAM_SCALE``.
 TILED_CAM_MAX_PIXELS = 1_500_000
 
 
@@ -66,6 +66,22 @@ def tiled_cam_scale(height: int, width: int) -> float:
     """The scale a tiled detector's Grad-CAM runs at for a ``height`` x ``width`` image: ``TILED_CAM_SCALE``, lowered
     so that the explained image has at most ``TILED_CAM_MAX_PIXELS`` pixels (its cost is then bounded)."""
     return min(TILED_CAM_SCALE, (TILED_CAM_MAX_PIXELS / max(1, height * width)) ** 0.5)
+
+
+#: The Grad-CAM map is handed back on the image's own grid up to this many pixels (a 24 x 30 cm detector at 0.1 mm is
+#: 7.2 Mpx), on a coarser grid of the same extent above it, which ``CoordinateMap.heatmap_to_original`` resamples
+#: straight onto the original pixels: the map's detail is that of the feature grid, and input-sized float copies of a
+#: 64 Mpx image cost 256 MiB each.
+CAM_GRID_MAX_PIXELS = 8_000_000
+
+
+def cam_grid(height: int, width: int) -> tuple[int, int]:
+    """The grid a ``height`` x ``width`` image's Grad-CAM is returned on: the image's own, or scaled down (aspect
+    kept) to at most ``CAM_GRID_MAX_PIXELS`` pixels."""
+    if height * width <= CAM_GRID_MAX_PIXELS:
+        return height, width
+    factor = (CAM_GRID_MAX_PIXELS / (height * width)) ** 0.5
+    return max(1, int(height * factor)), max(1, int(width * factor))
 
 
 @dataclass
@@ -223,9 +239,11 @@ class Pipeline:
             heatmap_name = None
             if self.explain:
                 t = time.perf_counter()
+                grid = cam_grid(int(tensor.shape[-2]), int(tensor.shape[-1]))
                 with torch.enable_grad(), self._cam_scale(tensor):
-                    cam = detector_cam(self.detector, tensor, target_label=2)
-                heatmaps[img.meta.sop_instance_uid] = prep.cmap.heatmap_to_original(cam).astype(np.float32)
+                    cam = detector_cam(self.detector, tensor, target_label=2, out_hw=grid)
+                heatmaps[img.meta.sop_instance_uid] = prep.cmap.heatmap_to_original(
+                    cam, coarse=grid != prep.cmap.input_shape)
                 heatmap_name = f"heatmap-{_safe_name(img.meta.sop_instance_uid)}.png"
                 timings["explain"] += time.perf_counter() - t
             image_results.append(ImageResult(

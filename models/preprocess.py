@@ -146,16 +146,28 @@ class CoordinateMap:
         return np.stack([x0, y0, x1, y1], axis=1)
 
     # ---------------------------------------------------------------- heatmaps
-    def heatmap_to_original(self, heatmap: np.ndarray) -> np.ndarray:
-        """An input-shaped map onto the original grid (float32); zero where the crop removed background."""
+    def heatmap_to_original(self, heatmap: np.ndarray, *, coarse: bool = False) -> np.ndarray:
+        """A map of the model input onto the original grid (float32); zero where the crop removed background.
+
+        ``heatmap`` has the input shape; with ``coarse``, any 2-D shape covering the whole input at another
+        resolution (a class activation map computed on a grid of bounded size). Either way it is resampled (bilinear)
+        straight into the crop of one original-sized array, mirrored in place when the image was flipped: that array
+        is the only allocation of the original's size, whatever the image's size.
+        """
         h = np.asarray(heatmap, dtype=np.float32)
-        if h.shape != tuple(self.input_shape):
+        if h.ndim != 2 or h.size == 0 or (not coarse and h.shape != tuple(self.input_shape)):
             raise ValueError(f"heatmap shape {h.shape} is not the model input shape {tuple(self.input_shape)}")
-        if self.resized:
-            h = resize_bilinear(h, self.crop_shape)
         out = np.zeros(self.original_shape, dtype=np.float32)
-        out[self.row_start:self.row_stop, self.col_start:self.col_stop] = h
-        return np.ascontiguousarray(out[:, ::-1]) if self.flipped else out
+        if self.flipped:  # the crop's columns, mirrored: writing the unflipped crop here flips it
+            width = self.original_shape[1]
+            region = out[self.row_start:self.row_stop, width - self.col_stop:width - self.col_start][:, ::-1]
+        else:
+            region = out[self.row_start:self.row_stop, self.col_start:self.col_stop]
+        if h.shape == self.crop_shape:
+            region[...] = h
+        else:
+            resize_bilinear(h, self.crop_shape, out=region)
+        return out
 
     def heatmap_to_input(self, heatmap: np.ndarray) -> np.ndarray:
         """An original-shaped map (e.g. a ground-truth mask) onto the model input grid (float32)."""
@@ -328,18 +340,38 @@ def _bilinear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([i0, i1], axis=1), np.stack([1.0 - t, t], axis=1)
 
 
-def _apply_separable(image: np.ndarray, rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Resample rows then columns; each output value sums at most ``k`` weighted inputs, so float32 is enough."""
+#: Output pixels resampled per block (16 MiB of float32): the temporaries of a resampling stay this small whatever
+#: the image's size.
+RESAMPLE_BLOCK_PIXELS = 1 << 22
+
+
+def _apply_separable(image: np.ndarray, rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray],
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """Resample rows then columns; each output value sums at most ``k`` weighted inputs, so float32 is enough.
+
+    Works through blocks of output rows (``RESAMPLE_BLOCK_PIXELS``), each value computed as a whole-image pass would,
+    and writes into ``out`` (float32, the output's shape, any strides) when given.
+    """
     r_idx, r_w = rows
     c_idx, c_w = cols
     r_w = r_w.astype(np.float32)
     c_w = c_w.astype(np.float32)
-    tmp = np.zeros((r_idx.shape[0], image.shape[1]), dtype=np.float32)
-    for k in range(r_idx.shape[1]):
-        tmp += r_w[:, k:k + 1] * image[r_idx[:, k], :]
-    out = np.zeros((r_idx.shape[0], c_idx.shape[0]), dtype=np.float32)
-    for k in range(c_idx.shape[1]):
-        out += c_w[None, :, k] * tmp[:, c_idx[:, k]]
+    shape = (r_idx.shape[0], c_idx.shape[0])
+    if out is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {shape}, got {out.dtype} {out.shape}")
+    else:
+        out[...] = 0.0
+    step = max(1, RESAMPLE_BLOCK_PIXELS // max(image.shape[1], shape[1]))
+    for start in range(0, shape[0], step):
+        block = slice(start, start + step)
+        tmp = np.zeros((min(start + step, shape[0]) - start, image.shape[1]), dtype=np.float32)
+        for k in range(r_idx.shape[1]):
+            tmp += r_w[block, k:k + 1] * image[r_idx[block, k], :]
+        target = out[block]
+        for k in range(c_idx.shape[1]):
+            target += c_w[None, :, k] * tmp[:, c_idx[:, k]]
     return out
 
 
@@ -349,7 +381,9 @@ def resize_area(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return _apply_separable(np.asarray(image, dtype=np.float32), _area_weights(h, shape[0]), _area_weights(w, shape[1]))
 
 
-def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resampling with half-pixel centres (used to bring low-resolution heatmaps back up)."""
+def resize_bilinear(image: np.ndarray, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear resampling with half-pixel centres (used to bring low-resolution heatmaps back up); into ``out``
+    (float32, ``shape``, any strides) when given."""
     h, w = image.shape
-    return _apply_separable(np.asarray(image, dtype=np.float32), _bilinear_weights(h, shape[0]), _bilinear_weights(w, shape[1]))
+    return _apply_separable(np.asarray(image, dtype=np.float32), _bilinear_weights(h, shape[0]),
+                            _bilinear_weights(w, shape[1]), out=out)
