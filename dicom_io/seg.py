@@ -7,6 +7,8 @@ use RLE Lossless (PS3.5 Annex G), which every DICOM toolkit and Orthanc decode; 
 """
 from __future__ import annotations
 
+import math
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -36,9 +38,11 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
     if heat.shape != (image.rows, image.columns):
         raise ResultObjectError(f"heatmap of image {image.sop_instance_uid[-12:]} has shape {heat.shape}, "
                                 f"expected ({image.rows}, {image.columns})")
-    if not np.isfinite(heat).all():
+    lowest, highest = float(heat.min()), float(heat.max())  # NaN and infinities show in these, without a mask
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ResultObjectError(f"heatmap of image {image.sop_instance_uid[-12:]} holds NaN or infinite values")
-    heat = np.clip(heat, 0.0, 1.0)
+    if lowest < 0.0 or highest > 1.0:  # a copy only when there is something to clip (a 64 Mpx map is 256 MiB)
+        heat = np.clip(heat, 0.0, 1.0)
     series_uid, sop_uid = output_uids(result, KIND, image.sop_instance_uid, image.study_instance_uid)
     segment = hd.seg.SegmentDescription(
         segment_number=1, segment_label=SEGMENT_LABEL,

@@ -90,10 +90,25 @@ def _png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+#: Rows of a unit image turned into 8-bit grey per step hold about this many pixels, so that no float copy of a
+#: whole (up to 80 Mpx) image is made for a picture a browser sees at 1400 px.
+GREY_BLOCK_PIXELS = 1 << 22
+
+
+def unit_to_grey(values: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] (clipped) as 8-bit grey, ``(clip(v, 0, 1) * 255)`` truncated, block by block of rows:
+    the uint8 result is the only allocation of the image's size."""
+    out = np.empty(values.shape, np.uint8)
+    step = max(1, GREY_BLOCK_PIXELS // max(1, values.shape[1]))
+    for start in range(0, values.shape[0], step):
+        out[start:start + step] = (np.clip(values[start:start + step], 0, 1) * 255).astype(np.uint8)
+    return out
+
+
 def _preview(pixels: np.ndarray) -> tuple[Image.Image, float]:
     rows, cols = pixels.shape
     scale = min(1.0, PREVIEW_MAX_SIDE / max(rows, cols))
-    grey = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8), mode="L")
+    grey = Image.fromarray(unit_to_grey(pixels), mode="L")
     if scale < 1.0:
         grey = grey.resize((max(1, round(cols * scale)), max(1, round(rows * scale))), Image.Resampling.BOX)
     return grey.convert("RGB"), scale
@@ -140,8 +155,7 @@ def render_heatmap(pixels: np.ndarray, heatmap: np.ndarray) -> Image.Image:
     from matplotlib import colormaps
 
     canvas, scale = _preview(pixels)
-    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8), mode="L").resize(canvas.size,
-                                                                                            Image.Resampling.BILINEAR)
+    heat = Image.fromarray(unit_to_grey(heatmap), mode="L").resize(canvas.size, Image.Resampling.BILINEAR)
     h = np.asarray(heat, dtype=np.float32) / 255.0
     rgb = (colormaps["jet"](h)[..., :3] * 255).astype(np.float32)
     alpha = (0.45 * h)[..., None]

@@ -46,6 +46,7 @@ from settings.logs import short_uid
 from settings.version import __version__
 from worker.app import TASK_ANALYZE, make_celery
 from worker.ledger import DONE, Ledger
+from worker.memory import release_freed_memory
 from worker.outputs import write_study_outputs
 
 LOG = logging.getLogger("worker.tasks")
@@ -235,6 +236,7 @@ def run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | N
         return _run_study(task, settings, study_uid, model_dir)
     finally:
         watchdog.cancel()
+        release_freed_memory()  # a large image's copies must not stay in the process through the next studies
 
 
 def _run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | None) -> dict[str, Any]:

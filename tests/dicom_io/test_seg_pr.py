@@ -52,6 +52,27 @@ def test_large_heatmap_is_rle_compressed(tmp_path):
     assert np.abs(read_heatmap_segmentation(seg).heatmap - heat).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_heatmap_with_nan_or_infinity_is_refused(bad):
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    heat = make_heatmap()
+    heat[3, 4] = bad
+    with pytest.raises(ResultObjectError, match="NaN or infinite"):
+        build_heatmap_segmentation(result, result.images[0], header_only(source), heat)
+
+
+def test_heatmap_outside_zero_one_is_clipped_and_the_callers_map_left_alone():
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    heat = make_heatmap()
+    heat[0, :10], heat[1, :10] = -0.5, 1.5
+    before = heat.copy()
+    back = read_heatmap_segmentation(build_heatmap_segmentation(result, result.images[0], header_only(source), heat))
+    assert np.array_equal(heat, before)
+    assert np.abs(back.heatmap - np.clip(heat, 0, 1)).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
+
+
 def test_heatmap_of_the_wrong_shape_is_refused():
     source = make_source(1, "L", "CC")
     result = make_result([source])
@@ -67,7 +88,7 @@ def test_presentation_state_draws_boxes_captions_and_banner(tmp_path):
     back = read_presentation_state(pydicom.dcmread(path))
     assert back.source_sop_instance_uids == [source.SOPInstanceUID]
     assert [b.caption for b in back.boxes] == ["#1 malignant, P(cancer) 0.87", "#2 benign, P(cancer) 0.42"]
-    for drawn, lesion in zip(back.boxes, result.images[0].lesions):
+    for drawn, lesion in zip(back.boxes, result.images[0].lesions, strict=True):
         np.testing.assert_allclose(drawn.box, lesion.box.as_tuple(), atol=1e-4)  # GraphicData is 32-bit float
     assert NOT_FOR_CLINICAL_USE in back.texts
     gsps = pydicom.dcmread(path)
