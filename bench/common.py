@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,10 +206,8 @@ def spawn_child(cmd: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):  # the group is empty: every process has exited
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is empty: every process in it has exited
 
 
 def stop_children(procs: Sequence[subprocess.Popen[Any]] | None = None, grace_s: float = 60.0) -> None:
@@ -393,9 +391,9 @@ def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain fixed-width table of ``columns`` (missing values print as '-', long texts cut: the JSON has them)."""
     cells = [[_cut(format_value(row.get(col))) for col in columns] for row in rows]
     widths = [max([len(col), *(len(r[i]) for r in cells)]) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths)),
+    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
 
 

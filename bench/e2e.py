@@ -152,9 +152,9 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}.log", "wb")
-        proc = spawn_child([sys.executable, "-m", "mccad", *args], env=env, cwd=REPO_ROOT, stdout=log,
-                           stderr=subprocess.STDOUT)
+        with open(self.logdir / f"{name}.log", "wb") as log:  # the child writes to its own copy of the descriptor
+            proc = spawn_child([sys.executable, "-m", "mccad", *args], env=env, cwd=REPO_ROOT, stdout=log,
+                               stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
         return proc
 
@@ -300,7 +300,8 @@ def run_mode(mode: str, args: argparse.Namespace, root: Path, orthanc: OrthancPe
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="embedded,redis,throughput", help="comma list of embedded, redis, throughput")
+    parser.add_argument("--modes", default="embedded,redis,throughput",
+                        help="comma list of embedded, redis, throughput")
     parser.add_argument("--studies", type=int, default=4, help="studies per latency mode (first one is cold)")
     parser.add_argument("--workers", type=int, default=2, help="Redis workers for the throughput mode")
     parser.add_argument("--threads", type=int, default=None,

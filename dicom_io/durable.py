@@ -5,6 +5,7 @@ here, so that a crash leaves either the old file or the new one, never a torn on
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,10 +36,8 @@ def write_durably(path: Path, writer: Callable[[BinaryIO], None] | bytes) -> Pat
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
     fsync_dir(path.parent)
     return path

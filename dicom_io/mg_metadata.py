@@ -161,7 +161,8 @@ def exam_key_and_quirk(ds: Dataset) -> tuple[str, str | None]:
     patient_id = _text(ds, "PatientID").strip()
     folded = _FOLDED_PATIENT_ID.match(patient_id)
     if folded:
-        return derive_uid("mccad-exam-key", "folded-patient-id", folded.group("patient").upper()), "exam-key-from-folded-patient-id"
+        key = derive_uid("mccad-exam-key", "folded-patient-id", folded.group("patient").upper())
+        return key, "exam-key-from-folded-patient-id"
     return str(ds.get("StudyInstanceUID", "")), None
 
 

@@ -75,7 +75,8 @@ class MGInstanceSpec:
         for name in ("study_uid", "series_uid", "sop_uid", "frame_of_reference_uid"):
             require_uid(getattr(self, name), name)
         if self.laterality not in ("L", "R"):
-            raise MGWriteError(f"laterality must be 'L' or 'R' (PS3.3 C.8.11.5 Image Laterality), got {self.laterality!r}")
+            raise MGWriteError("laterality must be 'L' or 'R' (PS3.3 C.8.11.5 Image Laterality), "
+                               f"got {self.laterality!r}")
         if self.view not in VIEW_CODES:
             raise MGWriteError(f"view must be one of {sorted(VIEW_CODES)}, got {self.view!r}")
         if not self.pixel_spacing_mm > 0:

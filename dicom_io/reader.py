@@ -63,7 +63,8 @@ SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {
     "1.2.840.10008.1.2.4.91": "JPEG 2000 Image Compression",
     "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless Image Compression",
     "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
-    "1.2.840.10008.1.2.4.70": "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])",
+    "1.2.840.10008.1.2.4.70":
+        "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])",
 }
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
@@ -100,11 +101,12 @@ def _parse(fp: BinaryIO, *, header_only: bool) -> tuple[Dataset, list[str]]:
     try:
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=header_only)
-        except InvalidDicomError:
+        except InvalidDicomError as exc:
             fp.seek(start)
             head = fp.read(4)
             if len(head) < 4 or struct.unpack("<H", head[:2])[0] not in (0x0002, 0x0008):
-                raise CorruptDataset("not a DICOM file: no 'DICM' prefix (PS3.10 7.1) and no DICOM data element at its start")
+                raise CorruptDataset("not a DICOM file: no 'DICM' prefix (PS3.10 7.1) and no DICOM data element "
+                                     "at its start") from exc
             fp.seek(start)
             ds = pydicom.dcmread(fp, stop_before_pixels=header_only, force=True)
             quirks.append("no-part10-preamble")
@@ -119,7 +121,8 @@ def _parse(fp: BinaryIO, *, header_only: bool) -> tuple[Dataset, list[str]]:
     except DicomInputError:
         raise
     except (EOFError, struct.error) as exc:
-        raise TruncatedFile(f"the file ends inside a data element ({exc}); it was cut off in transfer or on disk") from exc
+        raise TruncatedFile(f"the file ends inside a data element ({exc}); it was cut off in transfer or "
+                            "on disk") from exc
     except zlib.error as exc:
         if "incomplete" in str(exc) or "truncated" in str(exc):
             raise TruncatedFile(f"the deflated data set ends early ({exc}); the file was cut off") from exc
@@ -224,7 +227,8 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
 
 
 def _is_mammogram(ds: Dataset) -> bool:
-    return str(ds.get("Modality", "")).strip().upper() == "MG" or str(ds.get("SOPClassUID", "")) in MAMMOGRAPHY_SOP_CLASSES
+    modality = str(ds.get("Modality", "")).strip().upper()
+    return modality == "MG" or str(ds.get("SOPClassUID", "")) in MAMMOGRAPHY_SOP_CLASSES
 
 
 def _validate(ds: Dataset, *, has_pixels: bool, max_pixels: int, accept_non_mg: bool) -> None:
@@ -258,10 +262,12 @@ def _validate(ds: Dataset, *, has_pixels: bool, max_pixels: int, accept_non_mg: 
         )
     frames = _int(ds, "NumberOfFrames", 1)
     if frames != 1:
-        raise UnsupportedImage(f"the instance has {frames} frames; only single-frame mammograms (not tomosynthesis) are analysed")
+        raise UnsupportedImage(f"the instance has {frames} frames; only single-frame mammograms (not tomosynthesis) "
+                               "are analysed")
     allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored", ds.get("BitsAllocated"))
     if allocated not in (8, 16) or not 1 <= stored <= allocated:
-        raise UnsupportedImage(f"Bits Allocated {allocated} / Bits Stored {stored} is not a grayscale layout we decode (8 or 16 allocated)")
+        raise UnsupportedImage(f"Bits Allocated {allocated} / Bits Stored {stored} is not a grayscale layout we "
+                               "decode (8 or 16 allocated)")
     rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
     if rows < 1 or columns < 1:
         raise CorruptDataset(f"the image has {rows} rows and {columns} columns")
@@ -334,7 +340,8 @@ def _decode(ds: Dataset) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception as exc:  # decoders raise ValueError/RuntimeError/... for damaged streams
         text = str(exc)
-        if any(word in text.lower() for word in ("less than expected", "truncat", "end of", "insufficient", "too short")):
+        if any(word in text.lower() for word in ("less than expected", "truncat", "end of", "insufficient",
+                                                 "too short")):
             raise TruncatedFile(f"the pixel data is shorter than the image needs ({text[:200]})") from exc
         raise CorruptDataset(f"the pixel data cannot be decoded: {type(exc).__name__}: {text[:200]}") from exc
     if pixels.ndim != 2 or pixels.shape != (int(ds.Rows), int(ds.Columns)):

@@ -1,8 +1,8 @@
 """C-STORE SCU (PS3.4 Annex B) and C-ECHO (PS3.4 Annex A): how our results reach the PACS.
 
-One association carries all the objects of a send (associations are reused, not opened per object); presentation contexts are
-proposed per SOP class with the file's own transfer syntax, because pynetdicom does not transcode. When the peer
-is unreachable, rejects the association or drops it half way, the objects not yet acknowledged are sent again on a
+One association carries all the objects of a send (associations are reused, not opened per object); presentation
+contexts are proposed per SOP class with the file's own transfer syntax, because pynetdicom does not transcode. When the
+peer is unreachable, rejects the association or drops it half way, the objects not yet acknowledged are sent again on a
 new association after an exponential back-off; after ``retries`` such retries :class:`SendError` says which node
 failed. A failure status for one object (the peer refused it) is not retried: it is reported in
 :attr:`SendResult.failed` for the caller to record.

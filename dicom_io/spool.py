@@ -13,6 +13,7 @@ removed by :meth:`Spool.remove_partials` when the SCP starts.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -132,10 +133,8 @@ class Spool:
             if st.st_mtime <= cutoff:
                 path.unlink(missing_ok=True)
                 freed += st.st_size
-        try:
+        with contextlib.suppress(OSError):  # not empty: something newer arrived
             folder.rmdir()
-        except OSError:  # not empty: something newer arrived
-            pass
         fsync_dir(self.root)
         return freed
 

@@ -122,7 +122,7 @@ def _lesion_group(result: StudyResult, image: ImageResult, source: Dataset,
                                         value=mc.calcification_type_code(lesion.descriptors.calcification_type)),
             hd.sr.QualitativeEvaluation(name=mc.CALCIFICATION_DISTRIBUTION,
                                         value=mc.calcification_distribution_code(lesion.descriptors.distribution))]
-    for name, value in zip((mc.BOX_X0, mc.BOX_Y0, mc.BOX_X1, mc.BOX_Y1), lesion.box.as_tuple()):
+    for name, value in zip((mc.BOX_X0, mc.BOX_Y0, mc.BOX_X1, mc.BOX_Y1), lesion.box.as_tuple(), strict=True):
         measurements.append(hd.sr.Measurement(name=name, value=float(value), unit=mc.PIXELS))
     uid = derive_uid(result.study_instance_uid, result.model_version_tag(), KIND,
                      f"lesion/{image.sop_instance_uid}/{lesion.lesion_id}")

@@ -59,7 +59,7 @@ def lesion_postprocess(self: RoIHeads, class_logits: torch.Tensor, box_regressio
     decoded = self.box_coder.decode(box_regression, proposals)
     probabilities = F.softmax(class_logits, -1)
     all_boxes, all_scores, all_labels, all_malignancy = [], [], [], []
-    for boxes, probs, shape in zip(decoded.split(counts, 0), probabilities.split(counts, 0), image_shapes):
+    for boxes, probs, shape in zip(decoded.split(counts, 0), probabilities.split(counts, 0), image_shapes, strict=True):
         boxes = box_ops.clip_boxes_to_image(boxes, shape)
         labels = probs[:, 1:].argmax(dim=1) + 1
         scores = 1.0 - probs[:, 0]

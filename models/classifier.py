@@ -135,7 +135,7 @@ class SPPNet(nn.Module):
     def feature_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs of layer1..layer4 (the paper's per-stage feature maps, section 3.2 / Fig. 3e)."""
         if self.lite_variant is not None:
-            return dict(zip(STAGES, self.trunk(self._normalise(x))))
+            return dict(zip(STAGES, self.trunk(self._normalise(x)), strict=True))
         x = self.maxpool(self.relu(self.bn1(self.conv1(self._normalise(x)))))
         stages = {}
         for name in STAGES:
@@ -147,7 +147,8 @@ class SPPNet(nn.Module):
         return self.fc(self.spp(self.feature_stages(x)["layer4"]))
 
 
-def build_classifier(config: ClassifierConfig = ClassifierConfig(), backbone_weights: str | Path | None = None) -> SPPNet:
+def build_classifier(config: ClassifierConfig = ClassifierConfig(),
+                     backbone_weights: str | Path | None = None) -> SPPNet:
     """Build an SPPNet from a config; ``backbone_weights`` as in ``build_detector`` (a resnet18 file, or for a Lite
     trunk ``"imagenet"`` / its file). Never downloads."""
     model = SPPNet(config.num_classes, config.levels, backbone_weights, config.image_mean, config.image_std,

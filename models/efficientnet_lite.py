@@ -90,7 +90,7 @@ def remap_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, to
         raise LiteWeightsUnavailable(f"the weights file holds {len(source)} tensors, the network {len(target)}: "
                                      "not the EfficientNet-Lite variant asked for")
     out: dict[str, torch.Tensor] = {}
-    for (src_name, tensor), (dst_name, like) in zip(source.items(), target.items()):
+    for (src_name, tensor), (dst_name, like) in zip(source.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(like.shape):
             raise LiteWeightsUnavailable(f"weights tensor {src_name} {tuple(tensor.shape)} does not fit {dst_name} "
                                          f"{tuple(like.shape)}: not the EfficientNet-Lite variant asked for")

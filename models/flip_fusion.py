@@ -75,7 +75,7 @@ def fuse_readings(readings: Sequence[Detections], iou: float) -> Detections:
                 members[best].append(int(i))
                 w = scores[members[best]]
                 fused[best] = (boxes[members[best]] * w[:, None]).sum(0) / max(float(w.sum()), 1e-12)
-        for group, box in zip(members, fused):
+        for group, box in zip(members, fused, strict=True):
             w = scores[group]
             out_boxes.append(box)
             out_labels.append(label)

@@ -83,8 +83,8 @@ def image_verdict(labels: Sequence[int | str], scores: Sequence[float], image_id
     if len(labels) != len(scores):
         raise ValueError(f"{len(labels)} labels but {len(scores)} scores")
     names = [label_name(label) for label in labels]
-    malignant = [float(s) for n, s in zip(names, scores) if n == MALIGNANT]
-    benign = [float(s) for n, s in zip(names, scores) if n == BENIGN]
+    malignant = [float(s) for n, s in zip(names, scores, strict=True) if n == MALIGNANT]
+    benign = [float(s) for n, s in zip(names, scores, strict=True) if n == BENIGN]
     if malignant:
         return _verdict(MALIGNANT, max(malignant), image_id)
     if benign:

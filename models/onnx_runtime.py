@@ -128,7 +128,7 @@ class OnnxBackbone(nn.Module):
         tensors = [torch.from_numpy(a) for a in self.session.run(None, {"x": array})]
         if self.names == ["out"]:
             return tensors[0]
-        return OrderedDict(zip(self.names, tensors))
+        return OrderedDict(zip(self.names, tensors, strict=True))
 
     def verify(self, height: int = PROBE_SIDE + 32, width: int = PROBE_SIDE - 32) -> float:
         """The largest disagreement between the session and eager PyTorch on a probe of another shape than the

@@ -209,4 +209,5 @@ class StudyResult(BaseModel):
 
     def model_version_tag(self) -> str:
         """A stable string naming every model that produced this result; part of derived output UIDs."""
-        return ";".join(f"{m.role}={m.name}@{m.version}:{m.sha256[:12]}" for m in sorted(self.models, key=lambda m: m.role))
+        models = sorted(self.models, key=lambda m: m.role)
+        return ";".join(f"{m.role}={m.name}@{m.version}:{m.sha256[:12]}" for m in models)

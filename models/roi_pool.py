@@ -58,7 +58,7 @@ class ThreadedRoIAlign(MultiScaleRoIAlign):
         if serial:
             return super().forward(x, boxes, image_shapes)
         bounds = [[round(int(b.shape[0]) * k / parts) for k in range(parts + 1)] for b in boxes]
-        runs = [[b[s[k]:s[k + 1]] for b, s in zip(boxes, bounds)] for k in range(parts)]
+        runs = [[b[s[k]:s[k + 1]] for b, s in zip(boxes, bounds, strict=True)] for k in range(parts)]
         inference = torch.is_inference_mode_enabled()
 
         def pool(run: list[Tensor]) -> Tensor:

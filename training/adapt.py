@@ -214,8 +214,8 @@ def simulate_part(name: str, samples: Sequence[Sample], work: Path, pitch: float
 
 
 class CandidateReader:
-    """One candidate detector read as ``training.evaluation.predict`` reads it (the product's reading, low score floor, no
-    cross-class suppression), loaded once; the runtime twin (``models.onnx_runtime``) is built at the first
+    """One candidate detector read as ``training.evaluation.predict`` reads it (the product's reading, low score floor,
+    no cross-class suppression), loaded once; the runtime twin (``models.onnx_runtime``) is built at the first
     prediction that is not cached, so a resumed adaptation whose predictions are all on disk builds none."""
 
     def __init__(self, model_dir: Path, runtime: str) -> None:

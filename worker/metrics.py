@@ -50,7 +50,7 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily("mccad_task_failures", "Failed analysis attempts (all studies, all workers)",
                                   value=self.ledger.total_failures())
         cumulative, count, total = self.ledger.duration_histogram(DURATION_BUCKETS)
-        buckets = [(repr(b), c) for b, c in zip(DURATION_BUCKETS, cumulative)] + [("+Inf", count)]
+        buckets = [(repr(b), c) for b, c in zip(DURATION_BUCKETS, cumulative, strict=True)] + [("+Inf", count)]
         yield HistogramMetricFamily("mccad_task_duration_seconds", "Wall time of the last successful task per study",
                                     buckets=buckets, sum_value=total)
         if self.queue_depths is not None:

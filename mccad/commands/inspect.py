@@ -27,14 +27,17 @@ def inspect_file(path: str, *, decode: bool, max_pixels: int, accept_non_mg: boo
         if decode:
             image = read_mammogram(path, max_pixels=max_pixels, accept_non_mg=accept_non_mg)
             meta = image.meta
-            pixels = {"min": float(image.pixels.min()), "max": float(image.pixels.max()), "mean": round(float(image.pixels.mean()), 6)}
+            pixels = {"min": float(image.pixels.min()), "max": float(image.pixels.max()),
+                      "mean": round(float(image.pixels.mean()), 6)}
         else:
             meta = read_meta(path, max_pixels=max_pixels, accept_non_mg=accept_non_mg)
             pixels = None
     except DicomInputError as exc:
-        return {"file": path, "ok": False, "error": type(exc).__name__, "status": f"0x{exc.status:04X}", "message": str(exc)}
+        return {"file": path, "ok": False, "error": type(exc).__name__, "status": f"0x{exc.status:04X}",
+                "message": str(exc)}
     except OSError as exc:
-        return {"file": path, "ok": False, "error": type(exc).__name__, "status": None, "message": exc.strerror or str(exc)}
+        return {"file": path, "ok": False, "error": type(exc).__name__, "status": None,
+                "message": exc.strerror or str(exc)}
     report = {"file": path, "ok": True, "meta": meta.model_dump(mode="json")}
     if pixels is not None:
         report["pixels"] = pixels

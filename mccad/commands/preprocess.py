@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preprocess", help="standardise MG images (chest wall left, background cut) to PNG + JSON")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="DICOM files, or folders searched for *.dcm")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--tolerance", type=float, default=None, help="column mean at or below which a column is background (default 0.01)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="column mean at or below which a column is background (default 0.01)")
     p.add_argument("--crop-rows", action="store_true", help="also cut background rows above and below the breast")
-    p.add_argument("--max-side", type=int, default=None, help="downscale so that the longer side is at most this many pixels")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="downscale so that the longer side is at most this many pixels")
     p.set_defaults(func=run)
 
 
@@ -38,7 +40,8 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
 
 def _output_stem(path: Path, used: set[str]) -> str:
     """A file-system-safe, unique name derived from the input path (never from DICOM attributes)."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem).strip("._") or "image"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_",
+                  f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem).strip("._") or "image"
     stem, n = base, 2
     while stem in used:
         stem, n = f"{base}-{n}", n + 1

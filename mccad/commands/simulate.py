@@ -44,7 +44,8 @@ def _indices(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma separated image indices such as 0,1,2,3, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"expected comma separated image indices such as 0,1,2,3, "
+                                         f"got {text!r}") from exc
 
 
 def _pattern_weights(text: str) -> list[str]:

@@ -16,7 +16,8 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write synthetic 4-view MG studies (DICOM) with annotations in the paper's CSV format")
+    p = sub.add_parser("synth",
+                       help="write synthetic 4-view MG studies (DICOM) with annotations in the paper's CSV format")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--patients", type=_positive, default=2, help="number of synthetic patients (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")

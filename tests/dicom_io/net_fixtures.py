@@ -168,10 +168,11 @@ class StoreSCPPeer:
     def start(self) -> "StoreSCPPeer":
         self.out.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        log = open(self.out.parent / f"storescp-{self.port}.log", "wb")
-        self._proc = subprocess.Popen(
-            [dcmtk("storescp"), "-v", "-aet", self.ae_title, "-od", str(self.out), "+B", "--accept-all", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT)
+        with open(self.out.parent / f"storescp-{self.port}.log", "wb") as log:  # the child keeps its own copy
+            self._proc = subprocess.Popen(
+                [dcmtk("storescp"), "-v", "-aet", self.ae_title, "-od", str(self.out), "+B", "--accept-all",
+                 str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 15)
         return self
 

@@ -42,7 +42,7 @@ def test_cad_findings_read_back(study, tmp_path):
     image = result.images[0]
     assert back.library_sop_instance_uids == [im.sop_instance_uid for im in result.images]
     assert len(back.findings) == len(image.lesions) == 2
-    for finding, lesion in zip(back.findings, image.lesions):
+    for finding, lesion in zip(back.findings, image.lesions, strict=True):
         assert finding.source_sop_instance_uid == image.sop_instance_uid
         expected = rectangle_polyline(lesion.box.as_tuple()).astype(np.float32)  # SCOORD data is 32-bit float
         np.testing.assert_array_equal(finding.outline, expected)

@@ -50,7 +50,8 @@ def test_written_instance_passes_dciodvfy_and_reads_back(tmp_path, laterality, v
 
     ds = pydicom.dcmread(path)
     assert ds.SOPClassUID == MG_FOR_PRESENTATION and ds.file_meta.MediaStorageSOPClassUID == MG_FOR_PRESENTATION
-    assert (ds.BitsStored, ds.PhotometricInterpretation, ds.PresentationIntentType) == (12, "MONOCHROME2", "FOR PRESENTATION")
+    assert (ds.BitsStored, ds.PhotometricInterpretation, ds.PresentationIntentType) == (12, "MONOCHROME2",
+                                                                                        "FOR PRESENTATION")
     assert ds.ImageLaterality == laterality and ds.ViewPosition == view
     assert ds.ViewCodeSequence[0].CodeValue == {"CC": "399162004", "MLO": "399368009"}[view]
     assert [float(v) for v in ds.PixelSpacing] == [0.07, 0.07]

@@ -83,7 +83,8 @@ def test_image_over_the_pixel_budget_is_refused(stored):
     assert read_meta(mg_dataset(stored), max_pixels=1920).rows == 40
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, DeflatedExplicitVRLittleEndian],
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless,
+                                    DeflatedExplicitVRLittleEndian],
                          ids=lambda uid: uid.name)
 def test_file_cut_inside_pixel_data_is_truncated(stored, syntax):
     data = encoded(mg_dataset(stored), syntax)

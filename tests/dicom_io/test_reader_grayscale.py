@@ -96,12 +96,14 @@ def test_sigmoid_window_follows_ps33_c112131():
 
 def test_voi_lut_sequence_maps_through_the_table_and_is_preferred_to_the_window():
     table = np.arange(256) * 16  # 256 entries from stored value 1000, 12-bit output
-    ds = mg_dataset(PROBES, VOILUTSequence=voi_lut_sequence(table, first_mapped=1000, bits=12), WindowCenter=2048, WindowWidth=1024)
+    ds = mg_dataset(PROBES, VOILUTSequence=voi_lut_sequence(table, first_mapped=1000, bits=12), WindowCenter=2048,
+                    WindowWidth=1024)
     image = read_mammogram(ds)
     # below the first mapped value -> first entry; above the last (1255) -> last entry (PS3.3 C.11.2.1.1)
     expected = np.array([0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255]) * 16 / 4095
     np.testing.assert_allclose(image.pixels[0], expected, atol=1e-6)
-    inside = decode(mg_dataset(np.array([[999, 1000, 1100, 1255]], np.uint16), VOILUTSequence=voi_lut_sequence(table, 1000, 12)))
+    inside = decode(mg_dataset(np.array([[999, 1000, 1100, 1255]], np.uint16),
+                               VOILUTSequence=voi_lut_sequence(table, 1000, 12)))
     np.testing.assert_allclose(inside[0], [0, 0, 1600 / 4095, 4080 / 4095], atol=1e-6)
     assert "voi-lut-sequence-preferred-over-window" in image.meta.quirks
 
@@ -123,7 +125,8 @@ def test_signed_pixels_are_normalised_by_their_range():
 def test_for_processing_image_is_log_converted_and_inverted():
     """Raw detector values are linear in exposure; attenuation is linear in its logarithm."""
     stored = ramp(rows=40, columns=48, bits_stored=14, seed=4)
-    ds = mg_dataset(stored, bits_stored=14, sop_class=MG_FOR_PROCESSING, photometric="MONOCHROME1", WindowCenter=100, WindowWidth=10)
+    ds = mg_dataset(stored, bits_stored=14, sop_class=MG_FOR_PROCESSING, photometric="MONOCHROME1", WindowCenter=100,
+                    WindowWidth=10)
     image = read_mammogram(ds)
     expected = 1.0 - np.log1p(stored.astype(np.float64)) / math.log1p(16383)
     np.testing.assert_allclose(image.pixels, expected, atol=1e-6)
@@ -149,6 +152,7 @@ def test_pixel_padding_becomes_background_and_is_left_out_of_the_range():
 
 def test_compressed_monochrome1_with_window_combines_all_steps():
     stored = PROBES.repeat(4, axis=0)
-    ds = mg_dataset(stored, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=1024, VOILUTFunction="LINEAR_EXACT")
+    ds = mg_dataset(stored, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=1024,
+                    VOILUTFunction="LINEAR_EXACT")
     pixels = decode(encoded(ds, RLELossless))
     np.testing.assert_allclose(pixels[2, 3:7], [0.75, 0.5 + 1 / 1024, 0.5, 0.25], atol=1e-6)

@@ -49,8 +49,9 @@ def decoded(real_sample_cases):
             pixels = image.pixels
             images[index, name] = Decoded(
                 meta=image.meta, shape=pixels.shape, dtype=pixels.dtype, low=float(pixels.min()),
-                high=float(pixels.max()), column_means=pixels.mean(axis=0), p90=float(np.percentile(pixels[::4, ::4], 90)),
-                every_97th_row=pixels[::97].copy(), stored_every_97th_row=stored[::97].copy(), stored_shape=stored.shape,
+                high=float(pixels.max()), column_means=pixels.mean(axis=0),
+                p90=float(np.percentile(pixels[::4, ::4], 90)), every_97th_row=pixels[::97].copy(),
+                stored_every_97th_row=stored[::97].copy(), stored_shape=stored.shape,
                 stored_min=int(stored.min()), stored_max=int(stored.max()),
                 stored_levels=int(np.count_nonzero(np.bincount(stored.ravel()))),
             )
@@ -74,7 +75,7 @@ def test_header_read_gives_laterality_and_view(real_sample_cases, case, name):
 
 def test_decoded_images_have_laterality_view_and_unit_pixels(decoded):
     assert len(decoded) == 8
-    for (case, name), image in decoded.items():
+    for (_, name), image in decoded.items():
         assert (image.meta.laterality, image.meta.view) == VIEWS[name]
         assert image.dtype == np.float32 and image.shape == image.stored_shape
         assert (image.meta.rows, image.meta.columns) == image.shape
@@ -84,7 +85,8 @@ def test_decoded_images_have_laterality_view_and_unit_pixels(decoded):
 def test_pixels_are_the_stored_values_over_their_range(decoded):
     """No VOI in these files: the data range maps to [0, 1], and MONOCHROME2 keeps dense tissue bright."""
     for image in decoded.values():
-        expected = (image.stored_every_97th_row.astype(np.float64) - image.stored_min) / (image.stored_max - image.stored_min)
+        stored_range = image.stored_max - image.stored_min
+        expected = (image.stored_every_97th_row.astype(np.float64) - image.stored_min) / stored_range
         np.testing.assert_allclose(image.every_97th_row, expected, atol=1e-6)
         assert "normalised-by-data-range" in image.meta.quirks
 

@@ -319,7 +319,7 @@ def test_real_cbis_ddsm_mammograms_rle_secondary_capture(start_scp) -> None:
     done = nf.storescu(files, port=running.port, extra_args=("-xr",), timeout_s=60)
     assert done.returncode == 0, done.stderr
     assert len(running.received) == 2
-    for src, got in zip(files, running.received):
+    for src, got in zip(files, running.received, strict=True):
         sent, kept = dcmread(src), dcmread(got.path)
         assert kept.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
         assert got.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7" and kept.Modality == "MG"

@@ -27,7 +27,7 @@ def test_cornerstone_hydrates_one_rectangle_per_lesion_on_its_image(tmp_path):
     assert len(annotations) == len(lesions) == 3
     assert {a["tool"] for a in annotations} == {CORNERSTONE_RECTANGLE.rsplit(":", 1)[1]}
     assert len({a["trackingUid"] for a in annotations}) == 3
-    for annotation, (image, lesion) in zip(annotations, lesions):
+    for annotation, (image, lesion) in zip(annotations, lesions, strict=True):
         assert annotation["sopInstanceUid"] == image.sop_instance_uid
         assert annotation["label"] == f"#{lesion.lesion_id} {lesion.caption()}"
         assert annotation["description"] == "Calcification Cluster"

@@ -102,7 +102,8 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
             try:
                 labels = {f"#{lesion.lesion_id} {lesion.caption()}" for _, lesion in lesions}
                 first_image = lesions[0][0].sop_instance_uid
-                shown = {f"#{les.lesion_id} {les.caption()}" for im, les in lesions if im.sop_instance_uid == first_image}
+                shown = {f"#{les.lesion_id} {les.caption()}"
+                         for im, les in lesions if im.sop_instance_uid == first_image}
                 # the SR viewport draws the boxes of the first referenced image, each with its label; OHIF 3.13
                 # sometimes leaves the SR viewport blank on a first load ("error in event listener of type:
                 # IMAGE_LOAD_ERROR", then its viewer route's error boundary), which a reload, as a radiologist would

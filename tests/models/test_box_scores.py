@@ -45,7 +45,7 @@ def test_class_mode_is_torchvisions_a_box_per_class_scored_by_its_probability(mo
     heads.score_thresh, heads.nms_thresh, heads.detections_per_img = 0.3, 0.3, 100
     boxes, scores, labels = heads.postprocess_detections(*_heads_inputs())
     # the ambiguous lesion (0.45 / 0.45) gives two middling boxes; the 0.4 malignant box passes 0.3 too
-    assert sorted(zip(labels[0].tolist(), [round(s, 4) for s in scores[0].tolist()])) == [
+    assert sorted(zip(labels[0].tolist(), [round(s, 4) for s in scores[0].tolist()], strict=True)) == [
         (1, 0.45), (2, 0.4), (2, 0.45)]
 
 
@@ -87,8 +87,8 @@ def test_detect_follows_the_configs_score_mode_and_lesion_scores_bound_class_sco
     # the cross-class suppression keeps each survivor's own split
     suppressed = detect(model, [image], DetectorConfig(**{**loose.to_dict(), "score_mode": "lesion",
                                                           "cross_class_suppression": True}))[0]
-    pairs = {tuple(b.round(3)): m for b, m in zip(lesion.boxes, lesion.malignancy)}
-    assert all(pairs[tuple(b.round(3))] == m for b, m in zip(suppressed.boxes, suppressed.malignancy))
+    pairs = {tuple(b.round(3)): m for b, m in zip(lesion.boxes, lesion.malignancy, strict=True)}
+    assert all(pairs[tuple(b.round(3))] == m for b, m in zip(suppressed.boxes, suppressed.malignancy, strict=True))
 
 
 def test_a_malignant_offset_moves_the_class_split_in_both_modes_and_leaves_the_logits_alone(model):
@@ -138,7 +138,8 @@ def test_score_mode_travels_through_the_manifest_and_older_manifests_mean_class(
     save_model(tmp_path / "m", net, manifest)
     _, loaded, _ = load_detector(tmp_path / "m")
     assert loaded.score_mode == "lesion"
-    assert DetectorConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "score_mode"}).score_mode == "class"
+    without = {k: v for k, v in config.to_dict().items() if k != "score_mode"}
+    assert DetectorConfig.from_dict(without).score_mode == "class"
     with pytest.raises(ValueError, match="score_mode"):
         DetectorConfig(score_mode="objectness")
     with pytest.raises(ValueError, match="score_mode"):

@@ -80,7 +80,7 @@ def test_cross_class_suppression_can_be_switched_off(detector: torch.nn.Module) 
     on = detect(detector, images, DetectorConfig(**everything))
     off = detect(detector, images, DetectorConfig(cross_class_suppression=False, **everything))
     assert len(on) == len(off) == 2
-    for kept, raw in zip(on, off):
+    for kept, raw in zip(on, off, strict=True):
         raw_pairs = box_iou(raw.boxes[raw.labels == 1], raw.boxes[raw.labels == 2])
         assert (raw_pairs > 0.5).any()
         kept_pairs = box_iou(kept.boxes[kept.labels == 1], kept.boxes[kept.labels == 2])

@@ -80,7 +80,8 @@ def test_feature_extractor_carries_the_same_weights(lite0):
         for stage in lite0.blocks:
             y = stage(y)
             reference.append(y)
-    for got, want in zip(feats, [reference[i] for i in (1, 2, 4, 6)]):  # the ends of stages at strides 4-32
+    stage_ends = [reference[i] for i in (1, 2, 4, 6)]  # the ends of stages at strides 4-32
+    for got, want in zip(feats, stage_ends, strict=True):
         torch.testing.assert_close(got, want)
 
 

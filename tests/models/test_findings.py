@@ -92,7 +92,7 @@ def test_no_output_disagrees_with_itself(outputs):
         state = read_presentation_state(build_presentation_state(result, image, header))
         assert len(state.boxes) == len(image.lesions)
         for box, lesion in zip(sorted(state.boxes, key=lambda b: b.caption), sorted(
-                image.lesions, key=lambda les: f"#{les.lesion_id} {les.caption()}")):
+                image.lesions, key=lambda les: f"#{les.lesion_id} {les.caption()}"), strict=True):
             _agrees(box.caption, lesion.label, lesion.malignancy_probability)
         for lesion in image.lesions:
             _agrees(lesion_comment(lesion), lesion.label, lesion.malignancy_probability)

@@ -131,6 +131,6 @@ def test_the_flip_applies_the_callers_threshold_after_fusing_readings_made_lower
     assert len(low) > len(strict)
     assert len(strict) > 0 and (strict.scores >= config.score_thresh).all()
     # every box at the caller's threshold is a fused box of the low reading with the same score
-    for box, score in zip(strict.boxes, strict.scores):
+    for box, score in zip(strict.boxes, strict.scores, strict=True):
         same = np.flatnonzero(np.all(np.abs(low.boxes - box) < 1e-3, axis=1))
         assert len(same) and low.scores[same].max() == pytest.approx(score, abs=1e-6)

@@ -48,7 +48,7 @@ def test_the_shipped_detector_draws_the_same_boxes_in_onnx_runtime_on_a_real_mam
     eager, fast = (results[r].images[0].lesions for r in ("eager", "onnxruntime"))
     assert len(eager) >= 2
     assert len(fast) == len(eager)
-    for a, b in zip(eager, fast):
+    for a, b in zip(eager, fast, strict=True):
         assert a.label == b.label
         assert abs(a.probability - b.probability) <= 1e-3
         assert max(abs(getattr(a.box, k) - getattr(b.box, k)) for k in ("x0", "y0", "x1", "y1")) <= 1.0

@@ -169,7 +169,8 @@ def test_crop_finds_the_breast_on_synthetic_studies():
         assert abs(cmap.col_stop - breast_width) <= 0.04 * 320
         boxes = np.array([lesion.box for lesion in image.lesions], dtype=float).reshape(-1, 4)
         mapped = cmap.boxes_to_input(boxes)
-        assert np.all(mapped[:, :2] >= 0) and np.all(mapped[:, 2] <= cmap.input_shape[1]) and np.all(mapped[:, 3] <= cmap.input_shape[0])
+        height, width = cmap.input_shape[:2]
+        assert np.all(mapped[:, :2] >= 0) and np.all(mapped[:, 2] <= width) and np.all(mapped[:, 3] <= height)
 
 
 def test_real_right_breast_ends_chest_wall_left_and_background_cut():

@@ -31,7 +31,7 @@ def test_grid_covers_every_pixel_with_the_requested_overlap(height, width, tile,
         starts = sorted({t[axis] for t in tiles})
         ends = sorted({t[axis + 2] for t in tiles})
         assert starts[0] == 0 and ends[-1] == size
-        for end, next_start in zip(ends, starts[1:]):
+        for end, next_start in zip(ends, starts[1:], strict=False):
             assert end - next_start >= overlap  # neighbours share at least ``overlap`` pixels
         if size > tile:
             assert len(starts) == -(-(size - overlap) // (tile - overlap))  # no more tiles than needed
@@ -139,8 +139,8 @@ def test_the_class_split_of_lesion_boxes_travels_with_them():
         (RIGHT, split([[38, 52, 108, 81], [20, 100, 50, 130]], [1, 2], [0.5, 0.8], [0.4, 0.95])),
         ((0, 0, 256, 256), split([[12, 10, 62, 60]], [2], [0.6], [0.7])),  # drops the benign box at 10-60
     ], (256, 448), CONFIG, join=True)
-    got = {tuple(np.round(b).astype(int)): (int(l), float(m)) for b, l, m in
-           zip(merged.boxes, merged.labels, merged.malignancy)}
+    got = {tuple(np.round(b).astype(int)): (int(label), float(m)) for b, label, m in
+           zip(merged.boxes, merged.labels, merged.malignancy, strict=True)}
     assert got == {(230, 50, 300, 81): (1, pytest.approx(0.2)),  # joined: the 0.9 piece's split, not the 0.5 one's
                    (212, 100, 242, 130): (2, pytest.approx(0.95)), (12, 10, 62, 60): (2, pytest.approx(0.7))}
     assert [merged.malignancy_probability(k) for k in range(len(merged))] == merged.malignancy.tolist()

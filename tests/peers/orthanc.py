@@ -71,15 +71,15 @@ class OrthancPeer:
         }
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config))
-        log = open(self.workdir / "orthanc.log", "wb")
-        self._proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                      **self.popen_kwargs)
+        with open(self.workdir / "orthanc.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            self._proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                          **self.popen_kwargs)
         try:
             wait_for_port(self.http_port, 30)
             wait_for_port(self.dicom_port, 30)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.stop()
-            raise RuntimeError("Orthanc did not start: " + (self.workdir / "orthanc.log").read_text()[-2000:])
+            raise RuntimeError("Orthanc did not start: " + (self.workdir / "orthanc.log").read_text()[-2000:]) from exc
         return self
 
     def stop(self) -> None:

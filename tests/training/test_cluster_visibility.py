@@ -1,5 +1,5 @@
-"""``training.simulate.cluster_visibility``: a cluster that stands far above its image's texture is plainly visible to blob
-counting, an empty or sub-noise box is not; the set-level reader lines clusters up with their records and with a
+"""``training.simulate.cluster_visibility``: a cluster that stands far above its image's texture is plainly visible to
+blob counting, an empty or sub-noise box is not; the set-level reader lines clusters up with their records and with a
 detector's predictions (FROC's hit rule), and the command line says what it cannot read."""
 from __future__ import annotations
 

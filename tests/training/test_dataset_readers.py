@@ -34,7 +34,7 @@ def test_paper_csv_with_the_synth_sidecar(tmp_path):
         rec = by_name[s.image_id]
         assert s.patient_id == rec["patient_id"] and s.breast == rec["laterality"] and s.source.is_file()
         assert [les.label for les in s.lesions] == [les["label"] for les in rec["lesions"]]
-        for les, raw in zip(s.lesions, rec["lesions"]):
+        for les, raw in zip(s.lesions, rec["lesions"], strict=True):
             assert les.box == pytest.approx(tuple(raw["box"]))
             if raw["label"] == "malignant":
                 assert les.pathotype is not None and les.er in ("positive", "negative")

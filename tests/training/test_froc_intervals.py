@@ -105,7 +105,7 @@ def test_evaluate_and_compare_report_froc_intervals_over_backgrounds(tmp_path):
     records = {s.image_id: {"source": "real", "real_index": k % 2} for k, s in enumerate(truth)}
     finds = [ImagePrediction(s.image_id, np.asarray([LESION]), ["malignant"], np.asarray([0.9])) for s in truth]
     misses = [ImagePrediction(s.image_id, np.asarray([ELSEWHERE]), ["malignant"], np.asarray([0.9]))
-              if k % 2 else p for k, (s, p) in enumerate(zip(truth, finds))]
+              if k % 2 else p for k, (s, p) in enumerate(zip(truth, finds, strict=True))]
     metrics = evaluate(truth, misses, n_boot=200, simulation=records)
     ci = metrics["froc"]["all"]["ci"]
     assert ci["n_groups"] == 2  # two backgrounds, not twelve images

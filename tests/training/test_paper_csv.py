@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.datasets.paper_csv import PaperBox, PaperCSVError, format_paper_csv, parse_paper_csv, read_paper_csv, write_paper_csv
+from training.datasets.paper_csv import (PaperBox, PaperCSVError, format_paper_csv, parse_paper_csv, read_paper_csv,
+                                         write_paper_csv)
 
 
 def test_random_annotations_round_trip_exactly(tmp_path):
@@ -29,7 +30,8 @@ def test_reads_the_released_code_style_and_follows_its_conventions():
     # label "0" is benign and "1" malignant; x, y is the top-left corner and x + width the right edge
     text = (
         "name,annotation\n"
-        "a.png,\"{'x': 10, 'y': 20, 'width': 30, 'height': 40, 'label': '1'}\",,\"{'label': '0', 'x': 1.5, 'y': 2, 'width': 3, 'height': 4}\"\n"
+        "a.png,\"{'x': 10, 'y': 20, 'width': 30, 'height': 40, 'label': '1'}\","
+        ",\"{'label': '0', 'x': 1.5, 'y': 2, 'width': 3, 'height': 4}\"\n"
         "b.png\n"
         "c.png,,\n"
     )

@@ -1,7 +1,7 @@
 """The breast gate through training, export and evaluation: a detector run records it (``breast_gate = true`` by
-default), export writes ``input_spec["breast_gate"]`` only when the run had it, ``training.evaluation.predict`` drops the boxes
-centred outside the breast as the pipeline does, ``mccad evaluate --no-breast-gate`` keeps them, and runs written
-before the setting existed load with its default."""
+default), export writes ``input_spec["breast_gate"]`` only when the run had it, ``training.evaluation.predict`` drops
+the boxes centred outside the breast as the pipeline does, ``mccad evaluate --no-breast-gate`` keeps them, and runs
+written before the setting existed load with its default."""
 from __future__ import annotations
 
 import dataclasses
@@ -75,7 +75,7 @@ def test_predict_drops_the_boxes_the_gate_drops_and_no_breast_gate_keeps_them(ru
     gated = predict(loaded, samples)
     every = predict(dataclasses.replace(loaded, breast_gate=None), samples)
     dropped = 0
-    for sample, g, e in zip(samples, gated, every):
+    for sample, g, e in zip(samples, gated, every, strict=True):
         prep = prepare(sample, loaded.standardise)
         keep = BreastGate().keep(prep.cmap.boxes_to_input(e.boxes), prep.pixels, gate_spacing_mm(loaded.standardise))
         np.testing.assert_allclose(g.boxes, e.boxes[keep].reshape(-1, 4))

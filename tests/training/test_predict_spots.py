@@ -1,7 +1,7 @@
-"""The spot detector as a model folder: a manifest without weights loads through ``training.evaluation.predict.load_model``
-(strictly: stray weights, unknown parameters or thresholds are refused), predicts one box per cluster in the source
-image's pixels at the pitch each file states, and ``mccad evaluate`` scores it beside another model with
-``--compare``."""
+"""The spot detector as a model folder: a manifest without weights loads through
+``training.evaluation.predict.load_model`` (strictly: stray weights, unknown parameters or thresholds are refused),
+predicts one box per cluster in the source image's pixels at the pitch each file states, and ``mccad evaluate`` scores
+it beside another model with ``--compare``."""
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_contrast_grows_with_size_and_density():
     for d in (0.1, 0.2, 0.4, 0.8, 1.6):
         _, lesions = insert_clusters(image, 0.05, [_single(d, 0.05)], np.random.default_rng(0), mask)
         peaks.append(lesions[0].peak_contrast)
-    assert all(b > a for a, b in zip(peaks, peaks[1:])), peaks
+    assert all(b > a for a, b in pairwise(peaks)), peaks
     assert peaks[0] > 0.0 and peaks[-1] < 1.0
     _, faint = insert_clusters(image, 0.05, [_single(0.4, 0.05, density=0.4)], np.random.default_rng(0), mask)
     assert faint[0].peak_contrast < peaks[2]
@@ -255,7 +256,7 @@ def test_dataset_is_deterministic_whatever_the_workers_and_records_spacing(tmp_p
         assert (record["rows"], record["columns"]) == (192, 192)
         boxes = annotations[record["image"]]
         assert len(boxes) == len(record["lesions"])
-        for box, lesion in zip(boxes, record["lesions"]):
+        for box, lesion in zip(boxes, record["lesions"], strict=True):
             assert box.label == lesion["label"] and lesion["spacing_mm"] == 0.2
             x0, y0, x1, y1 = box.corners()
             assert 0 <= x0 < x1 <= 192 and 0 <= y0 < y1 <= 192
@@ -304,7 +305,8 @@ def test_mccad_simulate_draws_only_the_weighted_patterns(tmp_path, capsys):
     assert meta["patterns"] == ["amorphous", "amorphous", "amorphous", "punctate"]
     drawn = [les["pattern"] for r in meta["images"] for les in r["lesions"]]
     assert drawn and set(drawn) <= {"amorphous", "punctate"}
-    for bad, says in (("glitter", "glitter"), ("amorphous:0", "1-100"), ("amorphous:x", "whole number"), (",", "no pattern")):
+    for bad, says in (("glitter", "glitter"), ("amorphous:0", "1-100"), ("amorphous:x", "whole number"),
+                      (",", "no pattern")):
         with pytest.raises(SystemExit) as stopped:  # refused while parsing, as argparse refuses
             main(["simulate", "--out", str(tmp_path / "bad"), "--patterns", bad])
         assert stopped.value.code == 2 and says in capsys.readouterr().err

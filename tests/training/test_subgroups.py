@@ -1,9 +1,10 @@
-"""``training.evaluation.subgroups``: on a set made by ``mccad simulate``, ``mccad evaluate`` breaks detection down by background
-source (FROC per subset), by BI-RADS pattern (clusters found) and by background image (false positives)."""
+"""``training.evaluation.subgroups``: on a set made by ``mccad simulate``, ``mccad evaluate`` breaks detection down by
+background source (FROC per subset), by BI-RADS pattern (clusters found) and by background image (false positives)."""
 from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def simulated(tmp_path_factory):
 def test_clusters_are_counted_by_pattern_and_false_positives_by_background(simulated):
     _, _, samples, records, predictions = simulated
     assert {r["source"] for r in records.values()} == {"real", "phantom"}  # the fixture covers both
-    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.85)
+    result = subgroup_metrics(list(zip(samples, predictions, strict=True)), records, operating_threshold=0.85)
     assert result["thresholds"]["operating_point"] == 0.85
 
     clusters, found = Counter(), Counter()
@@ -59,9 +60,9 @@ def test_clusters_are_counted_by_pattern_and_false_positives_by_background(simul
 
 def test_froc_by_source_is_the_froc_of_that_sources_images(simulated):
     _, _, samples, records, predictions = simulated
-    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.3)
+    result = subgroup_metrics(list(zip(samples, predictions, strict=True)), records, operating_threshold=0.3)
     for source in ("real", "phantom"):
-        subset = [(s, p) for s, p in zip(samples, predictions) if records[s.image_id]["source"] == source]
+        subset = [(s, p) for s, p in zip(samples, predictions, strict=True) if records[s.image_id]["source"] == source]
         curve = froc([FrocImage(s.boxes, p.boxes, p.scores) for s, p in subset])
         row = result["by_source"][source]
         assert (row["images"], row["clusters"]) == (len(subset), curve.n_lesions)
@@ -70,7 +71,7 @@ def test_froc_by_source_is_the_froc_of_that_sources_images(simulated):
 
 def test_clusters_are_counted_by_contrast_to_noise_when_the_noise_is_recorded(simulated):
     _, _, samples, records, predictions = simulated
-    pairs = list(zip(samples, predictions))
+    pairs = list(zip(samples, predictions, strict=True))
     assert all(r["noise_sigma"] > 0 for r in records.values())  # the simulator records its background's noise
     result = subgroup_metrics(pairs, records, operating_threshold=0.85)
     expected, found = Counter(), Counter()
@@ -79,7 +80,7 @@ def test_clusters_are_counted_by_contrast_to_noise_when_the_noise_is_recorded(si
         for k, les in enumerate(record["lesions"]):
             ratio = les["peak_contrast"] / record["noise_sigma"]
             name = next(f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}"
-                        for lo, hi in zip(CNR_BINS[:-1], CNR_BINS[1:]) if lo <= ratio < hi)
+                        for lo, hi in pairwise(CNR_BINS) if lo <= ratio < hi)
             expected[name] += 1
             found[name] += k % 2 == 0
     rows = result["by_contrast_to_noise"]
@@ -92,7 +93,7 @@ def test_clusters_are_counted_by_contrast_to_noise_when_the_noise_is_recorded(si
 
 def test_records_that_do_not_describe_the_images_give_no_breakdown(simulated, tmp_path):
     _, _, samples, records, predictions = simulated
-    pairs = list(zip(samples, predictions))
+    pairs = list(zip(samples, predictions, strict=True))
     edited = {k: dict(v, lesions=v["lesions"] + [{"pattern": "round"}]) for k, v in records.items()}
     assert subgroup_metrics(pairs, edited, 0.5) is None  # an extra cluster the CSV does not hold
     assert subgroup_metrics(pairs, {}, 0.5) is None
@@ -116,8 +117,8 @@ def test_mccad_evaluate_writes_the_breakdown_for_a_simulated_set_only(simulated,
     low, high = metrics["froc"]["all"]["ci"]["sensitivity_ci_at_fp_per_image"]["1.0"]
     assert printed["froc_sensitivity"]["1.0"] == (
         f"{metrics['froc']['all']['sensitivity_at_fp_per_image']['1.0']:.3f} ({low:.3f} to {high:.3f})")
-    assert printed["clusters_found_by_pattern"] == {
-        name: f"{g['found']['operating_point']}/{g['clusters']}" for name, g in metrics["subgroups"]["by_pattern"].items()}
+    assert printed["clusters_found_by_pattern"] == {name: f"{g['found']['operating_point']}/{g['clusters']}"
+                                                    for name, g in metrics["subgroups"]["by_pattern"].items()}
     assert printed["clusters_found_by_contrast_to_noise"] == {
         name: f"{g['found']['operating_point']}/{g['clusters']}"
         for name, g in metrics["subgroups"]["by_contrast_to_noise"].items()}
@@ -152,12 +153,13 @@ def test_false_positives_at_the_same_place_of_a_real_background_are_counted_as_r
         own = 150.0 + 25 * k  # 10 mm apart at 0.4 mm
         boxes = np.asarray([[x - 0.5, 200.0, x + 0.5, 201.0], [own, own, own + 1.0, own + 1.0]])
         predictions.append(ImagePrediction(sample.image_id, boxes, ["benign"] * 2, np.asarray([0.9, 0.9])))
-    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.5)
+    result = subgroup_metrics(list(zip(samples, predictions, strict=True)), records, operating_threshold=0.5)
     (row,) = result["false_positives_by_background"].values()
     assert row["images"] == 5 and row["operating_point"] == 10
     assert row["recurring_at_operating_point"] == 5 and result["recur_mm"] == 2.0
     # below the operating point nothing counts
-    assert subgroup_metrics(list(zip(samples, predictions)), records, 0.95)["false_positives_by_background"][
+    above = subgroup_metrics(list(zip(samples, predictions, strict=True)), records, 0.95)
+    assert above["false_positives_by_background"][
         background_of(next(iter(records.values())))]["recurring_at_operating_point"] == 0
 
 
@@ -200,7 +202,7 @@ def test_mccad_evaluate_draws_the_strongest_false_positives(simulated, tmp_path,
     from training.evaluation.false_positive_sheet import TILE_PX, false_positives, write_false_positive_sheet
 
     _, csv, samples, records, predictions = simulated
-    pairs = list(zip(samples, predictions))
+    pairs = list(zip(samples, predictions, strict=True))
     expected = sum(records[s.image_id]["source"] == "real" for s in samples)
     entries = false_positives(pairs, 0.5, limit=100)
     assert len(entries) == expected > 0 and all(e["score"] == pytest.approx(0.8) for e in entries)
@@ -237,7 +239,7 @@ def test_froc_by_pixel_spacing_is_the_froc_of_the_images_made_at_that_spacing(tm
                                                                        ["spacing_mm"] == 0.1 else 0),
                                    np.full(len(s.boxes) if records[s.image_id]["spacing_mm"] == 0.1 else 0, 0.9))
                    for s in samples]
-    result = subgroup_metrics(list(zip(samples, predictions)), records, operating_threshold=0.5)
+    result = subgroup_metrics(list(zip(samples, predictions, strict=True)), records, operating_threshold=0.5)
     rows = result["by_pixel_spacing"]
     assert set(rows) == {"0.1 mm", "0.2 mm"}
     assert rows["0.1 mm"]["sensitivity_at_fp_per_image"]["1.0"] == 1.0  # every 0.1 mm cluster boxed

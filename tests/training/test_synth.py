@@ -14,9 +14,9 @@ def test_same_seed_gives_identical_pixels_and_another_seed_does_not():
     first = synth_study(7, 3, rows=256, cols=160)
     again = synth_study(7, 3, rows=256, cols=160)
     assert [im.pixels.tobytes() for im in first] == [im.pixels.tobytes() for im in again]
-    assert [[l.box for l in im.lesions] for im in first] == [[l.box for l in im.lesions] for im in again]
+    assert [[les.box for les in im.lesions] for im in first] == [[les.box for les in im.lesions] for im in again]
     other = synth_study(8, 3, rows=256, cols=160)
-    assert all(a.pixels.tobytes() != b.pixels.tobytes() for a, b in zip(first, other))
+    assert all(a.pixels.tobytes() != b.pixels.tobytes() for a, b in zip(first, other, strict=True))
 
 
 def test_four_views_with_12_bit_pixels_and_consistent_lesions():
@@ -34,8 +34,8 @@ def test_four_views_with_12_bit_pixels_and_consistent_lesions():
                     assert lesion.label == "benign" and lesion.pathotype is None and lesion.er_positive is None
         for lat in "LR":
             cc, mlo = (im for im in images if im.laterality == lat)
-            assert [l.lesion_id for l in cc.lesions] == [l.lesion_id for l in mlo.lesions]
-            for a, b in zip(cc.lesions, mlo.lesions):
+            assert [les.lesion_id for les in cc.lesions] == [les.lesion_id for les in mlo.lesions]
+            for a, b in zip(cc.lesions, mlo.lesions, strict=True):
                 # the same cluster seen twice: about the same distance from the nipple in both views
                 assert abs(nipple_distance(cc, a.box) - nipple_distance(mlo, b.box)) < 0.08 * 160
 
@@ -52,7 +52,7 @@ def test_patients_mix_benign_and_malignant_and_some_images_have_no_lesion():
     kinds, empty = set(), 0
     for patient in range(16):
         images = synth_study(2, patient, rows=128, cols=80)
-        labels = {l.label for im in images for l in im.lesions}
+        labels = {les.label for im in images for les in im.lesions}
         assert labels, "every synthetic patient has at least one lesion"
         kinds.add("malignant" if "malignant" in labels else "benign")
         empty += sum(not im.lesions for im in images)
@@ -125,11 +125,11 @@ def test_dataset_annotations_match_the_generator(dataset):
         for image in synth_study(4, index, rows=256, cols=160):
             name = f"SYN{index:05d}/{image.laterality}{image.view}.dcm"
             boxes = annotations[name]
-            assert [b.label for b in boxes] == [l.label for l in image.lesions]
-            assert np.allclose([b.corners() for b in boxes], [l.box for l in image.lesions], atol=1e-9)
+            assert [b.label for b in boxes] == [les.label for les in image.lesions]
+            assert np.allclose([b.corners() for b in boxes], [les.box for les in image.lesions], atol=1e-9)
             record = next(r for r in lesions["images"] if r["image"] == name)
             assert [(r["pathotype"], r["er_positive"]) for r in record["lesions"]] == [
-                (l.pathotype, l.er_positive) for l in image.lesions
+                (les.pathotype, les.er_positive) for les in image.lesions
             ]
 
 
@@ -143,7 +143,8 @@ def test_rewriting_the_dataset_gives_identical_files(dataset, tmp_path):
 def test_cli_synth_then_preprocess(tmp_path, capsys):
     from mccad.cli import main
 
-    assert main(["synth", "--out", str(tmp_path / "syn"), "--patients", "1", "--seed", "9", "--rows", "200", "--cols", "128"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "syn"), "--patients", "1", "--seed", "9", "--rows", "200", "--cols",
+                 "128"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [str(tmp_path / "syn" / "annotations.csv")]
 
@@ -194,7 +195,7 @@ def test_rendering_chosen_views_gives_the_whole_studys_pixels_and_lesion_free_vi
             alone = synth_study(5, patient, rows=256, cols=160, views=wanted)
             expected = [im for im in study if (im.laterality, im.view) in wanted]
             assert [(im.laterality, im.view) for im in alone] == [(im.laterality, im.view) for im in expected]
-            for got, want in zip(alone, expected):
+            for got, want in zip(alone, expected, strict=True):
                 assert np.array_equal(got.pixels, want.pixels)
                 assert [les.box for les in got.lesions] == [les.box for les in want.lesions]
         free = lesion_free_views(5, patient, rows=256, cols=160)

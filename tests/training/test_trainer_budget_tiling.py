@@ -257,8 +257,8 @@ def test_evaluate_reads_a_tiled_detector_with_the_test_time_flip_when_asked(tmp_
 
 def test_whole_validation_images_are_measured_as_the_exported_model_runs(tmp_path):
     """A crops-trained run validated on whole images (larger than a tile) scores them tile by tile behind the breast
-    gate, as ``training.evaluation.predict`` runs the exported model: the same boxes and scores, not the model's own resize of
-    the whole image to its training input size; crops still run whole."""
+    gate, as ``training.evaluation.predict`` runs the exported model: the same boxes and scores, not the model's own
+    resize of the whole image to its training input size; crops still run whole."""
     pytest.importorskip("timm", reason="the EfficientNet-Lite backbone needs timm")
     from models.breast_gate import BreastGate
     from models.detector import detect
@@ -384,7 +384,8 @@ def test_init_from_starts_a_run_from_another_runs_weights(tiny, tmp_path):
                                "roi_heads.box_predictor.cls_score.weight"],
                            trained["roi_heads.box_predictor.cls_score.weight"])
     # another architecture, a missing folder: refused before any training
-    wider = dataclasses.replace(first, detector=dict(TINY_DETECTOR, box_head_size=64), init_from=str(tmp_path / "first"))
+    wider = dataclasses.replace(first, detector=dict(TINY_DETECTOR, box_head_size=64),
+                                init_from=str(tmp_path / "first"))
     with pytest.raises(TrainingError, match="another architecture"):
         train_detector(tiny[:2], None, wider, tmp_path / "wider", progress=False)
     with pytest.raises(TrainingError, match="does not exist"):

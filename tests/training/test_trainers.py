@@ -121,7 +121,7 @@ def test_parallel_preparation_equals_serial(tiny):
     config = StandardiseConfig(max_side=128)
     serial = prepare_all(tiny[:3], config)
     parallel = prepare_all(tiny[:3], config, workers=2)
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert a.sample == b.sample and np.array_equal(a.pixels, b.pixels) and np.array_equal(a.boxes, b.boxes)
         assert a.cmap == b.cmap and a.pixels.shape[0] == 128
 

@@ -86,7 +86,8 @@ def test_vindr_mammo_missing_image_and_bad_box(tmp_path):
         read_vindr_mammo(tmp_path)
     skipped: list[str] = []
     assert len(read_vindr_mammo(tmp_path, skipped=skipped)) == 10 and "s2img1" in skipped[0]
-    rows = list(csv.DictReader(open(tmp_path / "finding_annotations.csv", newline="")))
+    with open(tmp_path / "finding_annotations.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     rows[0]["xmax"] = "1.0"  # xmax left of xmin
     _write(tmp_path / "finding_annotations.csv", FINDING_COLS, rows)
     with pytest.raises(DatasetError, match="row 2 .*empty"):

@@ -52,7 +52,7 @@ def spool_study(settings, study: SyntheticStudy) -> None:
     from worker.ledger import Ledger
 
     spool, ledger = Spool(settings.spool_dir), Ledger(settings.effective_ledger_url)
-    for sop_uid, path in zip(study.sop_uids, study.paths):
+    for sop_uid, path in zip(study.sop_uids, study.paths, strict=True):
         stored = spool.store(study.study_uid, sop_uid, path.read_bytes())
         ledger.record_instance(study.study_uid, sop_uid, str(stored), size_bytes=stored.stat().st_size)
     ledger.close()

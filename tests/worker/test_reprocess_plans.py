@@ -29,7 +29,8 @@ def done_study(tmp_path, monkeypatch, capsys, tiny_model_dir):
     (folder / f"{UID}.1{SUFFIX}").write_bytes(b"instance")
     out = settings.results_dir / UID
     out.mkdir(parents=True)
-    (out / "result.json").write_text(json.dumps({"models": [{"role": "detector", "name": "fpnnet", "version": "0.6.2"}]}))
+    (out / "result.json").write_text(json.dumps({"models": [{"role": "detector", "name": "fpnnet",
+                                                             "version": "0.6.2"}]}))
 
     def record(model_dir) -> None:
         key = work_key(UID, Spool(settings.spool_dir).instances(UID), model_dir)

@@ -65,7 +65,8 @@ def read_clinical_table(path: Path) -> list[dict[str, str]]:
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"{path.name} is not CMMD's clinical table: it lacks {missing}")
-    return [dict(zip(header, r + [""] * (len(header) - len(r)))) for r in rows[1:]]
+    # short rows are padded; cells past the header (a spreadsheet's trailing cells) are dropped
+    return [dict(zip(header, r + [""] * (len(header) - len(r)), strict=False)) for r in rows[1:]]
 
 
 def find_table(folder: Path) -> Path:

@@ -192,7 +192,7 @@ def level_cases(truth: Sequence[Sample], predictions: Sequence[ImagePrediction],
             continue
         keep = kept_indices(pred, op)
         matches = match_lesions(sample.boxes, np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)[keep])
-        for k, (les, j) in enumerate(zip(sample.lesions, matches)):
+        for k, (les, j) in enumerate(zip(sample.lesions, matches, strict=True)):
             if j is None:
                 lesion.unmatched += 1
                 continue
@@ -259,8 +259,8 @@ def evaluate(truth: Sequence[Sample], predictions: Sequence[ImagePrediction], *,
              op: OperatingPoint = OperatingPoint(), n_boot: int = 1000, seed: int = 0,
              simulation: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything ``metrics.json`` holds for one model on one dataset. ``simulation``: the dataset's
-    ``simulated.json`` records (``training.evaluation.subgroups.simulation_records``), which add the breakdown by background
-    and BI-RADS pattern (``subgroups``) for a detector."""
+    ``simulated.json`` records (``training.evaluation.subgroups.simulation_records``), which add the breakdown by
+    background and BI-RADS pattern (``subgroups``) for a detector."""
     from training.evaluation.subgroups import subgroup_metrics
 
     cases = level_cases(truth, predictions, op)

@@ -7,8 +7,8 @@ quickest way to tell, so ``mccad evaluate`` draws the ``limit`` best-scored fals
 each as a square of ``side_mm`` of the original image centred on the box, with the box outlined, and lists them
 (image, score, label, box) in ``metrics.json``.
 
-False positive as ``training.evaluation.froc`` counts one: a box of score >= the threshold that hits no lesion of its image at
-IoU >= ``hit_iou``.
+False positive as ``training.evaluation.froc`` counts one: a box of score >= the threshold that hits no lesion of its
+image at IoU >= ``hit_iou``.
 """
 from __future__ import annotations
 

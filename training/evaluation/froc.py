@@ -85,10 +85,7 @@ def hit_scores(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(gt) and len(pred):
-        hits = box_iou(gt, pred) >= hit_iou
-    else:
-        hits = np.zeros((len(gt), len(pred)), dtype=bool)
+    hits = box_iou(gt, pred) >= hit_iou if len(gt) and len(pred) else np.zeros((len(gt), len(pred)), dtype=bool)
     found = np.asarray([float(scores[hits[i]].max()) if hits[i].any() else -np.inf for i in range(len(gt))],
                        dtype=np.float64)
     return found, ~hits.any(axis=0)
@@ -189,8 +186,8 @@ def froc_bootstrap(images: Sequence[FrocImage], groups: Sequence[str] | None = N
                    fp_rates: Sequence[float] = FP_RATES) -> FrocInterval:
     """Bootstrap intervals of the FROC sensitivities, resampling whole ``groups`` of images with replacement (each
     image its own group when None). Why groups: images that share a patient, or simulated images made on one real
-    background, share that background's false positives (``training.evaluation.subgroups``' recurring ones); resampling them
-    one by one would treat one structure seen twelve times as twelve independent errors and give too narrow an
+    background, share that background's false positives (``training.evaluation.subgroups``' recurring ones); resampling
+    them one by one would treat one structure seen twelve times as twelve independent errors and give too narrow an
     interval. With ``compare_to`` (a second model's predictions on the same images, in the same order) the interval
     is of the paired difference, this model minus that one, each resample drawing the same images for both."""
     members = _group_members(len(images), groups)

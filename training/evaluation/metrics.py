@@ -97,7 +97,7 @@ def classification_table(y_true: Sequence[int], y_pred: Sequence[int]) -> Classi
     if yt.shape != yp.shape:
         raise ValueError(f"{yt.size} labels but {yp.size} predictions")
     cm = np.zeros((2, 2), dtype=np.int64)
-    for t, p in zip(yt, yp):
+    for t, p in zip(yt, yp, strict=True):
         cm[int(t), int(p)] += 1
     precision, sensitivity, f1, support = {}, {}, {}, {}
     for k, name in enumerate(CLASS_NAMES):

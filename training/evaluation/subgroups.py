@@ -7,9 +7,9 @@ amorphous (faint). Whether a model falls short for lack of sensitivity to a patt
 real image decides what to do next, so ``mccad evaluate`` adds this breakdown to ``metrics.json`` (``subgroups``)
 whenever the dataset's ``simulated.json`` lies beside its CSV.
 
-Counted as FROC counts (``training.evaluation.froc``: a box hits a cluster at IoU >= 0.1; a cluster is found at threshold ``t``
-when a box of score >= ``t`` hits it; a box hitting none is a false positive), at two thresholds: the model's
-operating point and the threshold of 1 false positive per image over the whole set.
+Counted as FROC counts (``training.evaluation.froc``: a box hits a cluster at IoU >= 0.1; a cluster is found at
+threshold ``t`` when a box of score >= ``t`` hits it; a box hitting none is a false positive), at two thresholds: the
+model's operating point and the threshold of 1 false positive per image over the whole set.
 
 Recurring false positives: a real background is reused by many simulated images (flipped or not), while clusters are
 placed at random. A false positive whose centre lies within ``RECUR_MM`` of a false positive on another image of the
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,9 @@ def simulation_records(data: Path | str) -> dict[str, dict[str, Any]] | None:
 
 
 def resampling_group(sample: Sample, records: dict[str, dict[str, Any]] | None) -> str:
-    """The unit a bootstrap resamples ``sample`` with (``training.evaluation.froc.froc_bootstrap``): for a simulated image its
-    background (every image made on one real background shares that background's own structures and so its false
-    positives; a phantom is one synthetic woman), for any other image its patient."""
+    """The unit a bootstrap resamples ``sample`` with (``training.evaluation.froc.froc_bootstrap``): for a simulated
+    image its background (every image made on one real background shares that background's own structures and so its
+    false positives; a phantom is one synthetic woman), for any other image its patient."""
     record = records.get(sample.image_id) if records else None
     if record is None:
         return f"patient {sample.patient_id}"
@@ -93,7 +94,7 @@ def _unflipped_centres(boxes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
 
 def cnr_bin(ratio: float) -> str:
     """The contrast-to-noise band (``CNR_BINS``) a ratio falls in, as reports name it ("5-8", ">=8")."""
-    for lo, hi in zip(CNR_BINS[:-1], CNR_BINS[1:]):
+    for lo, hi in pairwise(CNR_BINS):
         if lo <= ratio < hi:
             return f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
     return f"<{CNR_BINS[0]:g}"
@@ -104,11 +105,11 @@ def _found_by_contrast_to_noise(records: Sequence[dict[str, Any]],
     """Cluster scores (as ``hit_scores`` gives them) grouped by CNR bin, bins in ``CNR_BINS`` order; empty when any
     image's record lacks ``noise_sigma`` (sets written before it was recorded)."""
     grouped: dict[str, list[float]] = {cnr_bin(lo): [] for lo in CNR_BINS[:-1]}
-    for record, scores in zip(records, found):
+    for record, scores in zip(records, found, strict=True):
         noise = float(record.get("noise_sigma") or 0.0)
         if noise <= 0.0:
             return {}
-        for lesion, score in zip(record["lesions"], scores):
+        for lesion, score in zip(record["lesions"], scores, strict=True):
             grouped[cnr_bin(float(lesion["peak_contrast"]) / noise)].append(float(score))
     return {name: scores for name, scores in grouped.items() if scores}
 
@@ -167,7 +168,7 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
     by_cnr = _found_by_contrast_to_noise([records[s.image_id] for s, _ in pairs], [img[2] for img in images])
     patterns: dict[str, list[float]] = defaultdict(list)
     for _, _, found, _, names in images:
-        for name, score in zip(names, found):
+        for name, score in zip(names, found, strict=True):
             patterns[name].append(float(score))
     false_positives: dict[str, dict[str, Any]] = {}
     for background in sorted({img[1] for img in images}):

@@ -1,22 +1,22 @@
 """How visible a simulated cluster is to a plain blob detector, against the texture of its own breast.
 
 Why: no detector trained here finds the faintest simulated clusters (peak contrast-to-noise ratio below 8, almost all
-amorphous; ``training.evaluation.subgroups``), and they alone hold FROC sensitivity at 1 false positive per image below the
-target of 0.9 (docs/experiments/default-bundle-record.md, section "The reader's annotation rule"). Whether that is a
+amorphous; ``training.evaluation.subgroups``), and they alone hold FROC sensitivity at 1 false positive per image below
+the target of 0.9 (docs/experiments/default-bundle-record.md, section "The reader's annotation rule"). Whether that is a
 model that could learn more or
 clusters that do not stand out of the breast's own structure decides where GPU time goes. Pixel noise (the CNR) does
 not answer it: breast texture also makes calcification-sized bright blobs. This measures the clusters against the
 texture.
 
 Method: the simulator's own blob filter (``training.simulate.visibility``: a scale-normalised Laplacian of Gaussian
-at calcification scales, bright blobs of 0.2-0.3 mm) over the image, standardised by its median and MAD over the breast away from its border and the
-clusters: ``z``. Local maxima above ``Z_PEAK`` are calcification-like blobs. A cluster box holding ``k`` of them,
-where the rest of the breast holds ``d`` per pixel, is compared with windows of its area, which hold Poisson(d x
-area) by chance: ``chance_windows_per_image`` = P(N >= k) x (breast area / box area), the number of windows as
-crowded as the cluster the image holds by chance. Below 1 the cluster stands out of its image to this detector; well
-above 1 it does not, and a learnt detector must do better than counting blobs to find it at 1 false positive per
-image. A crude detector by design: a cluster that does not stand out to it may still be found, one that does is
-plainly visible.
+at calcification scales, bright blobs of 0.2-0.3 mm) over the image, standardised by its median and MAD over the breast
+away from its border and the clusters: ``z``. Local maxima above ``Z_PEAK`` are calcification-like blobs. A cluster box
+holding ``k`` of them, where the rest of the breast holds ``d`` per pixel, is compared with windows of its area, which
+hold Poisson(d x area) by chance: ``chance_windows_per_image`` = P(N >= k) x (breast area / box area), the number of
+windows as crowded as the cluster the image holds by chance. Below 1 the cluster stands out of its image to this
+detector; well above 1 it does not, and a learnt detector must do better than counting blobs to find it at 1 false
+positive per image. A crude detector by design: a cluster that does not stand out to it may still be found, one that
+does is plainly visible.
 
 With a detector's ``predictions.json`` (``mccad evaluate``) each cluster also gets the detector's score for it (the
 best box hitting it, FROC's rule) and the summary counts the clusters it finds at 1 false positive per image, so
@@ -118,7 +118,8 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def set_records(folder: Path | str) -> dict[str, dict[str, Any]]:
-    """The per-image records of a set made by ``mccad simulate`` (``training.evaluation.subgroups.simulation_records``)."""
+    """The per-image records of a set made by ``mccad simulate``
+    (``training.evaluation.subgroups.simulation_records``)."""
     records = simulation_records(folder)
     if records is None:
         raise FileNotFoundError(f"{Path(folder) / SIMULATION_RECORD} not found or unreadable: not a set made by "
@@ -145,7 +146,7 @@ def simulated_set_visibility(folder: Path | str, records: dict[str, dict[str, An
                              laterality=record.get("laterality"))
         found = cluster_visibility(pixels, breast, [les["box"] for les in lesions], record["spacing_mm"])
         sigma = float(record.get("noise_sigma") or 0.0)
-        for k, (lesion, vis) in enumerate(zip(lesions, found)):
+        for k, (lesion, vis) in enumerate(zip(lesions, found, strict=True)):
             cnr = lesion["peak_contrast"] / sigma if sigma > 0 else None
             rows.append({"image": record["image"], "lesion": k, "pattern": lesion["pattern"],
                          "label": lesion["label"], "contrast_to_noise": cnr, **asdict(vis)})
@@ -207,7 +208,8 @@ def summarise(rows: Sequence[dict[str, Any]], found_at: float | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.simulate.cluster_visibility", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.simulate.cluster_visibility",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a set of whole images made by mccad simulate")
     parser.add_argument("--predictions", type=Path, default=None,
                         help="a detector's predictions.json on the same set (mccad evaluate): clusters it finds")

@@ -10,8 +10,8 @@ Backgrounds (``sources``):
   Their DICOM carries no Pixel Spacing; DDSM film was digitised at 42-50 um (Heath et al., IWDM 2000), so we assume
   ``REAL_SAMPLE_SPACING_MM`` = 0.05 mm and resample (area average) to the target spacing. A horizontal flip (with the
   laterality swapped) is applied to half of them, so that both sides are seen.
-* ``"phantom"``: lesion-free views of :func:`training.simulate.synth.synth_study`, drawn at the target spacing (the phantom
-  is 204.8 x 128 mm).
+* ``"phantom"``: lesion-free views of :func:`training.simulate.synth.synth_study`, drawn at the target spacing (the
+  phantom is 204.8 x 128 mm).
 
 Output layout: ``out_dir/images/<index>.png`` (16-bit by default, the pixel spacing also written as the PNG's
 physical resolution), ``out_dir/annotations.csv`` (paper CSV, names relative to ``out_dir``) and

@@ -47,7 +47,8 @@ MIN_SLOPE = 0.35
 FINE_PITCH_MM = 0.025
 BOX_MARGIN_MM = 0.5
 PLACEMENT_TRIES = 60
-#: a cluster no reader would see (``training.simulate.visibility``) is drawn again at most this many times, then left out
+#: a cluster no reader would see (``training.simulate.visibility``) is drawn again at most this many times, then left
+#: out
 VISIBILITY_REDRAWS = 20
 
 

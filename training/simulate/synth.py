@@ -8,8 +8,8 @@ What is drawn, per breast (geometry in a frame with the chest wall on the left, 
 end, because right breasts are displayed with the chest wall on the right):
 
 * a half-ellipse outline from the chest wall with a wobble, a brighter skin line, a thickness fall-off near the edge;
-* parenchyma: power-law filtered noise (beta about 3, see :func:`training.simulate.synth_render.power_law_noise`) modulating
-  a fibroglandular density that is highest behind the nipple;
+* parenchyma: power-law filtered noise (beta about 3, see :func:`training.simulate.synth_render.power_law_noise`)
+  modulating a fibroglandular density that is highest behind the nipple;
 * on MLO, the pectoral muscle as a bright triangle in the upper chest-wall corner;
 * background: dark detector noise and a small lead marker beyond the nipple (it tests that standardisation ignores
   markers);
@@ -17,7 +17,8 @@ end, because right breasts are displayed with the chest wall on the right):
   (10-28), small, pleomorphic with linear and branching forms, tightly grouped (BI-RADS morphology and distribution
   descriptors). A cluster is a set of 3-D points in the breast: CC shows its (depth, medio-lateral) projection and
   MLO its (depth, oblique) projection, and the cluster lies at the same distance from the nipple in both views,
-  the cue radiologists use to match a lesion across views. Its box is the extent of its calcifications plus a margin (``BOX_MARGIN_PX`` at the default size).
+  the cue radiologists use to match a lesion across views. Its box is the extent of its calcifications plus a margin
+  (``BOX_MARGIN_PX`` at the default size).
 
 A patient is benign or malignant; malignant patients have one or two malignant clusters in one breast and may also
 have benign clusters; the other breast is often normal, so some images carry no lesion. Everything derives from
@@ -151,7 +152,8 @@ def _sample_cluster(rng: np.random.Generator, label: LesionLabel, lesion_id: str
     return cluster
 
 
-def _sample_breast(rng: np.random.Generator, rows: int, cols: int, labels: list[LesionLabel], prefix: str, scale: float) -> _Breast:
+def _sample_breast(rng: np.random.Generator, rows: int, cols: int, labels: list[LesionLabel], prefix: str,
+                   scale: float) -> _Breast:
     clusters = [_sample_cluster(rng, label, f"{prefix}{i}", scale) for i, label in enumerate(labels)]
     return _Breast(
         density=float(rng.uniform(0.25, 0.85)),
@@ -201,7 +203,8 @@ def _cluster_centre(breast: _Breast, cluster: _Cluster, view: str) -> tuple[floa
     return x, y
 
 
-def _render_view(rng: np.random.Generator, breast: _Breast, view: str, rows: int, cols: int, scale: float) -> tuple[np.ndarray, list[tuple[_Cluster, tuple[float, float, float, float]]]]:
+def _render_view(rng: np.random.Generator, breast: _Breast, view: str, rows: int, cols: int,
+                 scale: float) -> tuple[np.ndarray, list[tuple[_Cluster, tuple[float, float, float, float]]]]:
     shape = (rows, cols)
     if view == "CC":
         depth, half, centre = breast.cc_depth, breast.cc_half_height, breast.cc_centre
@@ -216,7 +219,8 @@ def _render_view(rng: np.random.Generator, breast: _Breast, view: str, rows: int
     skin = ((r > 1.0 - skin_width) & inside).astype(np.float32)
 
     # the coarse field has almost no power at high frequencies: draw it at a quarter of the size and interpolate
-    coarse = resize_bilinear(power_law_noise(rng, (max(rows // 4, 16), max(cols // 4, 16)), beta=3.2, anisotropy=1.6), shape)
+    coarse = resize_bilinear(power_law_noise(rng, (max(rows // 4, 16), max(cols // 4, 16)), beta=3.2, anisotropy=1.6),
+                             shape)
     fine = power_law_noise(rng, shape, beta=2.2, anisotropy=2.5)
     # fibroglandular tissue concentrates behind the nipple, fat at the periphery
     x = ((np.arange(cols, dtype=np.float32) + 0.5) / depth)[None, :]
@@ -225,7 +229,8 @@ def _render_view(rng: np.random.Generator, breast: _Breast, view: str, rows: int
     glandular_zone = np.exp(-(((x - 0.55) / 0.45) ** 2)) * np.exp(-((y / 0.6) ** 2))
     gland = np.clip(np.float32(breast.density) * glandular_zone + np.float32(0.18) * coarse, 0.0, 1.0)
     tissue = np.float32(0.30) + np.float32(0.32) * gland + np.float32(0.05) * fine
-    image = np.where(inside, tissue * (np.float32(0.55) + np.float32(0.45) * falloff) + np.float32(0.10) * skin, np.float32(0.0))
+    image = np.where(inside, tissue * (np.float32(0.55) + np.float32(0.45) * falloff) + np.float32(0.10) * skin,
+                     np.float32(0.0))
 
     if view == "MLO":
         xx = (np.arange(cols, dtype=np.float32) + 0.5)[None, :]
@@ -328,7 +333,8 @@ def patient_id_for(patient_index: int) -> str:
     return f"SYN{patient_index:05d}"
 
 
-def write_synthetic_dataset(out_dir: Path, n_patients: int, *, seed: int = 0, rows: int = DEFAULT_ROWS, cols: int = DEFAULT_COLS) -> Path:
+def write_synthetic_dataset(out_dir: Path, n_patients: int, *, seed: int = 0, rows: int = DEFAULT_ROWS,
+                            cols: int = DEFAULT_COLS) -> Path:
     """Write ``n_patients`` synthetic studies as MG DICOM files plus their annotations; returns the CSV path.
 
     Layout: ``out_dir/<patient>/<laterality><view>.dcm``, ``out_dir/annotations.csv`` (the paper's CSV box format,

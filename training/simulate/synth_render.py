@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def power_law_noise(rng: np.random.Generator, shape: tuple[int, int], beta: float, anisotropy: float = 1.0) -> np.ndarray:
+def power_law_noise(rng: np.random.Generator, shape: tuple[int, int], beta: float,
+                    anisotropy: float = 1.0) -> np.ndarray:
     """Gaussian noise with a 1/f^beta power spectrum, zero mean and unit standard deviation.
 
     Mammographic parenchyma has a power-law spectrum with beta around 3 (Burgess et al., Med. Phys. 2001), which is

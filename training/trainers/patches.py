@@ -102,7 +102,7 @@ def lesion_patches(items: Sequence[PreparedImage], task: str, size: int,
     """The patches and 0/1 targets of every malignant lesion with a known class for ``task``."""
     patches, targets = [], []
     for item in items:
-        for box, index in zip(item.boxes, item.lesion_index):
+        for box, index in zip(item.boxes, item.lesion_index, strict=True):
             target = patch_target(item.sample.lesions[int(index)], task)
             if target is None:
                 continue
