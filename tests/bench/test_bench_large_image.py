@@ -1,4 +1,5 @@
-"""The large-image benchmark runs end to end (``--quick``: small sizes) and writes its report."""
+"""The large-image benchmark runs end to end (``--quick``: small sizes) and writes its report; the bound it states
+(60 s, 2 GiB) decides its exit status."""
 from __future__ import annotations
 
 import json
@@ -17,4 +18,13 @@ def test_large_image_quick_reports_seconds_memory_and_ratio(tmp_path: Path) -> N
     assert doc["bench"] == "large_image" and [row["side"] for row in doc["rows"]] == [400, 800]
     for row in doc["rows"]:
         assert row["seconds"] > 0 and row["peak_rss_mib"] > 0 and row["ratio"] > 0
+        assert row["cpu_seconds"] > 0 and 0 < row["outputs_seconds"] < row["seconds"]
     assert doc["targets"] == {"seconds": 60.0, "peak_rss_mib": 2048.0} and isinstance(doc["met"], bool)
+
+
+def test_the_bound_is_60_s_and_2_gib() -> None:
+    from bench.large_image import bound_met
+
+    assert bound_met({"seconds": 59.0, "peak_rss_mib": 2000.0})
+    assert not bound_met({"seconds": 61.0, "peak_rss_mib": 2000.0})
+    assert not bound_met({"seconds": 30.0, "peak_rss_mib": 2100.0})
