@@ -45,7 +45,7 @@ from settings.config import Settings
 from settings.logs import short_uid
 from settings.version import __version__
 from worker.app import TASK_ANALYZE, make_celery
-from worker.ledger import DONE, Ledger
+from worker.ledger import DONE, Claim, Ledger
 from worker.memory import release_freed_memory
 from worker.outputs import write_study_outputs
 
@@ -227,16 +227,21 @@ def _time_limit_hit(settings: Settings, study_uid: str, limit_s: float) -> None:
 def run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | None) -> dict[str, Any]:
     """One attempt at a study, with the ledger bookkeeping around it. Returns a small summary for logs.
 
-    The attempt is bounded by ``settings.task_time_limit_s`` (:func:`_time_limit_hit`)."""
+    The attempt, from the moment the study is claimed, is bounded by ``settings.task_time_limit_s``
+    (:func:`_time_limit_hit`): the limit starts with the claim, so a study is never failed while still ``queued``."""
+    try:
+        return _run_study(task, settings, study_uid, model_dir)
+    finally:
+        release_freed_memory()  # a large image's copies must not stay in the process through the next studies
+
+
+def _start_watchdog(settings: Settings, study_uid: str) -> threading.Timer:
+    """The time limit of a claimed attempt: :func:`_time_limit_hit` after ``task_time_limit_s`` unless cancelled."""
     watchdog = threading.Timer(settings.task_time_limit_s, _time_limit_hit,
                                args=(settings, study_uid, settings.task_time_limit_s))
     watchdog.daemon = True
     watchdog.start()
-    try:
-        return _run_study(task, settings, study_uid, model_dir)
-    finally:
-        watchdog.cancel()
-        release_freed_memory()  # a large image's copies must not stay in the process through the next studies
+    return watchdog
 
 
 def _run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | None) -> dict[str, Any]:
@@ -255,6 +260,16 @@ def _run_study(task: Task, settings: Settings, study_uid: str, model_dir: str | 
         LOG.warning("taking over a study whose worker stopped during it (a crash: no attempt spent)",
                     extra={"event": "crash_recovered", "study": tag, "attempt": claim.attempt})
     bundle = Path(model_dir or claim.model_dir or settings.model_dir)
+    watchdog = _start_watchdog(settings, study_uid)
+    try:
+        return _attempt(settings, ledger, claim, study_uid, bundle)
+    finally:
+        watchdog.cancel()
+
+
+def _attempt(settings: Settings, ledger: Ledger, claim: Claim, study_uid: str, bundle: Path) -> dict[str, Any]:
+    """Analyse a claimed study, deliver its objects and record the outcome in the ledger."""
+    tag = short_uid(study_uid)
     LOG.info("analysing study", extra={"event": "task_started", "study": tag, "attempt": claim.attempt,
                                        "model_dir": str(bundle)})
     try:

@@ -49,3 +49,21 @@ def test_an_attempt_past_the_time_limit_fails_the_study_and_frees_the_queue(tmp_
         worker.terminate()
         worker.wait(60)
     assert ledger.get(study.study_uid).state == DEAD_LETTERED
+
+
+def test_the_time_limit_starts_with_the_claim_so_a_study_that_needs_no_attempt_is_never_failed(tmp_path):
+    """A message for a study already done is skipped, however short the limit: the limit bounds an attempt, and
+    before the claim there is none (a limit that started with the message failed queued and done studies alike)."""
+    settings = make_settings(tmp_path, task_time_limit_s=1e-4)
+    ledger = Ledger(settings.effective_ledger_url)
+    ledger.record_instance("1.9.1", "1.9.1.1", "/p", now=1.0)
+    ledger.mark_complete("1.9.1", cutoff=2.0)
+    claim = ledger.claim("1.9.1", max_attempts=3, worker="w")
+    assert ledger.finish("1.9.1", claim.started_at) == DONE
+    script = ("import sys, time; from settings.config import Settings; from worker.tasks import run_study\n"
+              "settings = Settings.model_validate_json(sys.stdin.read())\n"
+              "print(run_study(None, settings, '1.9.1', None)['action']); time.sleep(0.2)\n")
+    done = subprocess.run([sys.executable, "-c", script], input=settings.model_dump_json(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "skip", done.stderr[-2000:]
+    assert ledger.get("1.9.1").state == DONE
