@@ -62,20 +62,10 @@ class Component:
                     self.proc.wait(10)
 
 
-@pytest.mark.slow
-def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(tmp_path, tiny_model_dir):
-    rng = random.Random(SEED)
-    redis_port, redis_dir = free_port(), tmp_path / "redis"
-    redis_dir.mkdir()
-    pacs = OrthancPeer(tmp_path / "pacs")
-    settings = make_settings(
-        tmp_path, broker_url=f"redis://127.0.0.1:{redis_port}/0", model_dir=tiny_model_dir, port=free_port(),
-        http_port=free_port(), study_idle_s=1.0, retry_backoff_s=0.5, retry_backoff_max_s=2.0,
-        supervise_interval_s=1.0, worker_stale_s=5.0, send_retries=0, max_crashes=50,
-        destinations=[Destination(ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)])
+def _components(settings, logs: Path, redis_port: int, redis_dir: Path, pacs: OrthancPeer) -> list[Component]:
+    """Redis (append-only, as the runbook sets it), the destination Orthanc, ``mccad serve`` and ``mccad worker``,
+    each logging into ``logs``."""
     env = settings_env(settings)
-    logs = tmp_path / "logs"
-    logs.mkdir()
 
     def redis_start() -> subprocess.Popen:
         proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir",
@@ -98,44 +88,86 @@ def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(t
         pacs.start()
         return pacs.process
 
-    components = [Component("redis", redis_start), Component("orthanc", orthanc_start),
-                  Component("scp", serve_start), Component("worker", worker_start)]
+    return [Component("redis", redis_start), Component("orthanc", orthanc_start),
+            Component("scp", serve_start), Component("worker", worker_start)]
+
+
+def _send_like_a_pacs(studies: list, port: int, stop: threading.Event, acknowledged: list[str],
+                      all_sent: threading.Event) -> None:
+    """Each study until storescu says every instance was acknowledged (a PACS resends what was not), at random
+    pauses drawn from ``SEED``."""
+    rng = random.Random(SEED)
+    for study in studies:
+        while not stop.is_set():
+            sent = subprocess.run([dcmtk("storescu"), "-aet", "PACS1", "-aec", "MCCAD", "127.0.0.1",
+                                   str(port), *map(str, study.paths)],
+                                  capture_output=True, text=True, timeout=120)
+            if sent.returncode == 0 and "Status" not in sent.stderr:
+                acknowledged.append(study.study_uid)
+                break
+            time.sleep(1.0)
+        time.sleep(rng.uniform(2.0, 6.0))
+    all_sent.set()
+
+
+def _enough_chaos(components: list[Component], faults: list[str], all_sent: threading.Event) -> bool:
+    return all_sent.is_set() and len(faults) >= MIN_FAULTS and {c.name for c in components} <= set(faults)
+
+
+def _chaos(components: list[Component], faults: list[str], stop: threading.Event, all_sent: threading.Event) -> None:
+    """Kill a random component and start it again, at random pauses drawn from ``SEED + 1``, until there was enough
+    chaos or ``CHAOS_MAX_S`` has passed."""
+    victims = random.Random(SEED + 1)
+    end = time.monotonic() + CHAOS_MAX_S
+    while time.monotonic() < end and not stop.is_set() and not _enough_chaos(components, faults, all_sent):
+        time.sleep(victims.uniform(3.0, 9.0))
+        victim = victims.choice(components)
+        victim.kill()
+        time.sleep(victims.uniform(0.5, 3.0))
+        victim.start()
+        faults.append(victim.name)
+
+
+def _records_when_done(ledger: Ledger, uids: list[str], timeout_s: float) -> dict:
+    """The ledger's record of each study once all are done, or as they stand after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = {uid: ledger.get(uid) for uid in uids}
+        if all(r is not None and r.state == DONE for r in records.values()) or time.monotonic() >= deadline:
+            return records
+        time.sleep(1.0)
+
+
+def _assert_each_result_once_in_pacs(settings, pacs: OrthancPeer, uids: list[str]) -> None:
+    for uid in uids:
+        work = json.loads((settings.results_dir / uid / "work.json").read_text())
+        ours = {dcmread_uid(settings.results_dir / uid / name) for name in work["dicom_objects"]}
+        in_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.find_instances(StudyInstanceUID=uid)]
+        results = [sop for sop in in_pacs if sop in ours]
+        assert sorted(results) == sorted(ours), f"study {uid[-12:]}: each result exactly once in the PACS"
+
+
+@pytest.mark.slow
+def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(tmp_path, tiny_model_dir):
+    redis_port, redis_dir = free_port(), tmp_path / "redis"
+    redis_dir.mkdir()
+    pacs = OrthancPeer(tmp_path / "pacs")
+    settings = make_settings(
+        tmp_path, broker_url=f"redis://127.0.0.1:{redis_port}/0", model_dir=tiny_model_dir, port=free_port(),
+        http_port=free_port(), study_idle_s=1.0, retry_backoff_s=0.5, retry_backoff_max_s=2.0,
+        supervise_interval_s=1.0, worker_stale_s=5.0, send_retries=0, max_crashes=50,
+        destinations=[Destination(ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    components = _components(settings, logs, redis_port, redis_dir, pacs)
     for component in components:
         component.start()
     studies = [write_study(tmp_path / "in", f"chaos-{i}", views=1, seed=i) for i in range(STUDIES)]
     acknowledged: list[str] = []
     faults: list[str] = []
     stop, all_sent = threading.Event(), threading.Event()
-
-    def send_like_a_pacs() -> None:
-        """Each study until storescu says every instance was acknowledged (a PACS resends what was not)."""
-        for study in studies:
-            while not stop.is_set():
-                sent = subprocess.run([dcmtk("storescu"), "-aet", "PACS1", "-aec", "MCCAD", "127.0.0.1",
-                                       str(settings.port), *map(str, study.paths)],
-                                      capture_output=True, text=True, timeout=120)
-                if sent.returncode == 0 and "Status" not in sent.stderr:
-                    acknowledged.append(study.study_uid)
-                    break
-                time.sleep(1.0)
-            time.sleep(rng.uniform(2.0, 6.0))
-        all_sent.set()
-
-    def enough_chaos() -> bool:
-        return all_sent.is_set() and len(faults) >= MIN_FAULTS and {c.name for c in components} <= set(faults)
-
-    def chaos() -> None:
-        victims = random.Random(SEED + 1)
-        end = time.monotonic() + CHAOS_MAX_S
-        while time.monotonic() < end and not stop.is_set() and not enough_chaos():
-            time.sleep(victims.uniform(3.0, 9.0))
-            victim = victims.choice(components)
-            victim.kill()
-            time.sleep(victims.uniform(0.5, 3.0))
-            victim.start()
-            faults.append(victim.name)
-
-    sender, chaos_thread = threading.Thread(target=send_like_a_pacs), threading.Thread(target=chaos)
+    sender = threading.Thread(target=_send_like_a_pacs, args=(studies, settings.port, stop, acknowledged, all_sent))
+    chaos_thread = threading.Thread(target=_chaos, args=(components, faults, stop, all_sent))
     ledger = Ledger(settings.effective_ledger_url)
     try:
         sender.start()
@@ -143,21 +175,11 @@ def test_acknowledged_studies_are_delivered_exactly_once_through_random_faults(t
         chaos_thread.join(CHAOS_MAX_S + 120)
         sender.join(600)
         assert len(acknowledged) == STUDIES, f"sender stopped with {acknowledged}"
-        deadline = time.monotonic() + 420
-        while time.monotonic() < deadline:
-            records = {uid: ledger.get(uid) for uid in acknowledged}
-            if all(r is not None and r.state == DONE for r in records.values()):
-                break
-            time.sleep(1.0)
+        records = _records_when_done(ledger, acknowledged, 420)
         states = {uid[-12:]: (r.state, r.reason) if r else None for uid, r in records.items()}
         assert all(r is not None and r.state == DONE for r in records.values()), \
             f"faults {faults}; states {states}; " + (logs / "worker.log").read_text()[-3000:]
-        for uid in acknowledged:
-            work = json.loads((settings.results_dir / uid / "work.json").read_text())
-            ours = {dcmread_uid(settings.results_dir / uid / name) for name in work["dicom_objects"]}
-            in_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.find_instances(StudyInstanceUID=uid)]
-            results = [sop for sop in in_pacs if sop in ours]
-            assert sorted(results) == sorted(ours), f"study {uid[-12:]}: each result exactly once in the PACS"
+        _assert_each_result_once_in_pacs(settings, pacs, acknowledged)
         assert stuck_studies(ledger, settings.model_copy(update={"stuck_after_s": 1.0})) == []
         print(f"chaos: {len(faults)} faults survived: {faults}")
         assert len(faults) >= MIN_FAULTS and {c.name for c in components} <= set(faults)
