@@ -219,7 +219,7 @@ class Pipeline:
         image_results: list[ImageResult] = []
         heatmaps: dict[str, np.ndarray] = {}
         lesion_counter = 0
-        for img, prep, tensor, det, spp in zip(images, prepared, tensors, detections, sppnet_probs):
+        for img, prep, tensor, det, spp in zip(images, prepared, tensors, detections, sppnet_probs, strict=True):
             boxes = prep.cmap.boxes_to_original(det.boxes.astype(np.float64)) if len(det.boxes) else np.zeros((0, 4))
             boxes = _clip_boxes(boxes, img.meta.rows, img.meta.columns)
             t = time.perf_counter()

@@ -129,7 +129,8 @@ class CoordinateMap:
             x0, x1 = width - x1, width - x0
         sx, sy = self.scale_xy
         return np.stack(
-            [(x0 - self.col_start) * sx, (y0 - self.row_start) * sy, (x1 - self.col_start) * sx, (y1 - self.row_start) * sy],
+            [(x0 - self.col_start) * sx, (y0 - self.row_start) * sy,
+             (x1 - self.col_start) * sx, (y1 - self.row_start) * sy],
             axis=1,
         )
 
@@ -260,9 +261,7 @@ def chest_wall_on_left(pixels: np.ndarray, laterality: str | None) -> bool:
     total = left + right
     if total > 0 and abs(left - right) / total >= CONTENT_MARGIN:
         return left > right
-    if laterality is not None and str(laterality).upper().startswith("R"):
-        return False
-    return True
+    return laterality is None or not str(laterality).upper().startswith("R")
 
 
 def border_rows(image: np.ndarray, tolerance: float) -> np.ndarray:

@@ -37,10 +37,10 @@ def test_study_result_covers_every_image_breast_and_model(pipeline: Pipeline) ->
     assert result.breasts[0].image_uids == ["1.2.3.4.1", "1.2.3.4.2"]
     assert {m.role for m in result.models} == {"detector", "sppnet", "pathotype_incl", "pathotype_excl", "er"}
     assert result.warnings == [NOT_FOR_CLINICAL_USE]  # the tiny bundle is marked synthetic-only
-    for img, src in zip(result.images, images):
+    for img, src in zip(result.images, images, strict=True):
         heat = analysis.heatmaps[img.sop_instance_uid]
         assert heat.shape == src.pixels.shape and heat.dtype == np.float32
-        assert 0.0 <= heat.min() and heat.max() <= 1.0
+        assert heat.min() >= 0.0 and heat.max() <= 1.0
         assert img.sppnet_malignancy_probability is not None
         for lesion in img.lesions:  # boxes are in the source grid, never outside it
             assert 0 <= lesion.box.x0 <= lesion.box.x1 <= src.meta.columns
@@ -59,8 +59,8 @@ def test_boxes_of_a_right_breast_come_back_unflipped(pipeline: Pipeline) -> None
     right = MammogramImage(pixels=np.ascontiguousarray(left.pixels[:, ::-1]),
                            meta=left.meta.model_copy(update={"sop_instance_uid": "1.9.2", "laterality": "R"}))
     res = pipeline.analyze([left, right]).result
-    lb = sorted((l.box.x0, l.box.y0, l.box.x1, l.box.y1) for l in res.images[0].lesions)
-    rb = sorted((200 - l.box.x1, l.box.y0, 200 - l.box.x0, l.box.y1) for l in res.images[1].lesions)
+    lb = sorted((les.box.x0, les.box.y0, les.box.x1, les.box.y1) for les in res.images[0].lesions)
+    rb = sorted((200 - les.box.x1, les.box.y0, 200 - les.box.x0, les.box.y1) for les in res.images[1].lesions)
     assert len(lb) == len(rb)
     np.testing.assert_allclose(np.array(lb).reshape(-1, 4), np.array(rb).reshape(-1, 4), atol=1e-3)
 
@@ -72,7 +72,8 @@ def _ir(uid: str, side: str | None, view: str | None, label: str, p: float) -> I
 
 
 def test_breast_fusion_uses_the_stronger_repeat_of_a_view() -> None:
-    imgs = [_ir("a", "L", "CC", "benign", 0.1), _ir("b", "L", "CC", "malignant", 0.8), _ir("c", "L", "MLO", "benign", 0.2)]
+    imgs = [_ir("a", "L", "CC", "benign", 0.1), _ir("b", "L", "CC", "malignant", 0.8),
+            _ir("c", "L", "MLO", "benign", 0.2)]
     (breast,) = breast_results(imgs)
     # CC (repeat b, malignant 0.8) disagrees with MLO (benign): malignant because 0.8 > 0.5, decided by b
     assert breast.label == "malignant" and breast.decided_by == "b" and breast.malignancy_probability == 0.8
@@ -128,7 +129,7 @@ def _breast_with_label() -> tuple[MammogramImage, object]:
 
 
 def _centres(result) -> list[tuple[float, float]]:
-    return [((l.box.x0 + l.box.x1) / 2, (l.box.y0 + l.box.y1) / 2) for l in result.images[0].lesions]
+    return [((les.box.x0 + les.box.x1) / 2, (les.box.y0 + les.box.y1) / 2) for les in result.images[0].lesions]
 
 
 @pytest.mark.usefixtures("one_torch_thread")

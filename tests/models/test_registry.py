@@ -46,7 +46,8 @@ def saved_classifier(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     return tmp_path / "er", model
 
 
-def test_classifier_round_trip_is_fp16_on_disk_and_fp32_in_memory(saved_classifier: tuple[Path, torch.nn.Module]) -> None:
+def test_classifier_round_trip_is_fp16_on_disk_and_fp32_in_memory(
+        saved_classifier: tuple[Path, torch.nn.Module]) -> None:
     folder, original = saved_classifier
     written = load_manifest(folder)
     assert written.sha256 == sha256_of(folder / "model.safetensors")
@@ -77,13 +78,15 @@ def test_a_changed_weights_file_is_refused_naming_both_hashes(saved_classifier: 
     assert str(weights) in message and expected in message and sha256_of(weights) in message
 
 
-def test_a_detector_folder_is_refused_where_a_classifier_is_expected(saved_classifier: tuple[Path, torch.nn.Module]) -> None:
+def test_a_detector_folder_is_refused_where_a_classifier_is_expected(
+        saved_classifier: tuple[Path, torch.nn.Module]) -> None:
     folder, _ = saved_classifier
     with pytest.raises(ArchitectureMismatch, match="fpnnet-resnet50"):
         load_detector(folder)
 
 
-def test_weights_that_do_not_fit_the_configured_network_are_refused(saved_classifier: tuple[Path, torch.nn.Module]) -> None:
+def test_weights_that_do_not_fit_the_configured_network_are_refused(
+        saved_classifier: tuple[Path, torch.nn.Module]) -> None:
     folder, _ = saved_classifier
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["input_spec"]["classifier"]["levels"] = [1, 2, 4]
@@ -115,7 +118,8 @@ def test_missing_and_invalid_folders_fail_with_registry_errors(tmp_path: Path,
 
 def test_saving_under_the_wrong_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchitectureMismatch):
-        save_model(tmp_path / "x", build_classifier(SMALL_CLASSIFIER), classifier_manifest(architecture="fpnnet-resnet50"))
+        save_model(tmp_path / "x", build_classifier(SMALL_CLASSIFIER),
+                   classifier_manifest(architecture="fpnnet-resnet50"))
 
 
 def test_weights_that_overflow_float16_are_not_saved_as_infinities(tmp_path: Path) -> None:
@@ -172,7 +176,8 @@ def _edited(folder: Path, edit) -> None:
      r"input_spec.tiling is invalid .*layout"),
     (lambda m: m["input_spec"].update(breast_gate={"margin": 1.0}), r"input_spec.breast_gate is invalid .*margin"),
     (lambda m: m["input_spec"].update(standardise={"spacing": 0.1}), r"input_spec.standardise is invalid .*spacing"),
-    (lambda m: m["thresholds"].update(score_thresh=1.5), r"input_spec.detector with thresholds is invalid .*score_thresh"),
+    (lambda m: m["thresholds"].update(score_thresh=1.5),
+     r"input_spec.detector with thresholds is invalid .*score_thresh"),
 ])
 def test_one_strict_reader_refuses_what_a_manifest_must_not_hold(tmp_path: Path, edit, message) -> None:
     """Every loader reads a manifest through ``load_manifest``: an unknown key, a setting twice, a value its class
