@@ -14,8 +14,7 @@ Steps, for each standardised image (chest wall on the left, values in [0, 1]):
 Evaluation asks for every box instead (``keep_all``): the score threshold lowered to ``EVALUATION_SCORE_FLOOR`` and
 no cross-class suppression, so that FROC sees the whole score range; :func:`at_operating_point` then keeps what the
 product shows. That is the only difference between the two readings: both detect, tile and gate alike, so the boxes
-are the same (but for a tiling that joins box pieces across seams, ``TilingSpec.join``, where pieces below the
-threshold join too; no shipped detector joins).
+are the same.
 """
 from __future__ import annotations
 

@@ -13,13 +13,11 @@ How:
    detector is read in the tiles its operating point was chosen with.
 2. :func:`detect_tiled`: ``models.detector.detect`` on batches of tiles with torchvision's internal resize set to
    the tile's own size (scale 1: native resolution), boxes shifted back to image pixels.
-3. :func:`merge_tile_detections`: a lesion larger than the overlap, or lying across a seam, comes out as pieces, one
-   per tile, each clipped at its tile's edge. Two boxes of the same class from different tiles are joined into
-   their union (best score) when at least one of them touches an inner edge of its tile (an edge that is not the
-   image border) and the two intersect, with their extents across the seam overlapping by at least
-   ``JOIN_ALONG_SEAM`` of the shorter one. Then class-aware NMS at ``nms_thresh`` removes the duplicates that both
-   tiles of an overlap saw whole, the released code's cross-class suppression runs as in ``detect``
-   (``models.fusion.suppress_cross_class``), and the ``detections_per_img`` best boxes are kept.
+3. :func:`merge_tile_detections`: class-aware NMS at ``nms_thresh`` removes the duplicates that both tiles of an
+   overlap saw whole, the released code's cross-class suppression runs as in ``detect``
+   (``models.fusion.suppress_cross_class``), and the ``detections_per_img`` best boxes are kept. Box pieces are not
+   joined across seams: a cluster is smaller than the overlap, so a tile sees it whole, and joining pieces chained
+   neighbouring boxes into image-sized ones (``docs/experiments/``, tile seams).
 4. :class:`TilingSpec` with ``hflip``: steps 1-3 on the image and on its mirror, the two readings fused box by box
    (``models.flip_fusion``), then the thresholds, NMS and cross-class suppression of step 3.
 """
@@ -39,10 +37,6 @@ from models.fusion import suppress_cross_class
 
 Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), image pixels
 
-#: a box edge this close (px) to an inner tile edge counts as cut by that seam
-SEAM_TOUCH_PX = 2.0
-#: pieces of one lesion across a seam must overlap along the seam by this share of the shorter extent
-JOIN_ALONG_SEAM = 0.5
 #: the tiling a crops-trained detector is read with where its record names none (``TilingSpec``, the trainer's
 #: ``tile_overlap`` and ``tile_batch``): tiles of ``TILE`` px overlapping by ``OVERLAP`` px, ``TILE_BATCH`` tiles
 #: per forward pass (the geometry of the shipped detectors)
@@ -75,80 +69,24 @@ def _empty() -> Detections:
     return Detections(boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64), scores=np.zeros(0, np.float32))
 
 
-def _cut_sides(box: np.ndarray, tile: Tile, height: int, width: int) -> tuple[bool, bool]:
-    """Whether ``box`` (image pixels) is cut by an inner vertical seam (left/right tile edge) and by an inner
-    horizontal seam (top/bottom edge) of ``tile``."""
-    y0, x0, y1, x1 = tile
-    vertical = (x0 > 0 and box[0] <= x0 + SEAM_TOUCH_PX) or (x1 < width and box[2] >= x1 - SEAM_TOUCH_PX)
-    horizontal = (y0 > 0 and box[1] <= y0 + SEAM_TOUCH_PX) or (y1 < height and box[3] >= y1 - SEAM_TOUCH_PX)
-    return vertical, horizontal
 
 
-def _overlap_share(a0: float, a1: float, b0: float, b1: float) -> float:
-    inter = min(a1, b1) - max(a0, b0)
-    shorter = min(a1 - a0, b1 - b0)
-    return inter / shorter if shorter > 0 else 0.0
 
 
-def _join_pieces(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, origin: np.ndarray,
-                 cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Union-find over pieces of one lesion split by seams; each group becomes its union box and best score. Also
-    returns, per group, the index of its best-scored piece (whose class split the group keeps)."""
-    n = len(boxes)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(n):
-        for j in range(i + 1, n):
-            if origin[i] == origin[j] or labels[i] != labels[j]:
-                continue
-            a, b = boxes[i], boxes[j]
-            if min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]):
-                continue  # they do not intersect
-            vertical = cuts[i, 0] or cuts[j, 0]
-            horizontal = cuts[i, 1] or cuts[j, 1]
-            joined = (vertical and _overlap_share(a[1], a[3], b[1], b[3]) >= JOIN_ALONG_SEAM) or (
-                horizontal and _overlap_share(a[0], a[2], b[0], b[2]) >= JOIN_ALONG_SEAM)
-            if joined:
-                parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    out_boxes, out_labels, out_scores, best = [], [], [], []
-    for members in groups.values():
-        g = boxes[members]
-        out_boxes.append([g[:, 0].min(), g[:, 1].min(), g[:, 2].max(), g[:, 3].max()])
-        out_labels.append(labels[members[0]])
-        out_scores.append(scores[members].max())
-        best.append(members[int(np.argmax(scores[members]))])
-    return (np.asarray(out_boxes, np.float32).reshape(-1, 4), np.asarray(out_labels, np.int64),
-            np.asarray(out_scores, np.float32), np.asarray(best, np.int64))
 
 
-def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_shape: tuple[int, int],
-                          config: DetectorConfig, join: bool = True) -> Detections:
-    """One image's detections from its tiles' (tile-local boxes): shift, join seam pieces, class-aware NMS at
-    ``config.nms_thresh``, cross-class suppression when the config asks for it, keep the best
-    ``config.detections_per_img``. Pure: no model involved. ``join=False`` skips the seam joining (NMS only): for a
-    detector whose tiles see its lesions whole (lesions smaller than the overlap), joining only chains neighbouring
-    boxes into image-sized ones (measured on the shipped model: FROC sensitivity at 1 FP per image 0.39 with
-    joining, 0.68 without, on 16 simulated test images of seed 13)."""
-    height, width = image_shape
-    pieces, origin, cuts = [], [], []
-    for k, (tile, det) in enumerate(per_tile):
+def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], config: DetectorConfig) -> Detections:
+    """One image's detections from its tiles' (tile-local boxes): shifted to image pixels, class-aware NMS at
+    ``config.nms_thresh``, cross-class suppression when the config asks for it, the best
+    ``config.detections_per_img`` kept. Pure: no model involved."""
+    pieces = []
+    for tile, det in per_tile:
         if len(det) == 0:
             continue
         y0, x0, _, _ = tile
         shifted = np.asarray(det.boxes, np.float32).reshape(-1, 4) + np.array([x0, y0, x0, y0], np.float32)
         pieces.append(Detections(boxes=shifted, labels=np.asarray(det.labels, np.int64),
                                  scores=np.asarray(det.scores, np.float32), malignancy=det.malignancy))
-        origin.append(np.full(len(det), k))
-        cuts.append(np.array([_cut_sides(b, tile, height, width) for b in shifted], dtype=bool).reshape(-1, 2))
     if not pieces:
         return _empty()
     split = all(p.malignancy is not None for p in pieces)  # the class split travels when every tile has it
@@ -156,11 +94,6 @@ def merge_tile_detections(per_tile: Sequence[tuple[Tile, Detections]], image_sha
                         labels=np.concatenate([p.labels for p in pieces]),
                         scores=np.concatenate([p.scores for p in pieces]),
                         malignancy=np.concatenate([p.malignancy for p in pieces]).astype(np.float32) if split else None)
-    if join:
-        b, lab, s, best = _join_pieces(merged.boxes, merged.labels, merged.scores, np.concatenate(origin),
-                                       np.concatenate(cuts))
-        merged = Detections(boxes=b, labels=lab, scores=s,
-                            malignancy=None if merged.malignancy is None else merged.malignancy[best])
     return _suppress(merged, config)
 
 
@@ -179,13 +112,13 @@ def _suppress(merged: Detections, config: DetectorConfig) -> Detections:
 
 
 def detect_tiled(model: torch.nn.Module, image: torch.Tensor, config: DetectorConfig, tile: int = TILE,
-                 overlap: int = OVERLAP, batch: int = TILE_BATCH, join: bool = False) -> Detections:
+                 overlap: int = OVERLAP, batch: int = TILE_BATCH) -> Detections:
     """Detections of one image tensor ``(1, H, W)`` (or ``(3, H, W)``) in [0, 1], found tile by tile at native
     resolution and merged (module docstring); boxes in the tensor's pixels, like ``detect``."""
     _check_image(image)
     height, width = int(image.shape[1]), int(image.shape[2])
     per_tile = read_tiles(model, image, config, tile_grid(height, width, tile, overlap), batch=batch)
-    return merge_tile_detections(per_tile, (height, width), config, join=join)
+    return merge_tile_detections(per_tile, config)
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -243,7 +176,6 @@ class TilingSpec:
     tile: int = TILE
     overlap: int = OVERLAP
     batch: int = TILE_BATCH
-    join: bool = False  # seam joining of box pieces (merge_tile_detections): off unless the model asks
     # test-time flip (models.flip_fusion): the mirrored image is read too and both readings fused; twice the time
     hflip: bool = False
 
@@ -262,16 +194,15 @@ class TilingSpec:
         on the image and its mirror, the two readings fused and then thresholded as ``config`` says."""
         batch = batch or self.batch
         if not self.hflip:
-            return detect_tiled(model, image, config, tile=self.tile, overlap=self.overlap, batch=batch,
-                                join=self.join)
+            return detect_tiled(model, image, config, tile=self.tile, overlap=self.overlap, batch=batch)
         reading = replace(config, score_thresh=min(config.score_thresh, READING_SCORE_FLOOR),
                           cross_class_suppression=False)
         height, width = int(image.shape[-2]), int(image.shape[-1])
         tiles = self.grid(height, width)
         first = read_tiles(model, image, reading, tiles, batch=batch)
         mirrored = read_tiles(model, torch.flip(image, dims=[-1]), reading, tiles, batch=batch)
-        second = mirror(merge_tile_detections(mirrored, (height, width), reading, join=self.join), width)
-        fused = fuse_readings([merge_tile_detections(first, (height, width), reading, join=self.join), second],
+        second = mirror(merge_tile_detections(mirrored, reading), width)
+        fused = fuse_readings([merge_tile_detections(first, reading), second],
                               iou=config.nms_thresh)
         return _suppress(fused.take(np.flatnonzero(fused.scores >= config.score_thresh)), config)
 

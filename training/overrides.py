@@ -32,13 +32,12 @@ from models.tiling import TilingSpec
 SETTINGS: dict[str, tuple[type, tuple[str, ...]]] = {
     "thresholds": (DetectorConfig, ("score_thresh", "nms_thresh", "detections_per_img", "cross_class_iou")),
     "detector": (DetectorConfig, ("score_mode", "malignant_logit_offset", "cross_class_suppression")),
-    "tiling": (TilingSpec, ("tile", "overlap", "batch", "join", "hflip")),
+    "tiling": (TilingSpec, ("tile", "overlap", "batch", "hflip")),
     "breast_gate": (BreastGate, ("margin_mm",)),
 }
 #: the settings whose change moves a detector's scores, so that an operating point validated without the change no
 #: longer holds (the tiles per forward pass and the NMS-free settings above do not move them)
-READING = ("detector.score_mode", "detector.malignant_logit_offset", "tiling.tile", "tiling.overlap", "tiling.join",
-           "tiling.hflip")
+READING = ("detector.score_mode", "detector.malignant_logit_offset", "tiling.tile", "tiling.overlap", "tiling.hflip")
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:

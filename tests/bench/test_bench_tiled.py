@@ -48,7 +48,7 @@ def test_tiled_bundle_rows_are_whole_mammograms_with_tiles_and_equality(tmp_path
     doc = json.loads(out.read_text())
     assert code == 0, [r.get("error") for r in doc["rows"]]
     assert doc["models"]["detector_mode"] == "tiled"
-    assert doc["models"]["tiling_bundle"] == {"join": False, "hflip": False, **TILING}
+    assert doc["models"]["tiling_bundle"] == {"hflip": False, **TILING}
     assert doc["detector_resolutions"]["mode"] == "tiled"
     detector = {r["path"]: r for r in doc["rows"] if r["model"] == "detector"}
     assert set(detector) == {"eager", *paths.split(",")}

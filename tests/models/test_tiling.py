@@ -59,23 +59,6 @@ CONFIG = DetectorConfig(score_thresh=0.0, nms_thresh=0.3)
 LEFT, RIGHT = (0, 0, 256, 256), (0, 192, 256, 448)
 
 
-def test_lesion_cut_by_both_tiles_is_joined_into_one_box():
-    # a lesion spanning x 150-350: the left tile sees 150-256 (cut at its right edge), the right tile 192-350
-    # (cut at its left edge), both in tile-local pixels
-    merged = merge_tile_detections([(LEFT, _dets([[150, 100, 256, 140]], [2], [0.6])),
-                                    (RIGHT, _dets([[0, 98, 158, 141]], [2], [0.8]))], (256, 448), CONFIG)
-    assert len(merged) == 1
-    np.testing.assert_allclose(merged.boxes[0], [150, 98, 350, 141])
-    assert merged.labels[0] == 2 and merged.scores[0] == pytest.approx(0.8)
-
-
-def test_piece_cut_at_a_seam_joins_the_whole_lesion_seen_by_the_neighbour():
-    # lesion x 230-300 lies in the overlap's reach: the left tile cuts it at 256, the right tile sees it whole
-    merged = merge_tile_detections([(LEFT, _dets([[230, 50, 256, 80]], [1], [0.9])),
-                                    (RIGHT, _dets([[38, 52, 108, 81]], [1], [0.5]))], (256, 448), CONFIG)
-    assert len(merged) == 1
-    np.testing.assert_allclose(merged.boxes[0], [230, 50, 300, 81])
-    assert merged.scores[0] == pytest.approx(0.9)
 
 
 def test_pieces_of_different_lesions_or_classes_stay_apart():
@@ -84,52 +67,36 @@ def test_pieces_of_different_lesions_or_classes_stay_apart():
         # the first right piece lies beside the first left one but at other rows (a different lesion);
         # the second has the other class
         (RIGHT, _dets([[20, 38, 80, 70], [10, 150, 70, 190]], [2, 1], [0.5, 0.4])),
-    ], (256, 448), DetectorConfig(score_thresh=0.0, nms_thresh=0.3, cross_class_suppression=False))
+    ], DetectorConfig(score_thresh=0.0, nms_thresh=0.3, cross_class_suppression=False))
     assert len(merged) == 4
 
 
 def test_duplicates_of_a_lesion_seen_whole_by_two_tiles_are_suppressed():
     # lesion x 200-240 lies inside the overlap, away from both tiles' inner edges: NMS keeps the better box
     merged = merge_tile_detections([(LEFT, _dets([[200, 60, 240, 90]], [2], [0.55])),
-                                    (RIGHT, _dets([[9, 61, 49, 91]], [2], [0.75]))], (256, 448), CONFIG)
+                                    (RIGHT, _dets([[9, 61, 49, 91]], [2], [0.75]))], CONFIG)
     assert len(merged) == 1
     np.testing.assert_allclose(merged.boxes[0], [201, 61, 241, 91])
 
-
-def test_a_box_on_the_image_border_is_not_a_seam_piece():
-    # tiles stacked vertically: rows [0, 256) and [192, 448) of a 448 x 256 image; both boxes touch the image's
-    # left border, which cuts nothing, and neither reaches an inner tile edge: two lesions, not one
-    top, bottom = (0, 0, 256, 256), (192, 0, 448, 256)
-    merged = merge_tile_detections([(top, _dets([[0, 200, 40, 250]], [2], [0.5])),
-                                    (bottom, _dets([[0, 10, 60, 40]], [2], [0.5]))], (448, 256),
-                                   DetectorConfig(score_thresh=0.0, nms_thresh=0.5))
-    assert len(merged) == 2
-    # the same pair with the upper box reaching the seam at row 256 is one lesion cut in two
-    joined = merge_tile_detections([(top, _dets([[0, 200, 40, 256]], [2], [0.5])),
-                                    (bottom, _dets([[0, 10, 40, 100]], [2], [0.5]))], (448, 256),
-                                   DetectorConfig(score_thresh=0.0, nms_thresh=0.5))
-    assert len(joined) == 1
-    np.testing.assert_allclose(joined.boxes[0], [0, 200, 40, 292])
 
 
 def test_cross_class_suppression_and_the_detection_cap_apply_after_merging():
     merged = merge_tile_detections([(LEFT, _dets([[10, 10, 60, 60]], [1], [0.9])),
                                     (RIGHT, _dets([[100, 10, 150, 60], [20, 100, 50, 130]], [2, 2], [0.3, 0.2])),
-                                    ((0, 0, 256, 256), _dets([[12, 10, 62, 60]], [2], [0.4]))],
-                                   (256, 448), CONFIG)
+                                    ((0, 0, 256, 256), _dets([[12, 10, 62, 60]], [2], [0.4]))], CONFIG)
     # the benign box overlapping the malignant one (IoU > 0.5) is dropped, as the released code does
     assert sorted(merged.labels.tolist()) == [2, 2, 2]
     assert list(merged.scores) == sorted(merged.scores, reverse=True)
     capped = merge_tile_detections([(LEFT, _dets([[i * 20, 0, i * 20 + 10, 10] for i in range(10)], [2] * 10,
-                                                  np.linspace(0.9, 0.1, 10)))], (256, 448),
+                                                  np.linspace(0.9, 0.1, 10)))],
                                    DetectorConfig(score_thresh=0.0, detections_per_img=3))
     assert len(capped) == 3 and capped.scores[0] == pytest.approx(0.9)
-    assert len(merge_tile_detections([(LEFT, _dets([], [], []))], (256, 448), CONFIG)) == 0
+    assert len(merge_tile_detections([(LEFT, _dets([], [], []))], CONFIG)) == 0
 
 
 def test_the_class_split_of_lesion_boxes_travels_with_them():
-    """Under lesion scores each box carries P(malignant | lesion): a joined lesion keeps its best piece's, NMS and the
-    cross-class suppression keep each survivor's own; tiles that carry none give a merge that carries none."""
+    """Under lesion scores each box carries P(malignant | lesion): NMS and the cross-class suppression keep each
+    survivor's own; tiles that carry none give a merge that carries none."""
     def split(boxes, labels, scores, malignancy):
         return Detections(boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64),
                           scores=np.asarray(scores, np.float32), malignancy=np.asarray(malignancy, np.float32))
@@ -138,14 +105,14 @@ def test_the_class_split_of_lesion_boxes_travels_with_them():
         (LEFT, split([[230, 50, 256, 80], [10, 10, 60, 60]], [1, 1], [0.9, 0.7], [0.2, 0.1])),
         (RIGHT, split([[38, 52, 108, 81], [20, 100, 50, 130]], [1, 2], [0.5, 0.8], [0.4, 0.95])),
         ((0, 0, 256, 256), split([[12, 10, 62, 60]], [2], [0.6], [0.7])),  # drops the benign box at 10-60
-    ], (256, 448), CONFIG, join=True)
+    ], CONFIG)
     got = {tuple(np.round(b).astype(int)): (int(label), float(m)) for b, label, m in
            zip(merged.boxes, merged.labels, merged.malignancy, strict=True)}
-    assert got == {(230, 50, 300, 81): (1, pytest.approx(0.2)),  # joined: the 0.9 piece's split, not the 0.5 one's
+    assert got == {(230, 50, 256, 80): (1, pytest.approx(0.2)),  # NMS kept the 0.9 piece with its own split
                    (212, 100, 242, 130): (2, pytest.approx(0.95)), (12, 10, 62, 60): (2, pytest.approx(0.7))}
     assert [merged.malignancy_probability(k) for k in range(len(merged))] == merged.malignancy.tolist()
     mixed = merge_tile_detections([(LEFT, split([[10, 10, 60, 60]], [2], [0.9], [0.8])),
-                                   (RIGHT, _dets([[20, 100, 50, 130]], [2], [0.8]))], (256, 448), CONFIG)
+                                   (RIGHT, _dets([[20, 100, 50, 130]], [2], [0.8]))], CONFIG)
     assert len(mixed) == 2 and mixed.malignancy is None
     assert mixed.malignancy_probability(1) == pytest.approx(0.8)  # class scores: the malignant box's score
 
@@ -175,15 +142,14 @@ def test_tiny_detector_runs_tile_by_tile_at_native_resolution():
     assert set(dets.labels.tolist()) <= {1, 2}
 
 
-def test_without_joining_the_pieces_stay_apart_and_only_nms_runs() -> None:
-    # the shipped crops-trained detector merges with join=False: its lesions fit in the overlap, and joining chained
-    # neighbouring boxes into image-sized ones (models.tiling.merge_tile_detections)
+def test_pieces_of_one_box_cut_by_a_seam_stay_apart_and_only_nms_runs() -> None:
+    # a cluster fits in the overlap, so the tiles see it whole: box pieces are not joined across seams
     pieces = [(LEFT, _dets([[100, 100, 256, 140]], [2], [0.6])), (RIGHT, _dets([[0, 98, 158, 141]], [2], [0.8]))]
-    apart = merge_tile_detections(pieces, (256, 448), CONFIG, join=False)
+    apart = merge_tile_detections(pieces, CONFIG)
     assert len(apart) == 2 and apart.scores.tolist() == pytest.approx([0.8, 0.6])
     np.testing.assert_allclose(apart.boxes, [[192, 98, 350, 141], [100, 100, 256, 140]])  # IoU 0.24 < NMS 0.3
     # a box both tiles saw whole in the overlap is still one box after NMS
     same = merge_tile_detections([(LEFT, _dets([[200, 10, 240, 50]], [1], [0.7])),
-                                  (RIGHT, _dets([[8, 10, 48, 50]], [1], [0.9]))], (256, 448), CONFIG, join=False)
+                                  (RIGHT, _dets([[8, 10, 48, 50]], [1], [0.9]))], CONFIG)
     assert len(same) == 1 and same.scores[0] == pytest.approx(0.9)
 

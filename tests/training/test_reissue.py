@@ -17,7 +17,7 @@ from training.reissue import reissue_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
-TILING = {"tile": 64, "overlap": 16, "batch": 2, "join": False}
+TILING = {"tile": 64, "overlap": 16, "batch": 2}
 SOURCE_CARD = "# Model card: tiny 0.1.0\n\nintro\n\n## Training\n\n| a | b |\n\n### Detail\n\ntext\n"
 
 

@@ -119,7 +119,7 @@ LITE_DETECTOR = dict(backbone="efficientnet_lite0", fpn_channels=16, box_head_si
                      rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_pre_nms_top_n_train=100,
                      rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
                      detections_per_img=30)
-TILING = {"tile": 64, "overlap": 16, "batch": 2, "join": False}
+TILING = {"tile": 64, "overlap": 16, "batch": 2}
 
 
 def native_resolution_samples(folder, n: int, seed: int) -> list:
@@ -178,7 +178,7 @@ def test_crops_trained_lite_detector_exports_tiling_and_spacing_and_predicts_til
     wide = dataclasses.replace(loaded.network_config, score_thresh=EVALUATION_SCORE_FLOOR,
                                cross_class_suppression=False)
     tiled = detect_tiled(loaded.model, tensor, wide, tile=TILING["tile"], overlap=TILING["overlap"],
-                         batch=TILING["batch"], join=TILING["join"])
+                         batch=TILING["batch"])
     # then the breast gate the run recorded (on by default): boxes centred outside the breast are dropped
     assert loaded.breast_gate == manifest.input_spec["breast_gate"] == {"margin_mm": 0.0}
     tiled = BreastGate().apply(tiled, prep.pixels, 0.1)
@@ -346,7 +346,7 @@ def test_new_settings_are_checked_before_training(bad, message):
 def test_tiling_record_of_the_config():
     assert DetectorTrainConfig(epochs=1).tiling() is None
     assert DetectorTrainConfig(epochs=1, tile=128, tile_overlap=0, tile_batch=3).tiling() == {
-        "tile": 128, "overlap": 0, "batch": 3, "join": False}
+        "tile": 128, "overlap": 0, "batch": 3}
 
 
 def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_default():
@@ -354,10 +354,10 @@ def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_
 
     cfg = DetectorTrainConfig(epochs=3, tile=128)
     new = config_dict(cfg)
-    old = {k: v for k, v in new.items() if k != "tile_join"}  # a checkpoint written before tile_join existed
+    old = {k: v for k, v in new.items() if k != "tile_overlap"}  # a checkpoint written before tile_overlap existed
     assert _changed_keys(old, new, config_defaults(cfg)) == []
-    joined = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_join=True))
-    assert _changed_keys(old, joined, config_defaults(cfg)) == ["tile_join"]
+    wider = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_overlap=32))
+    assert _changed_keys(old, wider, config_defaults(cfg)) == ["tile_overlap"]
     assert _changed_keys({**old, "lr": 0.1}, new, config_defaults(cfg)) == ["lr"]
     # a warm start's source and the tiles per pass do not change what a resumed run trains
     moved = config_dict(DetectorTrainConfig(epochs=3, tile=128, tile_batch=16, init_from="elsewhere"))

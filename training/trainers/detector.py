@@ -62,7 +62,6 @@ class DetectorTrainConfig:
     tile: int | None = None
     tile_overlap: int = TilingSpec.overlap
     tile_batch: int = TilingSpec.batch
-    tile_join: bool = TilingSpec.join  # join box pieces across tile seams (models.tiling); off: NMS only
     # drop boxes centred outside the breast (models.breast_gate, margin 0): written into the manifest, used by the
     # pipeline and by evaluation on whole images (`mccad evaluate --no-breast-gate` measures without it)
     breast_gate: bool = True
@@ -112,7 +111,7 @@ class DetectorTrainConfig:
         """The manifest's ``input_spec["tiling"]`` (``models.tiling.TilingSpec``), or None for whole images."""
         if self.tile is None:
             return None
-        return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch, "join": self.tile_join}
+        return {"tile": self.tile, "overlap": self.tile_overlap, "batch": self.tile_batch}
 
     def breast_gate_spec(self) -> dict[str, float] | None:
         """The manifest's ``input_spec["breast_gate"]`` (``models.breast_gate.BreastGate``, margin 0), or None."""
