@@ -61,7 +61,8 @@ DETECTOR_THRESHOLD_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "
 #: thresholds in both ``thresholds`` and ``input_spec["detector"]``)
 FORMAT_VERSION = 2
 #: the ``input_spec`` blocks a model of each kind may hold (by architecture prefix)
-INPUT_BLOCKS = {"fpnnet": ("standardise", "detector", "tiling", "breast_gate"), "sppnet": ("standardise", "classifier")}
+INPUT_BLOCKS = {"fpnnet": ("standardise", "detector", "tiling", "breast_gate"), "sppnet": ("standardise", "classifier"),
+                "descriptors": ("descriptors",)}
 
 
 class ModelManifest(BaseModel):
@@ -136,8 +137,10 @@ def _architecture_of(model: nn.Module) -> str:
     return CLASSIFIER_ARCHITECTURE if isinstance(model, SPPNet) else DETECTOR_ARCHITECTURE
 
 
-def save_model(folder: Path, model: nn.Module, manifest: ModelManifest, dtype: torch.dtype = torch.float16) -> ModelManifest:
-    """Write ``model.safetensors`` (in ``dtype``) and ``manifest.json`` into ``folder``; returns the manifest as written.
+def save_model(folder: Path, model: nn.Module, manifest: ModelManifest,
+               dtype: torch.dtype = torch.float16) -> ModelManifest:
+    """Write ``model.safetensors`` (in ``dtype``) and ``manifest.json`` into ``folder``; returns the manifest as
+    written.
 
     The sha256 and dtype are filled in here. When the model was built by ``build_detector`` / ``build_classifier``
     and the manifest's ``input_spec`` lacks the network config, it is added, so the folder is self-describing.
@@ -238,7 +241,7 @@ def check_manifest(folder: Path, manifest: ModelManifest) -> None:
         if unknown:
             raise ManifestInvalid(path, f"thresholds holds {unknown}; a detector's are "
                                         f"{', '.join(DETECTOR_THRESHOLD_KEYS)}")
-    elif kind == "sppnet" and manifest.thresholds:
+    elif kind in ("sppnet", "descriptors") and manifest.thresholds:
         raise ManifestInvalid(path, f"thresholds of a classifier are empty, not {sorted(manifest.thresholds)}")
     blocks: dict[str, Any] = {
         "standardise": lambda v: StandardiseConfig(**v),
@@ -246,6 +249,7 @@ def check_manifest(folder: Path, manifest: ModelManifest) -> None:
         "tiling": lambda v: TilingSpec(**v),
         "breast_gate": lambda v: BreastGate(**v),
         "classifier": ClassifierConfig.from_dict,
+        "descriptors": DescriptorHeadConfig.from_dict,
     }
     for block, check in blocks.items():
         if block in spec and (kind in INPUT_BLOCKS or block == "standardise"):
@@ -290,7 +294,8 @@ def _load_state(folder: Path, manifest: ModelManifest, expected_architecture: st
             part for part in (
                 f"missing {len(missing)} tensors (e.g. {missing[:3]})" if missing else "",
                 f"{len(unexpected)} unknown tensors (e.g. {unexpected[:3]})" if unexpected else "",
-                "shape differs for " + ", ".join(f"{k} {found[k]} vs {expected[k]}" for k in wrong[:3]) if wrong else "",
+                ("shape differs for " + ", ".join(f"{k} {found[k]} vs {expected[k]}" for k in wrong[:3])
+                 if wrong else ""),
             ) if part
         )
         raise ArchitectureMismatch(folder, f"weights do not fit {expected_architecture} as configured: {detail}")

@@ -118,3 +118,18 @@ def test_registry_refuses_a_changed_or_mislabelled_head(tmp_path):
         fh.write(b"\0")
     with pytest.raises(WeightsTampered):
         load_descriptor_head(folder)
+
+
+def test_the_strict_reader_checks_a_descriptor_head_manifest_like_any_other(tmp_path):
+    from models.errors import ManifestInvalid
+
+    folder = tmp_path / "descriptors"
+    _write_head(folder, build_descriptor_net(DescriptorHeadConfig(widths=(8, 8, 8, 8, 8), hidden=16)))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for bad, message in [({"input_spec": {**manifest["input_spec"], "tiling": {"tile": 512}}}, "tiling"),
+                         ({"thresholds": {"score_thresh": 0.5}}, "thresholds"),
+                         ({"input_spec": {"descriptors": {**manifest["input_spec"]["descriptors"], "depth": 3}}},
+                          "input_spec.descriptors")]:
+        (folder / MANIFEST).write_text(json.dumps({**manifest, **bad}))
+        with pytest.raises(ManifestInvalid, match=message):
+            load_descriptor_head(folder)
