@@ -101,11 +101,12 @@ STUDY_VIEWS = 4
 BOX_TOL_PX = 1.0
 SCORE_TOL = 1e-3
 FEATURE_REL_TOL = 1e-3
-#: the speed and memory targets (the "issue3" keys: the first CPU limits); "met" is decided in ``evaluate_targets``.
+#: the speed and memory targets (the "first_" keys: the first, looser CPU limits); "met" is decided in
+#: ``evaluate_targets``.
 TARGETS = {
     "detector_cpu_default_median_s_per_image_max": 6.0,
-    "issue3_detector_cpu_default_median_s_per_image_max": 20.0,
-    "issue3_detector_cpu_default_peak_rss_gib_max": 6.0,
+    "first_detector_cpu_default_median_s_per_image_max": 20.0,
+    "first_detector_cpu_default_peak_rss_gib_max": 6.0,
     "detector_gpu_batch_images_per_s_min": 20.0,
 }
 
@@ -779,9 +780,9 @@ def evaluate_targets(rows: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
                         + (f" at {cpu.get('spacing_mm')} mm, detected in {tiles} tiles of {cpu.get('network_input')}"
                            if tiles else f", network input {cpu.get('network_input')}"))
         out["detector_cpu_eager_median_s"] = cpu["per_image_median_s"]
-        out["issue3_time_met"] = (cpu["per_image_median_s"]
-                                  <= TARGETS["issue3_detector_cpu_default_median_s_per_image_max"])
-        out["issue3_rss_met"] = cpu["peak_rss_mib"] / 1024 <= TARGETS["issue3_detector_cpu_default_peak_rss_gib_max"]
+        out["first_time_met"] = (cpu["per_image_median_s"]
+                                  <= TARGETS["first_detector_cpu_default_median_s_per_image_max"])
+        out["first_rss_met"] = cpu["peak_rss_mib"] / 1024 <= TARGETS["first_detector_cpu_default_peak_rss_gib_max"]
     if fastest:
         out["detector_cpu_fastest_equal_path"] = fastest["path"]
         out["detector_cpu_fastest_median_s"] = fastest["per_image_median_s"]
