@@ -20,10 +20,8 @@ in ``roi_heads.mccad_malignancy``, which ``models.detector.detect`` attaches to 
 ``malignancy_probability``. Under ``class`` scores the paper's two-class reading of the score stays (the score if
 malignant, one minus it if benign). Why not that reading under ``lesion`` scores too: there a box's score is its
 lesion-ness, so a proposal at (background, benign, malignant) = (0.1, 0.44, 0.46) would be reported as a 0.90
-probability of cancer where the network says 0.51. Measured on the shipped weights in lesion mode (seed-18
-validation images, 70 matched clusters, BI-RADS proxy labels): lesion-level AUC 0.944 (0.900-0.984) with the split,
-0.953 (0.906-0.989) with the two-class reading, the same within their intervals; the two-class reading has the lower
-Brier score (0.096 against 0.122), since it reports confidently found lesions as confidently malignant or benign.
+probability of cancer where the network says 0.51 (the two readings compared: the default bundle's record in
+``docs/experiments/``).
 
 ``malignant_logit_offset`` (``DetectorConfig``; 0 by default) adds a constant to the malignant logit of every
 proposal before either mode's softmax: the prior-shift correction ("logit adjustment") for a network whose training

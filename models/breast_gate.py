@@ -1,9 +1,8 @@
 """The breast gate: detector boxes whose centre lies outside the breast are dropped.
 
 Why: a detector run tile by tile on whole images (``models.tiling``) also sees what lies outside the breast on
-digitised film (skin markers, film labels, background) and fires there. Measured on a simulated whole-image test set
-with the shipped detector, 11 of the 48 false positives that set the 1-false-positive-per-image operating point lay
-outside the breast. A calcification is always in breast tissue, so a box centred outside it is never a finding.
+digitised film (skin markers, film labels, background) and fires there (how often: the default bundle's record in
+``docs/experiments/``). A calcification is always in breast tissue, so a box centred outside it is never a finding.
 
 How (:meth:`BreastGate.apply`), on the standardised detector input (chest wall on the left, values in [0, 1]):
 

@@ -1,13 +1,12 @@
 """The detector's backbone and RPN head run by ONNX Runtime on the CPU: the same boxes in less time per mammogram.
 
-Why: on a CPU-only site the detector is the cost of a study. Its backbone (EfficientNet-Lite or ResNet50 with the FPN)
-is more than half of its FLOPs (the benchmark: 156 of 285 GFLOP per 2048 x 1300 mammogram for the shipped
-model), and eager PyTorch runs it at about a third of the machine's matrix-multiply peak. ONNX Runtime folds the
-BatchNorm layers into the convolutions and runs its own kernels; the benchmark measured the same merged boxes (max
-0.0004 px apart) in 59-77 % of eager's time (``bench.inference``, path ``onnxruntime``, on different days). The
-RPN head (a 3 x 3 convolution over every FPN level, and the objectness and box-delta layers) was then the largest
-eager part left, about a quarter of a tile's time; it runs in a second session. Everything else (anchors, proposal
-filtering, RoI pooling, the box head, NMS, tiling, the flip, the breast gate) stays in PyTorch unchanged.
+Why: on a CPU-only site the detector is the cost of a study, and its backbone (EfficientNet-Lite or ResNet50 with
+the FPN) is more than half of its FLOPs, which eager PyTorch runs well below the machine's matrix-multiply peak. ONNX
+Runtime folds the BatchNorm layers into the convolutions and runs its own kernels: the same merged boxes in less time
+(``bench.inference``, path ``onnxruntime``; figures in ``docs/experiments/performance.md``). The RPN head (a 3 x 3
+convolution over every FPN level, and the objectness and box-delta layers) runs in a second session. Everything
+else (anchors, proposal filtering, RoI pooling, the box head, NMS, tiling, the flip, the breast gate) stays in
+PyTorch unchanged.
 
 How:
 

@@ -1,8 +1,8 @@
 """The box head's RoI pooling spread over the CPU's threads: the same numbers, about half the time on two cores.
 
-Why: torchvision's CPU ``roi_align`` kernel runs on one thread whatever ``torch.get_num_threads()`` says (measured:
-0.152 s with one thread, 0.142 s with two, for 600 RoIs on a 128-channel level). Profiled on the shipped detector in
-ONNX Runtime, RoI pooling is 0.71 s of a 4.6 s mammogram, the largest part after the convolutions.
+Why: torchvision's CPU ``roi_align`` kernel runs on one thread whatever ``torch.get_num_threads()`` says, and RoI
+pooling is the largest part of a mammogram's detection after the convolutions (the profile:
+``docs/experiments/performance.md``).
 
 How: :class:`ThreadedRoIAlign` is torchvision's ``MultiScaleRoIAlign`` (same levels, output size and sampling ratio
 as ``FasterRCNN``'s default, no weights, so state dicts do not change) whose ``forward``, at inference, cuts each
