@@ -234,8 +234,9 @@ class CandidateReader:
         """The predictions on ``samples``, read from ``cache`` (a predictions file) when it holds exactly them,
         else made and written there for resumption."""
         if cache.is_file():
-            preds, _ = read_predictions(cache)
-            if {p.image_id for p in preds} == {s.image_id for s in samples}:
+            preds, meta = read_predictions(cache)
+            same_model = all(meta.get(k) == v for k, v in self.loaded.description.items() if k != "source")
+            if same_model and {p.image_id for p in preds} == {s.image_id for s in samples}:
                 return preds
         if not self._twin_built:
             self.loaded.model, _ = detection_model(self.loaded.model, self.runtime, "cpu")
@@ -255,6 +256,19 @@ def fine_tune(base: Path, train: Sequence[Sample], work: Path, settings: AdaptSe
     run_dir = work / "run"
     train_detector(list(train), None, DetectorTrainConfig(**recipe), run_dir, resume=True, progress=progress)
     return run_dir
+
+
+def export_candidate(run_dir: Path, work: Path, base: Path) -> Path:
+    """Candidate B as it would ship: the fine-tuning run exported to a model folder (``work/candidate-B``) with the
+    weights' shipping dtype, so that B is judged, and its operating point chosen, on the very weights the bundle
+    holds (float16 rounding moves scores by a few thousandths)."""
+    folder = work / "candidate-B"
+    if not (folder / "manifest.json").is_file():
+        base_manifest = load_manifest(base)
+        export_run(run_dir, folder, name=f"{base_manifest.name}-site", version=f"{base_manifest.version}+candidate",
+                   training_data=f"fine-tuning run {run_dir.name} of {base_manifest.name} {base_manifest.version}",
+                   synthetic_only=True, which="last")
+    return folder
 
 
 def judge(name: str, model: Path, normals: dict[str, list[Sample]], inserted: dict[str, list[Sample]], work: Path,
@@ -322,12 +336,12 @@ def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSetti
     candidates: dict[str, dict[str, Any]] = {}
     say("candidate A: the base model, operating point on the calibration normals")
     candidates["A"] = judge("A", base, parts, inserted, work, settings, runtime)
-    run_dir = None
+    candidate_b = None
     if settings.fine_tune:
         train = simulate_part("adapt", parts["adapt"], work, pitch, settings, crops=True)
         say(f"candidate B: fine-tune on {len(train)} crops of the adapt women's films")
-        run_dir = fine_tune(base, train, work, settings, progress)
-        candidates["B"] = judge("B", run_dir, parts, inserted, work, settings, runtime)
+        candidate_b = export_candidate(fine_tune(base, train, work, settings, progress), work, base)
+        candidates["B"] = judge("B", candidate_b, parts, inserted, work, settings, runtime)
     kept = choose(candidates)
     say(f"kept candidate {kept}; writing the bundle")
     report = {"command": command, "normals": str(normals), "base": str(base),  # as given: a card names no host path
@@ -337,13 +351,14 @@ def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSetti
               "inserted": {name: {"images": len(v), "clusters": sum(len(s.lesions) for s in v)}
                            for name, v in inserted.items()},
               "candidates": candidates, "kept": kept}
-    write_bundle(report, out, base, run_dir, version)
+    write_bundle(report, out, base, candidate_b, version)
     return report
 
 
-def write_bundle(report: dict[str, Any], out: Path, base: Path, run_dir: Path | None, version: str | None) -> Path:
-    """``out/detector`` (the kept candidate at its operating point, its card extended by the adaptation's figures)
-    and ``out/adaptation.json``."""
+def write_bundle(report: dict[str, Any], out: Path, base: Path, candidate_b: Path | None,
+                 version: str | None) -> Path:
+    """``out/detector`` (the kept candidate, ``base`` or the exported ``candidate_b``, re-issued at its operating
+    point, its card extended by the adaptation's figures) and ``out/adaptation.json``."""
     kept = report["kept"]
     threshold = report["candidates"][kept]["score_thresh"]
     base_manifest = load_manifest(base)
@@ -353,12 +368,9 @@ def write_bundle(report: dict[str, Any], out: Path, base: Path, run_dir: Path | 
             "women with simulated clusters inserted)")
     target = out / "detector"
     out.mkdir(parents=True, exist_ok=True)
-    if kept == "B" and run_dir is not None:
-        export_run(run_dir, target, {"thresholds.score_thresh": threshold}, name=f"{base_manifest.name}-site",
-                   version=new_version, training_data=data, synthetic_only=True)
-    else:
-        reissue_model(base, target, {"thresholds.score_thresh": threshold}, version=new_version,
-                      name=f"{base_manifest.name}-site", training_data=data)
+    source = candidate_b if kept == "B" and candidate_b is not None else base
+    reissue_model(source, target, {"thresholds.score_thresh": threshold}, version=new_version,
+                  name=f"{base_manifest.name}-site", training_data=data, synthetic_only=source != base)
     (out / "adaptation.json").write_text(json.dumps(report, indent=1))
     with open(target / "MODEL_CARD.md", "a") as fh:
         fh.write("\n" + adaptation_card(report) + "\n")

@@ -201,6 +201,25 @@ def test_fine_tuning_starts_from_the_base_and_moves_its_weights(tmp_path, one_to
     moved = [k for k in shipped if k in trained and not torch.allclose(shipped[k].float(), trained[k].float())]
     assert moved, "fine-tuning left every weight of the base as it was"
 
+    # B is judged on the weights a bundle ships (the run's last epoch, rounded to the bundle's dtype), and the
+    # bundle holds exactly those weights at B's operating point
+    from models.registry import load_manifest
+    from training.adapt import export_candidate, write_bundle
+
+    candidate = export_candidate(run, tmp_path, base)
+    exported = load_file(str(candidate / "model.safetensors"))
+    assert all(torch.equal(exported[k], trained[k].to(exported[k].dtype)) for k in exported)
+    figures = {"calibrate": {"fp_per_image": 0.2, "clusters_found": 3, "clusters": 4},
+               "test": {"fp_per_image": 0.2, "fp_per_image_ci95": [0.1, 0.3], "clusters_found": 3, "clusters": 4,
+                        "froc_sensitivity_at_fp_per_image": {"1": 0.75}}}
+    report = {"kept": "B", "command": "", "normals": "N", "base": str(base), "pitch_mm": 0.2,
+              "settings": {"seed": 1, "target_fp_per_image": 0.25}, "inserted": {},
+              "split": {"adapt": {"images": 4, "women": 2}},
+              "candidates": {"B": {"score_thresh": 0.61, "model": str(candidate), **figures}}}
+    target = write_bundle(report, tmp_path / "bundle", base, candidate, "9.9.9")
+    shipped_b = load_manifest(target)
+    assert shipped_b.sha256 == load_manifest(candidate).sha256 and shipped_b.thresholds["score_thresh"] == 0.61
+
 
 def test_normals_of_a_public_dataset_are_its_images_without_any_finding(tmp_path):
     from tests.training.test_vindr_cmmd_readers import build_vindr

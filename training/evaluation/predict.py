@@ -60,7 +60,8 @@ def load_model(path: Path, device: str = "cpu") -> LoadedModel:
         from models.spot_detector import ARCHITECTURE as SPOTS_ARCHITECTURE
 
         manifest = load_manifest(path)
-        desc = {"source": str(path), "name": manifest.name, "version": manifest.version, "role": manifest.role}
+        desc = {"source": str(path), "name": manifest.name, "version": manifest.version, "role": manifest.role,
+                "sha256": manifest.sha256}
         if manifest.architecture == SPOTS_ARCHITECTURE:
             spots, manifest = load_spot_detector(path)
             return LoadedModel("spots", None, spots, StandardiseConfig(), desc,
