@@ -8,12 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+from mccad.commands.argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="work folder (split, simulated images, the fine-tuning run, predictions); an interrupted "
                         "adaptation resumes from it (default: OUT.work)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"split and simulation seed (default {d.seed})")
-    p.add_argument("--train-crops", type=_positive, default=d.train_crops,
+    p.add_argument("--train-crops", type=positive_int, default=d.train_crops,
                    help=f"simulated training crops (default {d.train_crops})")
-    p.add_argument("--epochs", type=_positive, default=d.epochs, help=f"fine-tuning epochs (default {d.epochs})")
-    p.add_argument("--samples-per-epoch", type=_positive, default=d.samples_per_epoch,
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"fine-tuning epochs (default {d.epochs})")
+    p.add_argument("--samples-per-epoch", type=positive_int, default=d.samples_per_epoch,
                    help=f"crops per epoch (default {d.samples_per_epoch})")
     p.add_argument("--target-fp", type=float, default=d.target_fp_per_image,
                    help="false positives per image on the calibration normals the operating point allows "
@@ -45,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fine-tune", dest="fine_tune", action="store_false",
                    help="keep the base weights and choose only the site's operating point")
     p.add_argument("--version", default=None, help="version of the new detector (default: BASE_VERSION+site)")
-    p.add_argument("--workers", type=_positive, default=d.workers, help="processes simulating images")
+    p.add_argument("--workers", type=positive_int, default=d.workers, help="processes simulating images")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs of batch jobs)")
     p.set_defaults(func=run)
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+from mccad.commands.argtypes import positive_int
 
 
 def _count(text: str) -> int:
@@ -78,11 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="write simulated calcification clusters in real/phantom mammograms "
                                         "(PNG + paper CSV) for training")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--images", type=_positive, default=16, help="number of images to write (default 16)")
+    p.add_argument("--images", type=positive_int, default=16, help="number of images to write (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
     p.add_argument("--sources", default="real,phantom",
                    help="backgrounds, comma separated: real (the mammograms package), phantom (default both)")
-    p.add_argument("--crop", type=_positive, default=None,
+    p.add_argument("--crop", type=positive_int, default=None,
                    help="write CROP x CROP windows around clusters at native resolution instead of whole images")
     p.add_argument("--spacing", type=_spacings, default=[0.1],
                    help="pixel spacing(s) in mm to render at, comma separated, drawn per image (default 0.1)")
@@ -97,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="draw only these BI-RADS morphologies, comma separated, each with an optional whole-number "
                         "weight: e.g. amorphous:3,fine_pleomorphic:2,punctate,round gives amorphous half the "
                         "clusters; replaces --malignant-fraction (default: all, half suspicious)")
-    p.add_argument("--min-calcifications", type=_positive, default=None,
+    p.add_argument("--min-calcifications", type=positive_int, default=None,
                    help="fewest calcifications of an annotated cluster (default 3: a lone calcification is not a "
                         "cluster finding, like the unannotated solitary look-alike); 1 makes the sets of detectors "
                         "up to 0.4.0 again, where a coarse or rim cluster could be one calcification")
@@ -106,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "reader would see them (default 3); a fainter cluster is drawn again. 0: no such rule, which "
                         "makes the sets made before it again (with --min-calcifications 1: those up to 0.4.0)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=16, help="PNG bit depth (default 16)")
-    p.add_argument("--workers", type=_positive, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="processes making images in parallel; the files do not depend on it (default 1)")
     p.add_argument("--real-images", type=_indices, default=None,
                    help="which real backgrounds to use, comma separated indices 0-7 (patient 1: 0-3, patient 2: "

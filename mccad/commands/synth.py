@@ -7,22 +7,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+from mccad.commands.argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth",
                        help="write synthetic 4-view MG studies (DICOM) with annotations in the paper's CSV format")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--patients", type=_positive, default=2, help="number of synthetic patients (default 2)")
+    p.add_argument("--patients", type=positive_int, default=2, help="number of synthetic patients (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
-    p.add_argument("--rows", type=_positive, default=1024, help="image rows (default 1024)")
-    p.add_argument("--cols", type=_positive, default=640, help="image columns (default 640)")
+    p.add_argument("--rows", type=positive_int, default=1024, help="image rows (default 1024)")
+    p.add_argument("--cols", type=positive_int, default=640, help="image columns (default 640)")
     p.set_defaults(func=run)
 
 
