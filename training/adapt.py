@@ -46,6 +46,7 @@ from training.evaluation.predict import load_model, predict
 from training.export import export_run
 from training.reissue import reissue_model
 from training.simulate.dataset import make_simulated_dataset
+from training.trainers.common import LAST_CHECKPOINT
 from training.trainers.config import load_experiment
 from training.trainers.detector import DetectorTrainConfig, train_detector
 
@@ -259,16 +260,20 @@ def fine_tune(base: Path, train: Sequence[Sample], work: Path, settings: AdaptSe
 
 
 def export_candidate(run_dir: Path, work: Path, base: Path) -> Path:
-    """Candidate B as it would ship: the fine-tuning run exported to a model folder (``work/candidate-B``) with the
-    weights' shipping dtype, so that B is judged, and its operating point chosen, on the very weights the bundle
-    holds (float16 rounding moves scores by a few thousandths)."""
+    """Candidate B as it would ship: the fine-tuning run's last epoch exported to a model folder
+    (``work/candidate-B``) with the weights' shipping dtype, so that B is judged, and its operating point chosen, on
+    the very weights the bundle holds (float16 rounding moves scores by a few thousandths). Exported again only when
+    the run's last checkpoint is newer than the export (a resumed run that trained further), so a resumed adaptation
+    keeps the export its cached readings were made with (:meth:`CandidateReader.predictions` checks the weights'
+    hash)."""
     folder = work / "candidate-B"
-    if not (folder / "manifest.json").is_file():
-        base_manifest = load_manifest(base)
-        export_run(run_dir, folder, name=f"{base_manifest.name}-site", version=f"{base_manifest.version}+candidate",
-                   training_data=f"fine-tuning run {run_dir.name} of {base_manifest.name} {base_manifest.version}",
-                   synthetic_only=True, which="last")
-    return folder
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and manifest.stat().st_mtime >= (run_dir / LAST_CHECKPOINT).stat().st_mtime:
+        return folder
+    base_manifest = load_manifest(base)
+    return export_run(run_dir, folder, name=f"{base_manifest.name}-site", version=f"{base_manifest.version}+candidate",
+                      training_data=f"fine-tuning run {run_dir.name} of {base_manifest.name} "
+                                    f"{base_manifest.version}", synthetic_only=True, which="last")
 
 
 def judge(name: str, model: Path, normals: dict[str, list[Sample]], inserted: dict[str, list[Sample]], work: Path,

@@ -3,6 +3,7 @@ the product shows boxes, the operating point chosen on them, and the command end
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,13 @@ def test_fine_tuning_starts_from_the_base_and_moves_its_weights(tmp_path, one_to
     from training.adapt import export_candidate, write_bundle
 
     candidate = export_candidate(run, tmp_path, base)
+    # a resumed adaptation keeps the export its cached readings were made with, unless the run trained further
+    exported_at = (candidate / "manifest.json").stat().st_mtime_ns
+    assert export_candidate(run, tmp_path, base) == candidate
+    assert (candidate / "manifest.json").stat().st_mtime_ns == exported_at
+    os.utime(run / "last.pt", ns=(exported_at + 10**9, exported_at + 10**9))
+    export_candidate(run, tmp_path, base)
+    assert (candidate / "manifest.json").stat().st_mtime_ns > exported_at
     exported = load_file(str(candidate / "model.safetensors"))
     assert all(torch.equal(exported[k], trained[k].to(exported[k].dtype)) for k in exported)
     figures = {"calibrate": {"fp_per_image": 0.2, "clusters_found": 3, "clusters": 4},
