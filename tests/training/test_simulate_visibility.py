@@ -164,9 +164,8 @@ def test_the_filter_is_never_finer_than_the_pixels():
 
 @pytest.mark.skipif(not MIAS_NORMALS.is_dir(), reason="needs ../shared/data/mias-normals beside the repository")
 def test_fine_calcifications_on_a_real_film_at_0_2_mm_are_visible_to_the_reader_rule():
-    """On a real 0.2 mm film a sub-pixel filter saw no fine pleomorphic or linear branching cluster at all (0 of 72
-    drawn over six films); at the pixel's own scale most of them show three calcifications, as on the film a reader
-    sees."""
+    """On a real 0.2 mm film the filter works at the pixel's own scale, so most fine pleomorphic and linear branching
+    clusters show three calcifications, as a reader sees them on that film (a sub-pixel filter sees none)."""
     from dicom_io.reader import read_mammogram
     from models.breast_mask import breast_mask
     from training.simulate.background import image_noise_sigma
