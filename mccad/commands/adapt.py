@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mccad.commands.argtypes import positive_int
+from mccad.argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mccad.commands.argtypes import positive_int
+from mccad.argtypes import positive_int
 
 
 def _count(text: str) -> int:

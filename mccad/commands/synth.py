@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mccad.commands.argtypes import positive_int
+from mccad.argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:

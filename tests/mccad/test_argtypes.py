@@ -6,7 +6,14 @@ import argparse
 import pytest
 
 from mccad.cli import main
-from mccad.commands.argtypes import positive_int
+from mccad.argtypes import positive_int
+
+
+def test_the_help_lists_every_subcommand_and_no_helper_module():
+    from mccad.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"simulate", "synth", "adapt"} <= set(sub.choices) and "argtypes" not in sub.choices
 
 
 def test_a_positive_whole_number_is_taken_and_anything_else_refused():
