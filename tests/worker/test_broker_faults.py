@@ -11,7 +11,8 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from dicom_io.spool import Spool
-from tests.peers.ports import free_port, wait_for_port
+from tests.peers.ports import free_port
+from tests.peers.redis_server import start_redis
 from tests.worker.conftest import make_settings
 from tests.worker.studies import spool_study, wait_for_state, write_study
 from worker.app import make_celery, publish_study, queue_depths
@@ -62,19 +63,10 @@ def test_a_worker_killed_mid_study_is_replaced_and_the_study_finishes(tmp_path, 
     _assert_nothing_lost(settings, ledger, expected=1)
 
 
-def _redis_server(port: int, folder: Path) -> subprocess.Popen:
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                            stdout=(folder / "redis.log").open("ab"), stderr=subprocess.STDOUT)
-    wait_for_port(port, 20)
-    return proc
-
-
 @pytest.mark.slow
 def test_redis_restart_while_studies_are_queued_loses_nothing(tmp_path, tiny_model_dir):
     port = free_port()
-    redis = _redis_server(port, tmp_path / "redis")  # our own Redis: the machine's one is never stopped
+    redis = start_redis(port, tmp_path / "redis")  # our own Redis: the machine's one is never stopped
     try:
         settings = make_settings(tmp_path, broker_url=f"redis://127.0.0.1:{port}/0", model_dir=tiny_model_dir)
         ledger, app = Ledger(settings.effective_ledger_url), worker_app(settings)
@@ -91,7 +83,7 @@ def test_redis_restart_while_studies_are_queued_loses_nothing(tmp_path, tiny_mod
         assert assembler.tick(now=time.time() + 5) == []
         assert ledger.get(during.study_uid).state == COMPLETE and ledger.get(queued.study_uid).state == QUEUED
 
-        redis = _redis_server(port, tmp_path / "redis")
+        redis = start_redis(port, tmp_path / "redis")
         assert queue_depths(app)["interactive"] == 1, "appendonly kept the queued message"
         assert assembler.tick() == [during.study_uid]
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):

@@ -21,6 +21,7 @@ from settings.config import Destination
 from tests.peers.dcmtk import dcmtk
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port, wait_for_port
+from tests.peers.redis_server import start_redis
 from tests.worker.conftest import make_settings
 from tests.worker.studies import write_study
 from worker.ledger import DONE, Ledger
@@ -68,11 +69,7 @@ def _components(settings, logs: Path, redis_port: int, redis_dir: Path, pacs: Or
     env = settings_env(settings)
 
     def redis_start() -> subprocess.Popen:
-        proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir",
-                                 str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-                                stdout=(logs / "redis.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_for_port(redis_port, 20)
-        return proc
+        return start_redis(redis_port, redis_dir, logs / "redis.log", fsync="everysec")
 
     def serve_start() -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "mccad", "serve"], env=env,

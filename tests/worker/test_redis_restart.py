@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.ports import free_port, wait_for_port
+from tests.peers.ports import free_port
+from tests.peers.redis_server import start_redis
 from tests.worker.conftest import make_settings
 from tests.worker.studies import spool_study, wait_for_state, write_study
 from worker.app import make_celery, publish_study
@@ -22,20 +23,11 @@ from worker.ledger import ANALYSING, DONE, FAILED, Ledger
 from worker.service import settings_env
 
 
-def _redis_server(port: int, folder: Path) -> subprocess.Popen:
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                            stdout=(folder / "redis.log").open("ab"), stderr=subprocess.STDOUT)
-    wait_for_port(port, 20)
-    return proc
-
-
 def _restart(redis: subprocess.Popen, port: int, folder: Path, down_s: float = 1.0) -> subprocess.Popen:
     redis.terminate()
     redis.wait(30)
     time.sleep(down_s)
-    return _redis_server(port, folder)
+    return start_redis(port, folder)
 
 
 @pytest.mark.slow
@@ -45,7 +37,7 @@ def test_the_worker_outlives_a_redis_restart(tmp_path, tiny_model_dir, moment, p
     """With the prefork pool the worker's consumer keeps polling Redis during the study, sees the connection drop
     and closes its channel holding the study's unacknowledged message: the case kombu's restore failed on."""
     port, folder = free_port(), tmp_path / "redis"
-    redis = _redis_server(port, folder)
+    redis = start_redis(port, folder)
     settings = make_settings(tmp_path, broker_url=f"redis://127.0.0.1:{port}/0", model_dir=tiny_model_dir,
                              retry_backoff_s=4.0, supervise_interval_s=0.5)
     ledger, app = Ledger(settings.effective_ledger_url), make_celery(settings)
