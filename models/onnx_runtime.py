@@ -21,6 +21,10 @@ How:
 - before the twin is used, a fixed probe image runs through both and the FPN levels, objectness and box deltas
   must agree to ``VERIFY_RTOL`` of their largest value; otherwise the twin is refused (``auto`` falls back to eager
   and logs why);
+- ONNX Runtime keeps the memory of its largest run in its arena for the next run: :func:`release_memory` hands the
+  free part back (one run of a tiny probe with arena shrinkage) once an image's tiles are read, so the arena does not
+  stay resident through the explanation and the outputs; the next image grows it again (page faults on its first
+  batch only, where an arena turned off would pay them on every batch);
 - ``runtime``: ``"eager"`` (PyTorch only), ``"onnxruntime"`` (refused with a clear error when the packages are
   missing, the device is not the CPU or the check fails) or ``"auto"`` (ONNX Runtime on the CPU when it is installed
   and passes the check, eager otherwise). Settings: ``MCCAD_DETECTOR_RUNTIME``, default ``auto``.
@@ -46,6 +50,8 @@ RUNTIMES = ("auto", "eager", "onnxruntime")
 VERIFY_RTOL = 1e-4
 #: the probe: a fixed pseudo-random image of this side, not the size detection uses (the axes are dynamic)
 PROBE_SIDE = 128
+#: the side of the probe a session runs when it hands its arena back (as cheap as a run can be)
+SMALL_PROBE_SIDE = 32
 ONNX_OPSET = 17
 
 
@@ -102,6 +108,15 @@ def _worst(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> floa
     return worst
 
 
+def _shrink_options() -> Any:
+    """Run options under which ONNX Runtime frees its CPU arena's unused chunks after the run."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 class OnnxBackbone(nn.Module):
     """A detector backbone (image batch -> OrderedDict of FPN levels) exported to ONNX and run by ONNX Runtime.
 
@@ -121,6 +136,11 @@ class OnnxBackbone(nn.Module):
         self.session, self.onnx_bytes = _session(
             module, (probe,), ["x"], outputs,
             {"x": {0: "batch", 2: "height", 3: "width"}, **{name: {0: "batch"} for name in outputs}}, threads)
+        self._small_feed = {"x": _probe(1, SMALL_PROBE_SIDE, SMALL_PROBE_SIDE).numpy()}
+
+    def release_memory(self) -> None:
+        """Hand the session's unused arena memory back (module docstring); the next run allocates it again."""
+        self.session.run(None, self._small_feed, _shrink_options())
 
     def forward(self, x: torch.Tensor) -> Any:
         (array,) = _on_cpu([x])
@@ -170,6 +190,12 @@ class OnnxRpnHead(nn.Module):
         outputs = [f"{kind}_{k}" for kind in ("logits", "deltas") for k in range(self.n_levels)]
         axes = {name: {0: "batch", 2: f"height_{name}", 3: f"width_{name}"} for name in inputs + outputs}
         self.session, self.onnx_bytes = _session(_FlatRpnHead(module), tuple(levels), inputs, outputs, axes, threads)
+        small = _on_cpu(self._levels(_probe(1, SMALL_PROBE_SIDE, SMALL_PROBE_SIDE)))
+        self._small_feed = {f"level_{k}": a for k, a in enumerate(small)}
+
+    def release_memory(self) -> None:
+        """As :meth:`OnnxBackbone.release_memory`."""
+        self.session.run(None, self._small_feed, _shrink_options())
 
     def _levels(self, image: torch.Tensor) -> list[torch.Tensor]:
         with torch.inference_mode(False), torch.no_grad():
@@ -263,6 +289,17 @@ def detection_model(model: nn.Module, runtime: str = "auto",
              extra={"event": "runtime_ready", "runtime": "onnxruntime", "check_error": float(f"{error:.3g}"),
                     "onnx_bytes": onnx_bytes})
     return twin, "onnxruntime"
+
+
+def release_memory(model: nn.Module) -> bool:
+    """Hand the unused arena memory of a detection model's ONNX Runtime sessions back to the system (module
+    docstring): after an image's detection, before its explanation and outputs. Detections are unchanged (the arena
+    holds no state between runs). False, and nothing done, for an eager model."""
+    parts = [getattr(model, "backbone", None), getattr(getattr(model, "rpn", None), "head", None)]
+    sessions = [part for part in parts if isinstance(part, OnnxBackbone | OnnxRpnHead)]
+    for part in sessions:
+        part.release_memory()
+    return bool(sessions)
 
 
 def _twin(module: nn.Module) -> nn.Module:

@@ -29,7 +29,7 @@ from models.detector import DetectorConfig
 from models.explain import detector_cam
 from models.preprocess import StandardiseConfig, StandardisedImage, standardise
 from models.registry import ModelManifest, bundle_descriptor_head, load_classifier, load_detector
-from models.onnx_runtime import detection_model
+from models.onnx_runtime import detection_model, release_memory
 from models.tiling import TilingSpec, native_scale
 from models.findings import breast_results, exam_result, image_decision, lesions_of_image
 from models.results import NOT_FOR_CLINICAL_USE, ImageResult, ModelInfo, StudyResult
@@ -208,6 +208,7 @@ class Pipeline:
         timings["standardise"] += time.perf_counter() - t
 
         detections = self.runner(tensors, timings=timings)
+        release_memory(self.detection_model)  # the arena of the tiles' runs is not needed by the rest of the study
 
         sppnet_probs: list[float | None] = [None] * len(images)
         if self.sppnet is not None:

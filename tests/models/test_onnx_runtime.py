@@ -209,3 +209,57 @@ def test_evaluate_runs_the_runtime_of_the_settings_or_the_flag_and_records_it(ti
     monkeypatch.setenv("MCCAD_DETECTOR_RUNTIME", "eager")
     assert used("setting") == "eager"
     assert used("flag", "--runtime", "onnxruntime") == "onnxruntime"  # the flag wins over the setting
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+@needs_ort
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the resident set from /proc")
+def test_release_memory_hands_the_arena_of_a_tile_batch_back_and_changes_no_box() -> None:
+    """The shipped detector's twin after a batch of two 512 px tiles (the arena of that run is held, a few hundred
+    MiB): ``release_memory`` hands most of it back, and the same batch then gives the same boxes; an eager model has
+    no arena and nothing is done."""
+    from models.detector import detect
+    from models.onnx_runtime import release_memory
+    from models.registry import load_detector
+    from models.tiling import native_scale
+
+    model, config, _ = load_detector(SHIPPED / "detector", device="cpu")
+    twin, used = detection_model(model, "onnxruntime", "cpu")
+    assert used == "onnxruntime"
+    generator = torch.Generator().manual_seed(11)
+    tiles = [torch.rand(1, 512, 512, generator=generator) for _ in range(2)]
+    with native_scale(twin, 512, 512):
+        before = detect(twin, tiles, config)
+        held = _resident_mib()
+        assert release_memory(twin) is True
+        released = held - _resident_mib()
+        after = detect(twin, tiles, config)
+    assert released >= 64, f"only {released:.0f} MiB handed back"
+    for a, b in zip(before, after, strict=True):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+    assert release_memory(model) is False
+
+
+@needs_ort
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the resident set from /proc")
+def test_the_pipeline_hands_the_arena_back_after_detection() -> None:
+    """After ``Pipeline.analyze`` of a 1024 px image (8 tiles of 512 px in ONNX Runtime) the sessions' arena has
+    already been handed back: releasing it again frees next to nothing (without the pipeline's release it frees the
+    few hundred MiB of the test above)."""
+    from models.onnx_runtime import release_memory
+    from models.pipeline import Pipeline
+    from models.types import ImageMeta, MammogramImage
+
+    pipeline = Pipeline.from_model_dir(SHIPPED, device="cpu", explain=False, runtime="onnxruntime")
+    pixels = torch.rand(1024, 1024, generator=torch.Generator().manual_seed(5)).numpy() * 0.6 + 0.2
+    meta = ImageMeta(sop_instance_uid="1.2.3.4", sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
+                     study_instance_uid="1.2.3", series_instance_uid="1.2.3.1", exam_key="e", rows=1024, columns=1024,
+                     laterality="L", view="CC", pixel_spacing_mm=(0.1, 0.1))
+    pipeline.analyze([MammogramImage(pixels=pixels, meta=meta)])
+    held = _resident_mib()
+    release_memory(pipeline.detection_model)
+    assert held - _resident_mib() < 32
