@@ -1,9 +1,10 @@
 """All DICOM result objects of one exam, built and written in one place (the worker sends what this writes).
 
 Per study: one TID 1500 SR (``sr-tid1500``) and one Mammography CAD SR (``sr-mammo-cad``). Per source image: one
-GSPS (``gsps``) and, when a heatmap exists for it, one fractional SEG (``seg-heatmap``). Every UID is derived from
-the study, the model versions, the kind and the source image (``result_identity.output_uids``), and the file name
-from the SOP Instance UID, so writing the same result twice replaces the same files with objects of the same UIDs.
+GSPS (``gsps``) and, when a heatmap exists for it, one SEG of its activation bands (``seg-heatmap``). Every UID is
+derived from the study, the model versions, the kind and the source image (``result_identity.output_uids``), and
+the file name from the SOP Instance UID, so writing the same result twice replaces the same files with objects of
+the same UIDs.
 
 Exams that span studies (a site that stores each view as its own study, as CBIS-DDSM does): every object belongs
 to exactly one study and one series of that study. A SEG or GSPS goes into the study of the image it is drawn on;

@@ -281,21 +281,25 @@ def read_cad_report(ds: Dataset) -> CadReport:
 @dataclass
 class HeatmapSegmentation:
     source_sop_instance_uid: str
-    segment_label: str
-    heatmap: np.ndarray  # float32 in [0, 1], the source's (rows, columns)
+    segment_labels: dict[int, str]  # segment number -> label, e.g. {3: "malignancy activation 0.75-1.00"}
+    bands: np.ndarray  # uint8, the source's (rows, columns): the segment number of each pixel, 0 for none
 
 
 @_damage_is_read_error
 def read_heatmap_segmentation(ds: Dataset) -> HeatmapSegmentation:
-    """The heatmap of an mccad fractional SEG, scaled back to [0, 1] (quantisation step 1 / Max Fractional Value)."""
-    if str(ds.get("SOPClassUID", "")) != SEGMENTATION or ds.get("SegmentationType") != "FRACTIONAL":
-        raise ResultReadError("not a fractional Segmentation")
+    """The activation bands of an mccad binary SEG: each frame's pixels get the number of the segment that frame
+    belongs to (Segment Identification of the frame's functional groups). The bands do not overlap, so the result
+    is exact; a SEG of another type is a ``ResultReadError``."""
+    if str(ds.get("SOPClassUID", "")) != SEGMENTATION or ds.get("SegmentationType") != "BINARY":
+        raise ResultReadError("not a binary Segmentation")
     frames = ds.pixel_array
-    frame = frames if frames.ndim == 2 else frames[0]
+    frames = frames[np.newaxis] if frames.ndim == 2 else frames
+    bands = np.zeros(frames.shape[1:], np.uint8)
+    for frame, groups in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        bands[frame != 0] = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
     source = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
-    return HeatmapSegmentation(source_sop_instance_uid=str(source),
-                               segment_label=str(ds.SegmentSequence[0].SegmentLabel),
-                               heatmap=frame.astype(np.float32) / float(ds.MaximumFractionalValue))
+    return HeatmapSegmentation(source_sop_instance_uid=str(source), bands=bands,
+                               segment_labels={int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence})
 
 
 @dataclass

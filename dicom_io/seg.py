@@ -1,9 +1,16 @@
-"""Heatmap of one image as a fractional DICOM Segmentation (PS3.3 A.51, C.8.20; highdicom ``seg``).
+"""Heatmap of one image as a binary DICOM Segmentation of activation bands (PS3.3 A.51, C.8.20; highdicom ``seg``).
 
-One segment, "malignancy activation" (category SCT "Morphologically abnormal structure", type SCT "Calcification
-of breast"), FRACTIONAL type PROBABILITY with 8-bit values (0..255 for [0, 1], quantisation step 1/255), on the
-source image's pixel grid and, when the source has one, its Frame of Reference (highdicom copies it). Large images
-use RLE Lossless (PS3.5 Annex G), which every DICOM toolkit and Orthanc decode; small ones stay uncompressed.
+The malignancy activation map (float in [0, 1]) is cut at ``BAND_EDGES`` into non-overlapping bands, one BINARY
+segment each (category SCT "Morphologically abnormal structure", type SCT "Calcification of breast"): segment ``k``
+holds the pixels whose activation lies in [``BAND_EDGES[k-1]``, ``BAND_EDGES[k]``), the last band reaching 1. Each
+segment has its own label ("malignancy activation 0.50-0.75") and Recommended Display CIELab Value (yellow, orange,
+red), so a viewer draws the map as coloured bands and lists them. Pixels below the first edge belong to no segment.
+Binary rather than fractional because viewers that overlay SEG as label maps (OHIF 3 / Cornerstone3D) refuse
+fractional segmentations with more than two distinct values.
+
+The SEG lies on the source image's pixel grid, in its Frame of Reference when it has one (highdicom copies it), with
+one frame per segment (empty ones kept, so frame ``k`` is segment ``k``), 1 bit per pixel, uncompressed: the
+encoding every DICOM toolkit and viewer decodes.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io.result_identity import (MANUFACTURER, MODEL_NAME, DEVICE_SERIAL, SERIES_NUMBERS, ResultObjectError,
                                       algorithm_identification_sequence, check_source_matches, output_uids,
@@ -22,52 +29,73 @@ from models.results import ImageResult, StudyResult
 
 KIND = "seg-heatmap"
 SEGMENT_LABEL = "malignancy activation"
-MAX_FRACTIONAL_VALUE = 255
-COMPRESS_ABOVE_PIXELS = 512 * 512
+#: Lower edge of each band (segment 1, 2, 3); a band ends where the next begins, the last one at 1.
+BAND_EDGES = (0.25, 0.5, 0.75)
+#: Recommended Display CIELab of each band: yellow, orange, red (CIE L*a*b*, D65).
+BAND_COLOURS = ((97.1, -21.6, 94.5), (74.9, 23.9, 78.9), (53.2, 80.1, 67.2))
+#: Rows of the map turned into band numbers at a time: a 64 Mpx map is never copied whole as floats.
+ROWS_PER_BLOCK = 256
 
 
-def heatmap_transfer_syntax(rows: int, columns: int) -> str:
-    return RLELossless if rows * columns > COMPRESS_ABOVE_PIXELS else ExplicitVRLittleEndian
+def band_label(band: int) -> str:
+    """The Segment Label of band ``band`` (1-based), e.g. "malignancy activation 0.50-0.75"."""
+    upper = BAND_EDGES[band] if band < len(BAND_EDGES) else 1.0
+    return f"{SEGMENT_LABEL} {BAND_EDGES[band - 1]:.2f}-{upper:.2f}"
+
+
+def activation_bands(heatmap: np.ndarray) -> np.ndarray:
+    """uint8 band number (0 below the first edge, ``k`` in band ``k``) of every pixel of ``heatmap``.
+
+    Values above 1 fall in the last band and negative ones in none, so nothing needs clipping; made by blocks of
+    ``ROWS_PER_BLOCK`` rows, so the only whole-image array is the uint8 result."""
+    bands = np.empty(heatmap.shape, np.uint8)
+    edges = np.asarray(BAND_EDGES, dtype=np.float32)
+    for start in range(0, heatmap.shape[0], ROWS_PER_BLOCK):
+        block = heatmap[start:start + ROWS_PER_BLOCK]
+        bands[start:start + ROWS_PER_BLOCK] = np.searchsorted(edges, block, side="right")
+    return bands
 
 
 def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: Dataset,
                                heatmap: np.ndarray) -> hd.seg.Segmentation:
-    """The SEG of ``heatmap`` (float in [0, 1], shape = the source's (rows, columns))."""
+    """The SEG of ``heatmap`` (float in [0, 1], shape = the source's (rows, columns)); NaN or infinite values, or a
+    map of another shape, are a ``ResultObjectError``."""
     check_source_matches(image, source)
-    heat = np.asarray(heatmap, dtype=np.float32)
+    heat = np.asarray(heatmap)
     if heat.shape != (image.rows, image.columns):
         raise ResultObjectError(f"heatmap of image {image.sop_instance_uid[-12:]} has shape {heat.shape}, "
                                 f"expected ({image.rows}, {image.columns})")
     lowest, highest = float(heat.min()), float(heat.max())  # NaN and infinities show in these, without a mask
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ResultObjectError(f"heatmap of image {image.sop_instance_uid[-12:]} holds NaN or infinite values")
-    if lowest < 0.0 or highest > 1.0:  # a copy only when there is something to clip (a 64 Mpx map is 256 MiB)
-        heat = np.clip(heat, 0.0, 1.0)
     series_uid, sop_uid = output_uids(result, KIND, image.sop_instance_uid, image.study_instance_uid)
-    segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=SEGMENT_LABEL,
+    segments = [hd.seg.SegmentDescription(
+        segment_number=band, segment_label=band_label(band),
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.CalcificationOfBreast,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm_identification_sequence(result))
+        algorithm_identification=algorithm_identification_sequence(result),
+        display_color=hd.color.CIELabColor(*BAND_COLOURS[band - 1]))
+        for band in range(1, len(BAND_EDGES) + 1)]
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=heat[np.newaxis],
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[segment], series_instance_uid=series_uid, series_number=SERIES_NUMBERS[KIND],
+        source_images=[source], pixel_array=activation_bands(heat),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments, series_instance_uid=series_uid, series_number=SERIES_NUMBERS[KIND],
         sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=software_versions(result), device_serial_number=DEVICE_SERIAL,
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=MAX_FRACTIONAL_VALUE, content_label="MCCAD_HEATMAP",
+        content_label="MCCAD_HEATMAP",
         content_description=(result.warnings[0] if result.warnings else "mccad malignancy activation")[:64],
-        transfer_syntax_uid=heatmap_transfer_syntax(image.rows, image.columns), omit_empty_frames=False,
+        transfer_syntax_uid=ExplicitVRLittleEndian, omit_empty_frames=False,
         series_description="mccad malignancy activation (SEG)")
     _fit_projection_image(seg, source)
     return seg
-
-
 #: Slice Thickness (mm) of a projection image's SEG when the source states no Body Part Thickness: a projection has
 #: no slice, and Pixel Measures (which viewers such as OHIF need to place the frame) cannot go without one.
 NOMINAL_PROJECTION_THICKNESS_MM = 1.0
+#: Plane Orientation (Patient) of a projection image's SEG when the source states no Image Orientation (Patient):
+#: rows along the first axis and columns along the second of the source's frame, which is what viewers take such a
+#: source's orientation to be (Cornerstone3D's image plane defaults).
+NOMINAL_PROJECTION_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
@@ -77,9 +105,12 @@ def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
       Spacing, else its Imager Pixel Spacing; Slice Thickness from the source when it has one, else its Body Part
       Thickness (the compressed breast the projection integrates over), else ``NOMINAL_PROJECTION_THICKNESS_MM``.
       A source that states no spacing at all gets no macro (nothing true could be said).
-    * Plane Position / Orientation (Patient) are highdicom's, present exactly when the source has Image Position /
-      Orientation (Patient); a projection mammogram usually has neither, and then Patient Orientation (PS3.3
-      C.7.6.1, type 2C) is copied from the source, or left empty when the source has none.
+    * Plane Position / Orientation (Patient) are highdicom's, from the source's Image Position / Orientation
+      (Patient), when it has them. A projection mammogram usually has neither: then Patient Orientation (PS3.3
+      C.7.6.1, type 2C) is copied from the source (empty when the source has none), and Plane Orientation (Patient)
+      is ``NOMINAL_PROJECTION_ORIENTATION``, because OHIF's SEG loader refuses a SEG without one and compares it with
+      the orientation it assumes for the source; the frames are matched to the source by SOP Instance UID
+      (Derivation Image), never by position, so no Plane Position is invented.
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
     spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
@@ -93,3 +124,6 @@ def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
         del shared.PixelMeasuresSequence
     if "ImageOrientationPatient" not in source and "PlaneOrientationSequence" not in shared:
         seg.PatientOrientation = source.get("PatientOrientation") or None
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = list(NOMINAL_PROJECTION_ORIENTATION)
+        shared.PlaneOrientationSequence = [orientation]

@@ -6,7 +6,6 @@ import io
 
 import pydicom
 import pytest
-from pydicom.uid import RLELossless
 from pynetdicom import AE
 
 from dicom_io.outputs import write_result_objects
@@ -37,16 +36,17 @@ def _without_file_meta(raw: bytes) -> pydicom.Dataset:
 
 
 def test_orthanc_stores_every_object_unchanged(tmp_path):
-    # The third image is large enough for an RLE-compressed SEG; the second has no heatmap, hence no SEG.
+    # The third image has an odd pixel count, so its SEG's 1-bit frames share bytes (PS3.5 8.1.1: frames are packed
+    # one after the other); the second has no heatmap, hence no SEG.
     sources = [make_source(1, "L", "CC"), make_source(2, "R", "MLO"),
-               make_source(3, "R", "CC", rows=640, columns=480, with_pixels=False)]
+               make_source(3, "R", "CC", rows=641, columns=479, with_pixels=False)]
     result = make_result(sources)
     heads = {s.SOPInstanceUID: header_only(s) for s in sources}
-    heatmaps = {sources[0].SOPInstanceUID: make_heatmap(), sources[2].SOPInstanceUID: make_heatmap(640, 480)}
+    heatmaps = {sources[0].SOPInstanceUID: make_heatmap(), sources[2].SOPInstanceUID: make_heatmap(641, 479)}
     objects = write_result_objects(result, heads, heatmaps, tmp_path / "out")
     assert sorted(o.kind for o in objects) == ["gsps"] * 3 + ["seg-heatmap"] * 2 + ["sr-mammo-cad", "sr-tid1500"]
-    syntaxes = {str(pydicom.dcmread(o.path, stop_before_pixels=True).file_meta.TransferSyntaxUID) for o in objects}
-    assert RLELossless in syntaxes
+    segs = [pydicom.dcmread(o.path, stop_before_pixels=True) for o in objects if o.kind == "seg-heatmap"]
+    assert {(ds.SegmentationType, ds.BitsAllocated) for ds in segs} == {("BINARY", 1)}
     peer = OrthancPeer(tmp_path / "orthanc").start()
     try:
         assert _send(objects, peer.dicom_port) == [0x0000] * len(objects)

