@@ -258,10 +258,12 @@ def _summary(metrics: dict, comparison: dict | None) -> dict:
         if key in metrics.get("subgroups", {}):
             printed[f"clusters_found_{key}"] = {name: f"{g['found']['operating_point']}/{g['clusters']}"
                                                 for name, g in metrics["subgroups"][key].items()}
-    by_spacing = metrics.get("subgroups", {}).get("by_pixel_spacing", {})
-    if len(by_spacing) > 1:  # a set made at several pitches: the figures per acquisition
-        printed["froc_sensitivity_by_pixel_spacing"] = {name: row["sensitivity_at_fp_per_image"]
-                                                        for name, row in by_spacing.items()}
+    # a set made at several pitches or acquisition sources (film, digital): the figures per acquisition
+    for key in ("by_pixel_spacing", "by_acquisition", "by_pixel_spacing_and_acquisition"):
+        groups = metrics.get("subgroups", {}).get(key, {})
+        if len(groups) > 1:
+            printed[f"froc_sensitivity_{key}"] = {name: row["sensitivity_at_fp_per_image"]
+                                                  for name, row in groups.items()}
     return printed
 
 

@@ -18,6 +18,12 @@ on a real image, possibly a real finding the simulated truth does not annotate. 
 the operating point, on whole images (a crop's frame is not its background's); this states where the false
 positives are, it does not decide what they are.
 
+Acquisition: a set made with an image-formation stage (``mccad simulate --acquisition film|digital|mixed``,
+``training.simulate.formation``) records each image's source (``acquisition``); FROC is then also given per source
+(``by_acquisition``) and per pitch and source together (``by_pixel_spacing_and_acquisition``), and false positives
+that fall on a film's scanner artefact (a dust speck or a scratch, recorded in ``artefacts``) are counted per
+artefact kind (``false_positives_on_artefacts``): whether the detector takes dust for calcifications.
+
 Faintness: sets written since ``simulated.json`` records each background's pixel noise (``noise_sigma``) get clusters
 found by contrast-to-noise ratio (peak added contrast / noise, ``CNR_BINS``), which separates "too faint to see" from
 "visible but missed".
@@ -114,6 +120,36 @@ def _found_by_contrast_to_noise(records: Sequence[dict[str, Any]],
     return {name: scores for name, scores in grouped.items() if scores}
 
 
+def _acquisition_breakdown(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dict[str, Any]],
+                            hit_iou: float, thresholds: dict[str, float | None]) -> dict[str, Any]:
+    """FROC per acquisition source and per pitch and source, and false positives on artefacts by kind, when any
+    image records its ``acquisition`` (images without one count as ``none``); empty otherwise."""
+    rows = [records[s.image_id] for s, _ in pairs]
+    if not any(r.get("acquisition") for r in rows):
+        return {}
+    sources = [str(r.get("acquisition") or "none") for r in rows]
+    pitches = [f"{float(r.get('spacing_mm', 0.1)):g} mm" for r in rows]
+    on_artefacts: dict[str, list[float]] = defaultdict(list)
+    for (sample, pred), record in zip(pairs, rows, strict=True):
+        artefacts = record.get("artefacts") or []
+        if not artefacts:
+            continue
+        scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
+        _, false = hit_scores(sample.boxes, pred.boxes, scores, hit_iou)
+        boxes = np.asarray(pred.boxes, dtype=np.float64).reshape(-1, 4)[false]
+        for box, score in zip(boxes, scores[false], strict=True):
+            cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+            kinds = {a["kind"] for a in artefacts
+                     if a["box"][0] <= cx < a["box"][2] and a["box"][1] <= cy < a["box"][3]}
+            for kind in kinds:
+                on_artefacts[kind].append(float(score))
+    return {"by_acquisition": _froc_by(pairs, sources, hit_iou),
+            "by_pixel_spacing_and_acquisition": _froc_by(pairs, [f"{p} {a}" for p, a in zip(pitches, sources,
+                                                                                              strict=True)], hit_iou),
+            "false_positives_on_artefacts": {kind: _counts(scores, thresholds)
+                                             for kind, scores in sorted(on_artefacts.items())}}
+
+
 def recurring_false_positives(places: Sequence[tuple[int, np.ndarray, float]]) -> int:
     """How many of the false positives (``places``: image number, unflipped centres, pixel spacing in mm; all of
     one background) lie within ``RECUR_MM`` of a false positive on another image."""
@@ -182,5 +218,6 @@ def subgroup_metrics(pairs: Sequence[tuple[Sample, Any]], records: dict[str, dic
             "by_pattern": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
                            for name, scores in sorted(patterns.items())},
             "false_positives_by_background": false_positives,
+            **_acquisition_breakdown(pairs, records, hit_iou, thresholds),
             **({"by_contrast_to_noise": {name: {"clusters": len(scores), "found": _counts(scores, thresholds)}
                                          for name, scores in by_cnr.items()}} if by_cnr else {})}
