@@ -93,6 +93,23 @@ def test_the_gpu_recipe_stops_before_training_when_the_data_leaves_no_time(tmp_p
     assert not (tmp_path / "work" / "sim-detector-lite0-gpu-min3-ft").exists()
 
 
+def test_the_gpu_recipe_draws_its_data_at_the_pitches_and_acquisition_it_is_given(tmp_path, kit):
+    """SPACING and ACQUISITION reach ``mccad simulate`` for the training and validation data (the deadline stops it
+    before training); unset, the data carry no acquisition."""
+    kit, _ = kit
+    env = dict(os.environ, KIT=str(kit), OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), N_TRAIN="4",
+               N_VAL="1", WORKERS="1", CONFIGS="training/experiments/sim-detector-lite0-gpu-min3-ft.toml",
+               DEADLINE="1", SPACING="0.1,0.2", ACQUISITION="mixed",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["bash", str(REPO / "training/recipes/gpu-detector.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    for part in ("train", "val"):
+        made = json.loads((tmp_path / "work" / part / "simulated.json").read_text())
+        assert made["acquisition"] == "mixed" and made["spacing_mm"] == [0.1, 0.2]
+        assert {r["acquisition"] for r in made["images"]} <= {"film", "digital"}
+
+
 def test_block_average_means_whole_blocks_in_the_stored_type():
     from training.recipes.make_gpu_kit import block_average
 

@@ -26,7 +26,9 @@
 # candidate's call took 582 of its 600 s); MIN_CALCS the
 # fewest calcifications of an annotated cluster (default 3, `mccad simulate --min-calcifications`; 1 makes 0.4.0's
 # data again); MIN_VISIBLE the fewest of them standing out of the breast's texture (default 3, `mccad simulate
-# --min-visible`; 0 makes the data of 0.4.0 and of the 0.5.0 candidate again).
+# --min-visible`; 0 makes the data of 0.4.0 and of the 0.5.0 candidate again); SPACING the pitch(es) in mm the
+# images are drawn at, comma separated (default 0.1, `mccad simulate --spacing`); ACQUISITION film, digital or mixed
+# gives every image that source's image formation (`mccad simulate --acquisition`; unset: none, the data as before).
 set -euo pipefail
 
 KIT=${KIT:-.gpu}
@@ -43,6 +45,8 @@ SITE=${SITE:-/tmp/mccad-site}
 MIN_CALCS=${MIN_CALCS:-3}
 MIN_VISIBLE=${MIN_VISIBLE:-3}
 DEADLINE=${DEADLINE:-}
+SPACING=${SPACING:-0.1}
+ACQUISITION=${ACQUISITION:-}
 EXPORT_RESERVE=${EXPORT_RESERVE:-40}
 
 mkdir -p "$OUT" "$WORK"
@@ -55,13 +59,13 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
 start=$SECONDS
-mccad simulate --out "$WORK/train" --images "$N_TRAIN" --crop 256 --spacing 0.1 --seed 31 \
+mccad simulate --out "$WORK/train" --images "$N_TRAIN" --crop 256 --spacing "$SPACING" --seed 31 \
     --backgrounds "$KIT/bg-train" --distractors 0-2 --min-calcifications "$MIN_CALCS" \
-    --min-visible "$MIN_VISIBLE" --workers "$WORKERS" > /dev/null
+    --min-visible "$MIN_VISIBLE" --workers "$WORKERS" ${ACQUISITION:+--acquisition "$ACQUISITION"} > /dev/null
 train_s=$((SECONDS - start))
-mccad simulate --out "$WORK/val" --images "$N_VAL" --spacing 0.1 --seed 32 \
+mccad simulate --out "$WORK/val" --images "$N_VAL" --spacing "$SPACING" --seed 32 \
     --backgrounds "$KIT/bg-val" --distractors 0-2 --min-calcifications "$MIN_CALCS" \
-    --min-visible "$MIN_VISIBLE" --workers "$WORKERS" > /dev/null
+    --min-visible "$MIN_VISIBLE" --workers "$WORKERS" ${ACQUISITION:+--acquisition "$ACQUISITION"} > /dev/null
 if [ -n "$DEADLINE" ]; then
     left=$((DEADLINE - SECONDS - EXPORT_RESERVE))
     if [ "$left" -lt "$TRAIN_TIMEOUT" ]; then TRAIN_TIMEOUT=$left; fi
