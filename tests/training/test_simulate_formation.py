@@ -183,7 +183,7 @@ def test_mccad_simulate_takes_the_acquisition_and_refuses_an_unknown_one(tmp_pat
 
     out = tmp_path / "sim"
     assert main(["simulate", "--out", str(out), "--images", "2", "--sources", "phantom", "--spacing", "0.2",
-                 "--crop", "64", "--source", "digital"]) == 0
+                 "--crop", "64", "--acquisition", "digital"]) == 0
     assert {r["acquisition"] for r in json.loads((out / "simulated.json").read_text())["images"]} == {"digital"}
     with pytest.raises(SystemExit):
         main(["simulate", "--out", str(out), "--acquisition", "xray"])
