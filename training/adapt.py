@@ -219,8 +219,8 @@ class CandidateReader:
     no cross-class suppression), loaded once; the runtime twin (``models.onnx_runtime``) is built at the first
     prediction that is not cached, so a resumed adaptation whose predictions are all on disk builds none."""
 
-    def __init__(self, model_dir: Path, runtime: str) -> None:
-        self.model_dir, self.runtime = Path(model_dir), runtime
+    def __init__(self, model_dir: Path, runtime: str, progress: bool = True) -> None:
+        self.model_dir, self.runtime, self.progress = Path(model_dir), runtime, progress
         self.loaded = load_model(self.model_dir, device="cpu")
         if self.loaded.kind != "detector":
             raise AdaptationError(f"{model_dir} is not a detector")
@@ -242,7 +242,7 @@ class CandidateReader:
         if not self._twin_built:
             self.loaded.model, _ = detection_model(self.loaded.model, self.runtime, "cpu")
             self._twin_built = True
-        preds = predict(self.loaded, samples, progress=True)
+        preds = predict(self.loaded, samples, progress=self.progress)
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_predictions(cache, preds, {**self.loaded.description,
                                          "operating_point": self.loaded.operating_point.__dict__})
@@ -259,6 +259,18 @@ def fine_tune(base: Path, train: Sequence[Sample], work: Path, settings: AdaptSe
     return run_dir
 
 
+def site_model_name(base_name: str) -> str:
+    """The name of a detector adapted from ``base_name``: the base's name with ``-site`` once (a bundle adapted again
+    keeps its name; its version says what it came from)."""
+    return base_name if base_name.endswith("-site") else f"{base_name}-site"
+
+
+def derived_version(base_version: str, tag: str) -> str:
+    """``base_version`` with ``tag`` as build metadata: ``0.6.2`` -> ``0.6.2+site``, and ``0.6.2+mias.2`` ->
+    ``0.6.2+mias.2.site`` (semantic versioning allows one ``+``; later identifiers join with dots)."""
+    return f"{base_version}.{tag}" if "+" in base_version else f"{base_version}+{tag}"
+
+
 def export_candidate(run_dir: Path, work: Path, base: Path) -> Path:
     """Candidate B as it would ship: the fine-tuning run's last epoch exported to a model folder
     (``work/candidate-B``) with the weights' shipping dtype, so that B is judged, and its operating point chosen, on
@@ -271,17 +283,18 @@ def export_candidate(run_dir: Path, work: Path, base: Path) -> Path:
     if manifest.is_file() and manifest.stat().st_mtime >= (run_dir / LAST_CHECKPOINT).stat().st_mtime:
         return folder
     base_manifest = load_manifest(base)
-    return export_run(run_dir, folder, name=f"{base_manifest.name}-site", version=f"{base_manifest.version}+candidate",
+    return export_run(run_dir, folder, name=site_model_name(base_manifest.name),
+                      version=derived_version(base_manifest.version, "candidate"),
                       training_data=f"fine-tuning run {run_dir.name} of {base_manifest.name} "
                                     f"{base_manifest.version}", synthetic_only=True, which="last")
 
 
 def judge(name: str, model: Path, normals: dict[str, list[Sample]], inserted: dict[str, list[Sample]], work: Path,
-          settings: AdaptSettings, runtime: str) -> dict[str, Any]:
+          settings: AdaptSettings, runtime: str, progress: bool = True) -> dict[str, Any]:
     """One candidate's figures: its operating point on the calibration normals, then clusters found at it on the
     calibration copies, and on the test women false positives per image (interval by woman), FROC and
     sensitivity at the operating point."""
-    reader = CandidateReader(model, runtime)
+    reader = CandidateReader(model, runtime, progress)
     op = reader.operating_point
     cache = work / "predictions" / name
     cal_normals = reader.predictions(normals["calibrate"], cache / "calibrate-normals.json")
@@ -340,13 +353,13 @@ def adapt(normals: Path, out: Path, base: Path, work: Path, settings: AdaptSetti
                 for name in ("calibrate", "test")}
     candidates: dict[str, dict[str, Any]] = {}
     say("candidate A: the base model, operating point on the calibration normals")
-    candidates["A"] = judge("A", base, parts, inserted, work, settings, runtime)
+    candidates["A"] = judge("A", base, parts, inserted, work, settings, runtime, progress)
     candidate_b = None
     if settings.fine_tune:
         train = simulate_part("adapt", parts["adapt"], work, pitch, settings, crops=True)
         say(f"candidate B: fine-tune on {len(train)} crops of the adapt women's films")
         candidate_b = export_candidate(fine_tune(base, train, work, settings, progress), work, base)
-        candidates["B"] = judge("B", candidate_b, parts, inserted, work, settings, runtime)
+        candidates["B"] = judge("B", candidate_b, parts, inserted, work, settings, runtime, progress)
     kept = choose(candidates)
     say(f"kept candidate {kept}; writing the bundle")
     report = {"command": command, "normals": str(normals), "base": str(base),  # as given: a card names no host path
@@ -367,7 +380,7 @@ def write_bundle(report: dict[str, Any], out: Path, base: Path, candidate_b: Pat
     kept = report["kept"]
     threshold = report["candidates"][kept]["score_thresh"]
     base_manifest = load_manifest(base)
-    new_version = version or f"{base_manifest.version}+site"
+    new_version = version or derived_version(base_manifest.version, "site")
     data = (f"site adaptation of {base_manifest.name} {base_manifest.version} to the normal films under "
             f"{report['normals']} ({report['split']['adapt']['images']} images of {report['split']['adapt']['women']} "
             "women with simulated clusters inserted)")
@@ -375,7 +388,7 @@ def write_bundle(report: dict[str, Any], out: Path, base: Path, candidate_b: Pat
     out.mkdir(parents=True, exist_ok=True)
     source = candidate_b if kept == "B" and candidate_b is not None else base
     reissue_model(source, target, {"thresholds.score_thresh": threshold}, version=new_version,
-                  name=f"{base_manifest.name}-site", training_data=data, synthetic_only=source != base)
+                  name=site_model_name(base_manifest.name), training_data=data, synthetic_only=source != base)
     (out / "adaptation.json").write_text(json.dumps(report, indent=1))
     with open(target / "MODEL_CARD.md", "a") as fh:
         fh.write("\n" + adaptation_card(report) + "\n")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.training.dicom_tree import write_dicom
-from training.adapt import AdaptSettings, AdaptationError, choose, load_split, sensitivity_at
+from training.adapt import (AdaptSettings, AdaptationError, choose, derived_version, load_split, sensitivity_at,
+                            site_model_name)
 from training.datasets.normals import read_normals_folder, split_women
 from training.datasets.samples import DatasetError, Lesion, Sample
 from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, evaluate, fp_interval_by_woman, fp_per_image,
@@ -160,7 +161,9 @@ def test_mccad_adapt_on_real_normal_films_writes_a_bundle_with_its_site_operatin
     code = main(["adapt", "--normals", str(normals), "--out", str(out), "--model", str(tiny_model_dir / "detector"),
                  "--no-fine-tune", "--target-fp", "1", "--workers", "1", "--no-progress", "--version", "0.0.1"])
     assert code == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "it/s" not in captured.err and "%|" not in captured.err  # --no-progress: no progress bar anywhere
+    printed = json.loads(captured.out)
     report = json.loads((out / "adaptation.json").read_text())
     assert printed["kept"] == report["kept"] == "A" and report["pitch_mm"] == pytest.approx(0.2)
     films = sum(1 for woman in normals.iterdir() for _ in woman.glob("*.dcm"))
@@ -240,3 +243,11 @@ def test_normals_of_a_public_dataset_are_its_images_without_any_finding(tmp_path
     assert {"s1img1", "s1img3", "s2img0", "s3img3"} <= ids and all(not s.lesions for s in normals)
     with pytest.raises(AdaptationError, match="not 'cmmd'"):
         read_normals(tmp_path / "vindr", "cmmd")
+
+
+def test_a_bundle_adapted_again_names_itself_once_and_keeps_a_valid_version():
+    assert site_model_name("mccad-sim-fpnnet-lite0") == "mccad-sim-fpnnet-lite0-site"
+    assert site_model_name("mccad-sim-fpnnet-lite0-site") == "mccad-sim-fpnnet-lite0-site"
+    assert derived_version("0.6.2", "site") == "0.6.2+site"
+    assert derived_version("0.6.2+mias.2", "site") == "0.6.2+mias.2.site"
+    assert derived_version("0.6.2+mias.2", "candidate").count("+") == 1
