@@ -28,3 +28,23 @@ def test_the_bound_is_60_s_and_2_gib() -> None:
     assert bound_met({"seconds": 59.0, "peak_rss_mib": 2000.0})
     assert not bound_met({"seconds": 61.0, "peak_rss_mib": 2000.0})
     assert not bound_met({"seconds": 30.0, "peak_rss_mib": 2100.0})
+
+
+@pytest.mark.slow
+def test_large_image_steps_quick_gives_each_step_its_cpu_seconds_and_peak_and_unwraps(tmp_path: Path) -> None:
+    import dicom_io.reader as reader
+    import models.pipeline as pipeline
+    from bench import large_image_steps
+
+    originals = (reader.read_mammogram, pipeline.detector_cam)
+    out = tmp_path / "steps.json"
+    assert large_image_steps.main(["--quick", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {row["step"]: row for row in doc["rows"]}
+    for step in ("read", "standardise", "detection + breast gate", "Grad-CAM", "pictures",
+                 "DICOM objects (SR, SEG, GSPS)"):
+        assert step in rows, step
+    assert rows["detection + breast gate"]["cpu_seconds"] > 0 and rows["Grad-CAM"]["cpu_seconds"] > 0
+    assert all(row["peak_rss_mib"] >= doc["resident_before_mib"] for row in rows.values() if row["peak_rss_mib"])
+    assert doc["total"]["side"] == 400 and doc["total"]["cpu_seconds"] > 0
+    assert (reader.read_mammogram, pipeline.detector_cam) == originals  # the run leaves the code as it found it
