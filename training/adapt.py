@@ -34,7 +34,8 @@ import numpy as np
 import pydicom
 
 from models.onnx_runtime import detection_model
-from models.registry import load_manifest
+from models.pipeline import BUNDLE_ROLES
+from models.registry import DESCRIPTOR_PART, load_manifest
 from training.datasets.normals import read_normals_folder, split_women
 from training.datasets.paper_csv import read_paper_dataset
 from training.datasets.readers import read_dataset
@@ -389,10 +390,26 @@ def write_bundle(report: dict[str, Any], out: Path, base: Path, candidate_b: Pat
     source = candidate_b if kept == "B" and candidate_b is not None else base
     reissue_model(source, target, {"thresholds.score_thresh": threshold}, version=new_version,
                   name=site_model_name(base_manifest.name), training_data=data, synthetic_only=source != base)
+    report["carried_parts"] = carry_bundle_parts(base, out)
     (out / "adaptation.json").write_text(json.dumps(report, indent=1))
     with open(target / "MODEL_CARD.md", "a") as fh:
         fh.write("\n" + adaptation_card(report) + "\n")
     return target
+
+
+def carry_bundle_parts(base: Path, out: Path) -> list[str]:
+    """Copy the other parts of the bundle ``base`` belongs to (when ``base`` is a bundle's ``detector/`` folder: its
+    image classifier, patch heads and descriptor head, each a model folder with a manifest) unchanged into ``out``,
+    so that the adapted bundle reports what the base bundle reports, only with the site's detector. Returns the
+    parts copied, in bundle order; none when ``base`` is a detector folder on its own."""
+    if base.name != "detector":
+        return []
+    carried = []
+    for part in (*BUNDLE_ROLES[1:], DESCRIPTOR_PART):
+        if (base.parent / part / "manifest.json").is_file():
+            shutil.copytree(base.parent / part, out / part)
+            carried.append(part)
+    return carried
 
 
 def adaptation_card(report: dict[str, Any]) -> str:

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="normals", choices=NORMAL_FORMATS,
                    help="how --normals is laid out: normals (default: a folder of DICOM normals, any layout) or "
                         "vindr_mammo (VinDr-Mammo as its publisher ships it: its images without any finding)")
-    p.add_argument("--out", type=Path, required=True, help="new model bundle folder (OUT/detector is written)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="new model bundle folder (OUT/detector is written; the base bundle's other parts are "
+                        "copied beside it)")
     p.add_argument("--model", type=Path, default=None,
                    help="base detector folder (default: the detector of the configured bundle, MCCAD_MODEL_DIR, "
                         "the shipped one unless set)")

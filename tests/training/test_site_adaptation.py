@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.training.dicom_tree import write_dicom
-from training.adapt import (AdaptSettings, AdaptationError, choose, derived_version, load_split, sensitivity_at,
-                            site_model_name)
+from training.adapt import (AdaptSettings, AdaptationError, carry_bundle_parts, choose, derived_version, load_split,
+                            sensitivity_at, site_model_name)
 from training.datasets.normals import read_normals_folder, split_women
 from training.datasets.samples import DatasetError, Lesion, Sample
 from training.evaluation.evaluate import (ImagePrediction, OperatingPoint, evaluate, fp_interval_by_woman, fp_per_image,
@@ -251,3 +251,19 @@ def test_a_bundle_adapted_again_names_itself_once_and_keeps_a_valid_version():
     assert derived_version("0.6.2", "site") == "0.6.2+site"
     assert derived_version("0.6.2+mias.2", "site") == "0.6.2+mias.2.site"
     assert derived_version("0.6.2+mias.2", "candidate").count("+") == 1
+
+
+def test_an_adapted_bundle_carries_the_base_bundles_other_parts(tmp_path):
+    base = tmp_path / "base"
+    for part in ("detector", "sppnet", "descriptors"):
+        (base / part).mkdir(parents=True)
+        (base / part / "manifest.json").write_text(f'{{"role": "{part}"}}')
+    (base / "er").mkdir()  # no manifest: not a model folder, not carried
+    out = tmp_path / "out"
+    out.mkdir()
+    assert carry_bundle_parts(base / "detector", out) == ["sppnet", "descriptors"]
+    assert json.loads((out / "descriptors" / "manifest.json").read_text()) == {"role": "descriptors"}
+    assert not (out / "detector").exists() and not (out / "er").exists()
+    lone = tmp_path / "lone-detector"
+    lone.mkdir()
+    assert carry_bundle_parts(lone, tmp_path / "elsewhere") == []
