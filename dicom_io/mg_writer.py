@@ -169,10 +169,11 @@ def build_mg_dataset(pixels: np.ndarray, spec: MGInstanceSpec) -> Dataset:
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
     ds.PresentationLUTShape = "IDENTITY"
-    # VOI LUT (C.11.2): the full 12-bit range
+    # VOI LUT (C.11.2): the full 12-bit range. VOI LUT Function (Type 3) is left out: absent means LINEAR
+    # (C.11.2.1.2), and OHIF 3.13's image loader keeps only the first character of a present one ("L"), which its
+    # renderer rejects, so a viewport or thumbnail showing the image fails
     ds.WindowCenter = "2048"
     ds.WindowWidth = "4096"
-    ds.VOILUTFunction = "LINEAR"
     ds.BreastImplantPresent = "NO"
     ds.OrganExposed = "BREAST"
     ds.AnatomicRegionSequence = Sequence([_code("76752008", "Breast")])

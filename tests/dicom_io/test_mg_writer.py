@@ -65,6 +65,14 @@ def test_written_instance_passes_dciodvfy_and_reads_back(tmp_path, laterality, v
     assert np.allclose(image.pixels, pixels / 4095.0, atol=1.0 / 4095)
 
 
+def test_the_window_is_linear_by_default_without_a_voi_lut_function_ohif_mishandles():
+    """The VOI LUT is a window over the 12-bit range whose function is LINEAR by its absence (PS3.3 C.11.2.1.2):
+    OHIF 3.13 turns a present VOI LUT Function into its first character and then cannot render the image."""
+    ds = build_mg_dataset(np.zeros((8, 8), dtype=np.uint16), make_spec())
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (2048.0, 4096.0)
+    assert "VOILUTFunction" not in ds
+
+
 def test_the_builder_refuses_what_cannot_be_a_valid_instance():
     pixels = np.zeros((8, 8), dtype=np.uint16)
     with pytest.raises(MGWriteError, match="12 bits"):
