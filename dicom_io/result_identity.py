@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from copy import copy as shallow_copy
 from importlib import metadata
 
 import highdicom as hd
@@ -189,6 +190,20 @@ def _fit_person_name(value: str) -> str:
     return "=".join(fitted)
 
 
+def copy_header(source: Dataset) -> Dataset:
+    """A copy of ``source`` (with its file meta) whose top-level attributes can be set and deleted without touching
+    the source.
+
+    Each top-level element is copied, its value shared (Pixel Data is not duplicated, and a sequence's items are the
+    source's: replace a sequence, never edit it in place). ``Dataset(source)`` would not do: it shares the source's
+    element dictionary, and pydicom sets an existing attribute by changing its element's value in place.
+    """
+    copy = Dataset({tag: shallow_copy(element) for tag, element in source.items()})
+    if hasattr(source, "file_meta"):
+        copy.file_meta = source.file_meta
+    return copy
+
+
 def fit_source_header(source: Dataset) -> Dataset:
     """A copy of a source header whose copied identity attributes are valid in our outputs.
 
@@ -199,9 +214,7 @@ def fit_source_header(source: Dataset) -> Dataset:
     is left out, and missing type 2 patient / study attributes are added empty (PS3.3 C.7.1.1, C.7.2.1).
     Everything else is copied unchanged.
     """
-    fitted = Dataset(source)
-    if hasattr(source, "file_meta"):
-        fitted.file_meta = source.file_meta
+    fitted = copy_header(source)
     for keyword in _TYPE2_IDENTITY:
         if keyword not in fitted:  # type 2 in the outputs: present, empty when the source does not know
             setattr(fitted, keyword, None)

@@ -23,8 +23,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io.result_identity import (MANUFACTURER, MODEL_NAME, DEVICE_SERIAL, SERIES_NUMBERS, ResultObjectError,
-                                      algorithm_identification_sequence, check_source_matches, output_uids,
-                                      software_versions)
+                                      algorithm_identification_sequence, check_source_matches, copy_header,
+                                      output_uids, software_versions)
 from models.results import ImageResult, StudyResult
 
 KIND = "seg-heatmap"
@@ -77,8 +77,9 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
         algorithm_identification=algorithm_identification_sequence(result),
         display_color=hd.color.CIELabColor(*BAND_COLOURS[band - 1]))
         for band in range(1, len(BAND_EDGES) + 1)]
+    geometry = _source_geometry(source)
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=activation_bands(heat),
+        source_images=[geometry], pixel_array=activation_bands(heat),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments, series_instance_uid=series_uid, series_number=SERIES_NUMBERS[KIND],
         sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
@@ -87,7 +88,7 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
         content_description=(result.warnings[0] if result.warnings else "mccad malignancy activation")[:64],
         transfer_syntax_uid=ExplicitVRLittleEndian, omit_empty_frames=False,
         series_description="mccad malignancy activation (SEG)")
-    _fit_projection_image(seg, source)
+    _fit_projection_image(seg, geometry)
     return seg
 #: Slice Thickness (mm) of a projection image's SEG when the source states no Body Part Thickness: a projection has
 #: no slice, and Pixel Measures (which viewers such as OHIF need to place the frame) cannot go without one.
@@ -98,6 +99,40 @@ NOMINAL_PROJECTION_THICKNESS_MM = 1.0
 NOMINAL_PROJECTION_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+def _pixel_spacing(source: Dataset) -> list[float] | None:
+    """The source's Pixel Spacing, else its Imager Pixel Spacing (row, column, mm); None when it states neither."""
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    return [float(v) for v in spacing] if spacing is not None and len(spacing) == 2 else None
+
+
+def _slice_thickness(source: Dataset) -> float:
+    """The source's Slice Thickness, else its Body Part Thickness, else ``NOMINAL_PROJECTION_THICKNESS_MM``."""
+    return float(source.get("SliceThickness") or source.get("BodyPartThickness") or NOMINAL_PROJECTION_THICKNESS_MM)
+
+
+def _source_geometry(source: Dataset) -> Dataset:
+    """The source header as highdicom is given it: a shallow copy whose patient geometry is complete or absent.
+
+    highdicom places a SEG in the patient coordinate system when the source has a Frame of Reference and Image
+    Position (Patient), and then reads its Image Orientation (Patient), Pixel Spacing and Slice Thickness as they
+    are. Mammograms state these partly (a position without a thickness is common), which would fail the SEG. So a
+    source with position, orientation and a spacing gets Pixel Spacing (from Imager Pixel Spacing when that is all
+    it has) and Slice Thickness (``_slice_thickness``) filled in; one with a position but no orientation or no
+    spacing is given without its position, and the SEG is matched to it by SOP Instance UID as for any projection
+    image. The source itself is left as it is; every UID and reference stays the source's.
+    """
+    copy = copy_header(source)
+    if "FrameOfReferenceUID" not in source or "ImagePositionPatient" not in source:
+        return copy
+    spacing = _pixel_spacing(source)
+    if "ImageOrientationPatient" not in source or spacing is None:
+        del copy.ImagePositionPatient
+        return copy
+    copy.PixelSpacing = spacing
+    copy.SliceThickness = _slice_thickness(source)
+    return copy
+
+
 def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
     """Adjust what highdicom derives for cross-sectional sources to a projection mammogram.
 
@@ -105,25 +140,26 @@ def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
       Spacing, else its Imager Pixel Spacing; Slice Thickness from the source when it has one, else its Body Part
       Thickness (the compressed breast the projection integrates over), else ``NOMINAL_PROJECTION_THICKNESS_MM``.
       A source that states no spacing at all gets no macro (nothing true could be said).
-    * Plane Position / Orientation (Patient) are highdicom's, from the source's Image Position / Orientation
-      (Patient), when it has them. A projection mammogram usually has neither: then Patient Orientation (PS3.3
-      C.7.6.1, type 2C) is copied from the source (empty when the source has none), and Plane Orientation (Patient)
-      is ``NOMINAL_PROJECTION_ORIENTATION``, because OHIF's SEG loader refuses a SEG without one and compares it with
-      the orientation it assumes for the source; the frames are matched to the source by SOP Instance UID
-      (Derivation Image), never by position, so no Plane Position is invented.
+    * Plane Position / Orientation (Patient) are highdicom's when the source's patient geometry is complete (see
+      ``_source_geometry``). Otherwise Plane Orientation (Patient), which OHIF's SEG loader refuses a SEG without
+      and compares with the orientation it assumes for the source, is the source's Image Orientation (Patient)
+      when it states one, else ``NOMINAL_PROJECTION_ORIENTATION`` with Patient Orientation (PS3.3 C.7.6.1, type 2C)
+      copied from the source (empty when the source has none); the frames are matched to the source by SOP
+      Instance UID (Derivation Image), never by position, so no Plane Position is invented.
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
-    if spacing is not None and len(spacing) == 2:
+    spacing = _pixel_spacing(source)
+    if spacing is not None:
         measures = shared.PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared else Dataset()
-        measures.PixelSpacing = [float(v) for v in spacing]
-        thickness = source.get("SliceThickness") or source.get("BodyPartThickness") or NOMINAL_PROJECTION_THICKNESS_MM
-        measures.SliceThickness = float(thickness)
+        measures.PixelSpacing = spacing
+        measures.SliceThickness = _slice_thickness(source)
         shared.PixelMeasuresSequence = [measures]
     elif "PixelMeasuresSequence" in shared and "SliceThickness" not in shared.PixelMeasuresSequence[0]:
         del shared.PixelMeasuresSequence
-    if "ImageOrientationPatient" not in source and "PlaneOrientationSequence" not in shared:
-        seg.PatientOrientation = source.get("PatientOrientation") or None
+    if "PlaneOrientationSequence" not in shared:
+        if "ImageOrientationPatient" not in source:
+            seg.PatientOrientation = source.get("PatientOrientation") or None
         orientation = Dataset()
-        orientation.ImageOrientationPatient = list(NOMINAL_PROJECTION_ORIENTATION)
+        orientation.ImageOrientationPatient = [
+            float(v) for v in source.get("ImageOrientationPatient") or NOMINAL_PROJECTION_ORIENTATION]
         shared.PlaneOrientationSequence = [orientation]

@@ -84,6 +84,42 @@ def test_source_with_patient_geometry_keeps_its_own(tmp_path):
     assert [float(v) for v in position] == [10.0, -20.0, 5.0]
 
 
+@pytest.mark.parametrize("stated", [("position", "orientation"), ("position", "orientation", "no spacing"),
+                                    ("orientation",), ("position",)],
+                         ids=["no slice thickness", "no pixel spacing", "orientation only", "position only"])
+def test_source_with_part_of_the_patient_geometry_still_gets_a_valid_seg(tmp_path, stated):
+    """Mammograms state the Image Plane module partly (a position without a Slice Thickness, an orientation without
+    a position): the SEG is still written, valid, with the source's own orientation where it states one, Pixel
+    Measures where it states a spacing, a position only with the whole geometry, and the exact bands."""
+    source = make_source(1, "L", "CC")
+    if "orientation" in stated:
+        source.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    if "position" in stated:
+        source.ImagePositionPatient = [10.0, -20.0, 5.0]
+    if "no spacing" in stated:
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            if keyword in source:
+                delattr(source, keyword)
+    assert "SliceThickness" not in source
+    header = header_only(source)
+    result = make_result([source])
+    heat = make_heatmap()
+    path = _write(build_heatmap_segmentation(result, result.images[0], header, heat), tmp_path / "s.dcm")
+    assert dciodvfy_problems(path) == []
+    # the caller's header is completed in a copy, never in place
+    assert "SliceThickness" not in header and ("ImagePositionPatient" in header) == ("position" in stated)
+    seg = pydicom.dcmread(path)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    assert orientation == ([0, 1, 0, 0, 0, -1] if "orientation" in stated else [1, 0, 0, 0, 1, 0])
+    assert ("PixelMeasuresSequence" in shared) == ("no spacing" not in stated)
+    positioned = "PlanePositionSequence" in seg.PerFrameFunctionalGroupsSequence[0]
+    assert positioned == (stated == ("position", "orientation"))
+    back = read_heatmap_segmentation(seg)
+    assert back.source_sop_instance_uid == source.SOPInstanceUID
+    assert np.array_equal(back.bands, _expected_bands(heat))
+
+
 def test_large_heatmap_is_banded_by_blocks_of_rows(tmp_path):
     """A map taller than one block of rows, with values outside [0, 1], and an odd pixel count (1-bit frames that
     share bytes): the bands are exact on every row."""
@@ -206,6 +242,9 @@ def test_hostile_headers_still_give_valid_objects(tmp_path):
         assert dciodvfy_problems(obj.path) == [], obj.kind
         ds = pydicom.dcmread(obj.path, stop_before_pixels=True)
         assert ds.PatientID == "PID-0001" and str(ds.PatientName).startswith("Ünïcødé^Ørjan^Ü")
+    # the headers given are fitted in copies: the caller's stay as they came
+    assert all(str(h.PatientName) == name and "PatientSex" not in heads[sources[0].SOPInstanceUID]
+               for h in heads.values())
 
 
 def test_invalid_patient_id_is_a_typed_error():
