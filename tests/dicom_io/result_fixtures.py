@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_io.result_identity import copy_header
 from models.descriptors import ClusterDescriptors
 from models.results import (NOT_FOR_CLINICAL_USE, BoxXYXY, BreastResult, ExamResult, ImageResult, LesionResult,
                             ModelInfo, StudyResult)
@@ -84,8 +84,7 @@ def make_source(index: int = 1, laterality: str | None = "L", view: str = "CC", 
 
 
 def header_only(ds: Dataset) -> Dataset:
-    copy = pydicom.Dataset(ds)
-    copy.file_meta = ds.file_meta
+    copy = copy_header(ds)
     if "PixelData" in copy:
         del copy.PixelData
     return copy
