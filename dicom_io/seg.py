@@ -93,6 +93,10 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
 #: Slice Thickness (mm) of a projection image's SEG when the source states no Body Part Thickness: a projection has
 #: no slice, and Pixel Measures (which viewers such as OHIF need to place the frame) cannot go without one.
 NOMINAL_PROJECTION_THICKNESS_MM = 1.0
+#: Pixel Spacing (mm) of the SEG of a source that states no spacing at all: the 1 mm viewers take for such an image
+#: (Cornerstone3D's default), so that the SEG lies on the image as the viewer shows it; OHIF 3.13's viewer fails on
+#: a SEG without Pixel Measures.
+NOMINAL_PIXEL_SPACING_MM = 1.0
 #: Plane Orientation (Patient) of a projection image's SEG when the source states no Image Orientation (Patient):
 #: rows along the first axis and columns along the second of the source's frame, which is what viewers take such a
 #: source's orientation to be (Cornerstone3D's image plane defaults).
@@ -136,10 +140,11 @@ def _source_geometry(source: Dataset) -> Dataset:
 def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
     """Adjust what highdicom derives for cross-sectional sources to a projection mammogram.
 
-    * Pixel Measures (PS3.3 C.7.6.16.2.1), which OHIF's SEG loader needs: Pixel Spacing from the source's Pixel
-      Spacing, else its Imager Pixel Spacing; Slice Thickness from the source when it has one, else its Body Part
-      Thickness (the compressed breast the projection integrates over), else ``NOMINAL_PROJECTION_THICKNESS_MM``.
-      A source that states no spacing at all gets no macro (nothing true could be said).
+    * Pixel Measures (PS3.3 C.7.6.16.2.1), without which OHIF's viewer fails on the SEG: Pixel Spacing from the
+      source's Pixel Spacing, else its Imager Pixel Spacing, else ``NOMINAL_PIXEL_SPACING_MM`` (what viewers take
+      for such a source; digitised film often states none); Slice Thickness from the source when it has one, else
+      its Body Part Thickness (the compressed breast the projection integrates over), else
+      ``NOMINAL_PROJECTION_THICKNESS_MM``.
     * Plane Position / Orientation (Patient) are highdicom's when the source's patient geometry is complete (see
       ``_source_geometry``). Otherwise Plane Orientation (Patient), which OHIF's SEG loader refuses a SEG without
       and compares with the orientation it assumes for the source, is the source's Image Orientation (Patient)
@@ -148,14 +153,10 @@ def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
       Instance UID (Derivation Image), never by position, so no Plane Position is invented.
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
-    spacing = _pixel_spacing(source)
-    if spacing is not None:
-        measures = shared.PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared else Dataset()
-        measures.PixelSpacing = spacing
-        measures.SliceThickness = _slice_thickness(source)
-        shared.PixelMeasuresSequence = [measures]
-    elif "PixelMeasuresSequence" in shared and "SliceThickness" not in shared.PixelMeasuresSequence[0]:
-        del shared.PixelMeasuresSequence
+    measures = shared.PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared else Dataset()
+    measures.PixelSpacing = _pixel_spacing(source) or [NOMINAL_PIXEL_SPACING_MM, NOMINAL_PIXEL_SPACING_MM]
+    measures.SliceThickness = _slice_thickness(source)
+    shared.PixelMeasuresSequence = [measures]
     if "PlaneOrientationSequence" not in shared:
         if "ImageOrientationPatient" not in source:
             seg.PatientOrientation = source.get("PatientOrientation") or None

@@ -112,7 +112,8 @@ def test_source_with_part_of_the_patient_geometry_still_gets_a_valid_seg(tmp_pat
     shared = seg.SharedFunctionalGroupsSequence[0]
     orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
     assert orientation == ([0, 1, 0, 0, 0, -1] if "orientation" in stated else [1, 0, 0, 0, 1, 0])
-    assert ("PixelMeasuresSequence" in shared) == ("no spacing" not in stated)
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    assert spacing == ([1.0, 1.0] if "no spacing" in stated else [0.1, 0.1])
     positioned = "PlanePositionSequence" in seg.PerFrameFunctionalGroupsSequence[0]
     assert positioned == (stated == ("position", "orientation"))
     back = read_heatmap_segmentation(seg)

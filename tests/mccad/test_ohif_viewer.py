@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,35 +137,87 @@ def _is_grey(rgb: list[int]) -> bool:
     return max(rgb) - min(rgb) < 30
 
 
+def _through_orthanc_and_mccad(orthanc: OrthancPeer, files: list[Path], tmp_path: Path):
+    """The study of ``files`` stored in Orthanc, read back over its REST API, analysed by the shipped model with its
+    explanation, and mccad's objects stored back: (analysis, outputs)."""
+    for path in files:
+        orthanc.upload(path)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for item in orthanc.instances():
+        (fetched / f"{item['ID']}.dcm").write_bytes(orthanc.instance_file(item["ID"]))
+    images = [read_mammogram(p) for p in sorted(fetched.glob("*.dcm"))]
+    pipeline = Pipeline.from_model_dir(default_model_dir(), device="cpu", explain=True)
+    analysis = pipeline.analyze(images)
+    outputs = write_study_outputs(analysis, images, tmp_path / "result")
+    for path in outputs.dicom_objects:
+        orthanc.upload(path)
+    return analysis, outputs
+
+
+def _heatmap_segs(paths: list[Path], result) -> tuple[str, dict[str, HeatmapSegmentation]]:
+    """The SEG series of the study and its SEGs by source SOP Instance UID (one per image of ``result``)."""
+    seg_files = [pydicom.dcmread(p) for p in paths if p.name.startswith("seg-heatmap")]
+    segs = {s.source_sop_instance_uid: s for s in map(read_heatmap_segmentation, seg_files)}
+    assert set(segs) == {image.sop_instance_uid for image in result.images}, "one SEG per image"
+    return seg_files[0].SeriesInstanceUID, segs  # one series holds the SEG of every image of the study
+
+
+@dataclass
+class SegOnScreen:
+    """What OHIF showed of a SEG series: whether its prompt was accepted, the band labels missing from the page,
+    the SOP Instance UID of the image in the viewport, and screen colours inside and outside that image's bands."""
+
+    accepted: bool
+    missing_labels: set[str]
+    shown_sop: str
+    hot_rgb: list
+    cold_rgb: list
+
+
+def _open_seg(driver, url: str, study_uid: str, seg_series: str, segs: dict[str, HeatmapSegmentation],
+              logs: list[str], screenshot: Path) -> SegOnScreen:
+    """Open the SEG series as the viewer's initial series, accept OHIF's prompt, open the segmentation panel, wait
+    for every band label, read the colours on screen and save a screenshot; the browser's log goes to ``logs``."""
+    labels = {label for s in segs.values() for label in s.segment_labels.values()}
+    driver.get(f"{url}/viewer?StudyInstanceUIDs={study_uid}&initialSeriesInstanceUID={seg_series}")
+    _wait_for(driver, {SEG_PROMPT}, 60, logs)
+    accepted = _click_button(driver, "Yes")
+    driver.execute_script("document.querySelector('[data-cy=panelSegmentation-btn]')?.click()")
+    missing = _wait_for(driver, labels, 60, logs)
+    for button in ("Skip all", "Confirm and hide"):
+        _click_button(driver, button)
+    time.sleep(2)
+    # a viewer that failed has no viewport to look at: the missing labels and the logged errors say so
+    shown_sop, hot_rgb, cold_rgb = _seg_colours_on_screen(driver, segs) if not missing else ("", [], [])
+    driver.save_screenshot(str(screenshot))
+    logs.extend(entry["message"] for entry in driver.get_log("browser"))
+    return SegOnScreen(accepted, missing, shown_sop, hot_rgb, cold_rgb)
+
+
+def _assert_seg_shown(seg: SegOnScreen, segs: dict[str, HeatmapSegmentation], errors: list[str]) -> None:
+    """The SEG loaded (its bands listed by label) on one of our images, coloured where that image's SEG is hot and
+    grey where it is cold."""
+    assert seg.accepted and not seg.missing_labels, (seg.missing_labels, errors)
+    assert seg.shown_sop in segs, (seg.shown_sop, errors)
+    assert seg.hot_rgb and seg.cold_rgb, "the map has a hot and a cold region wide enough to look at"
+    assert all(_is_seg_colour(c) for c in seg.hot_rgb), seg.hot_rgb
+    assert all(_is_grey(c) for c in seg.cold_rgb), seg.cold_rgb
+
+
 @pytest.mark.slow
 def test_ohif_draws_our_lesions_on_their_images(tmp_path):
     dist = install_ohif()
     synth = tmp_path / "synth"
     write_synthetic_dataset(synth, 1, seed=3)
     with OrthancPeer(tmp_path / "orthanc", dicomweb=True) as orthanc:
-        for path in sorted(synth.rglob("*.dcm"))[:2]:
-            orthanc.upload(path)
-        # mccad reads what the PACS holds, analyses it and stores its objects back into the PACS
-        fetched = tmp_path / "fetched"
-        fetched.mkdir()
-        for item in orthanc.instances():
-            (fetched / f"{item['ID']}.dcm").write_bytes(orthanc.instance_file(item["ID"]))
-        images = [read_mammogram(p) for p in sorted(fetched.glob("*.dcm"))]
-        pipeline = Pipeline.from_model_dir(default_model_dir(), device="cpu", explain=True)
-        analysis = pipeline.analyze(images)
-        outputs = write_study_outputs(analysis, images, tmp_path / "result")
-        for path in outputs.dicom_objects:
-            orthanc.upload(path)
+        analysis, outputs = _through_orthanc_and_mccad(orthanc, sorted(synth.rglob("*.dcm"))[:2], tmp_path)
         result = analysis.result
         lesions = [(image, lesion) for image in result.images for lesion in image.lesions]
         assert lesions, "the shipped model finds the synthetic clusters"
         sr = next(p for p in outputs.dicom_objects if p.name.startswith("sr-tid1500"))
         sr_series = pydicom.dcmread(sr, stop_before_pixels=True).SeriesInstanceUID
-        seg_files = [pydicom.dcmread(p) for p in outputs.dicom_objects if p.name.startswith("seg-heatmap")]
-        segs = {s.source_sop_instance_uid: s for s in map(read_heatmap_segmentation, seg_files)}
-        assert set(segs) == {image.sop_instance_uid for image in result.images}, "one SEG per image"
-        seg_series = seg_files[0].SeriesInstanceUID  # one series holds the SEG of every image of the study
-        seg_labels = {label for s in segs.values() for label in s.segment_labels.values()}
+        seg_series, segs = _heatmap_segs(outputs.dicom_objects, result)
 
         with OhifServer(orthanc.url, dist) as server:
             driver = _browser()
@@ -193,18 +246,8 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
                 driver.save_screenshot(str(screenshot))
                 logs.extend(entry["message"] for entry in driver.get_log("browser"))
                 # the heatmap SEG series, opened in the same browser: OHIF asks, then overlays a SEG on its image
-                driver.get(f"{server.url}/viewer?StudyInstanceUIDs={result.study_instance_uid}"
-                           f"&initialSeriesInstanceUID={seg_series}")
-                _wait_for(driver, {SEG_PROMPT}, 60, logs)
-                seg_accepted = _click_button(driver, "Yes")
-                driver.execute_script("document.querySelector('[data-cy=panelSegmentation-btn]').click()")
-                missing_segments = _wait_for(driver, seg_labels, 60, logs)
-                for button in ("Skip all", "Confirm and hide"):
-                    _click_button(driver, button)
-                time.sleep(2)
-                shown_sop, hot_rgb, cold_rgb = _seg_colours_on_screen(driver, segs)
-                driver.save_screenshot(os.environ.get("OHIF_SEG_SCREENSHOT") or str(tmp_path / "ohif-seg.png"))
-                logs.extend(entry["message"] for entry in driver.get_log("browser"))
+                seg = _open_seg(driver, server.url, result.study_instance_uid, seg_series, segs, logs,
+                                Path(os.environ.get("OHIF_SEG_SCREENSHOT") or tmp_path / "ohif-seg.png"))
             finally:
                 driver.quit()
         errors = [m for m in logs if "rror" in m][-10:]
@@ -212,7 +255,34 @@ def test_ohif_draws_our_lesions_on_their_images(tmp_path):
         assert tracked and not missing_in_panel, (missing_in_panel, errors)
         # the SEG loaded (its bands listed by label) on one of our images, coloured where that image's SEG is hot
         # and grey where it is cold
-        assert seg_accepted and not missing_segments, (missing_segments, errors)
-        assert shown_sop in segs, (shown_sop, errors)
-        assert hot_rgb and cold_rgb, "the map has a hot and a cold region wide enough to look at"
-        assert all(_is_seg_colour(c) for c in hot_rgb) and all(_is_grey(c) for c in cold_rgb), (hot_rgb, cold_rgb)
+        _assert_seg_shown(seg, segs, errors)
+
+
+@pytest.mark.slow
+def test_ohif_shows_the_heatmap_of_a_mammogram_that_states_no_pixel_spacing(tmp_path):
+    """Digitised film often states neither Pixel Spacing nor Imager Pixel Spacing; OHIF's viewer fails on a SEG
+    without Pixel Measures, so the SEG of such an image carries the nominal spacing viewers take for it, and OHIF
+    overlays it on the image like any other."""
+    dist = install_ohif()
+    synth = tmp_path / "synth"
+    write_synthetic_dataset(synth, 1, seed=3)
+    files = sorted(synth.rglob("*.dcm"))[:1]
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing", "PixelSpacingCalculationType",
+                        "PixelSpacingCalculationDescription", "EstimatedRadiographicMagnificationFactor"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path)
+    with OrthancPeer(tmp_path / "orthanc", dicomweb=True) as orthanc:
+        analysis, outputs = _through_orthanc_and_mccad(orthanc, files, tmp_path)
+        seg_series, segs = _heatmap_segs(outputs.dicom_objects, analysis.result)
+        with OhifServer(orthanc.url, dist) as server:
+            driver = _browser()
+            logs: list[str] = []
+            try:
+                seg = _open_seg(driver, server.url, analysis.result.study_instance_uid, seg_series, segs, logs,
+                                tmp_path / "ohif-seg-no-spacing.png")
+            finally:
+                driver.quit()
+    _assert_seg_shown(seg, segs, [m for m in logs if "rror" in m][-10:])
