@@ -38,6 +38,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io import codes as mc
+from dicom_io.mg_metadata import pixel_spacing_mm
 from dicom_io.result_identity import (DEVICE_SERIAL, MANUFACTURER, MODEL_NAME, SERIES_NUMBERS,
                                       algorithm_identification, evidence_for, image_header, observation_context,
                                       output_uids, predecessors_of, software_versions)
@@ -90,8 +91,8 @@ def _library_entry(image: ImageResult, source: Dataset) -> hd.sr.ImageContentIte
     if image.view is not None:
         context.append(hd.sr.CodeContentItem(name=mc.IMAGE_VIEW, value=mc.view_code(image.view),
                                              relationship_type=RT.HAS_ACQ_CONTEXT))
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
-    if spacing is not None and len(spacing) == 2:
+    spacing = pixel_spacing_mm(source, [])
+    if spacing is not None:
         for name, value in ((codes.DCM.HorizontalPixelSpacing, spacing[1]),
                             (codes.DCM.VerticalPixelSpacing, spacing[0])):
             context.append(hd.sr.NumContentItem(name=name, value=float(value), unit=mc.MILLIMETER,

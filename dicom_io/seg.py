@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_io.mg_metadata import pixel_spacing_mm
 from dicom_io.result_identity import (MANUFACTURER, MODEL_NAME, DEVICE_SERIAL, SERIES_NUMBERS, ResultObjectError,
                                       algorithm_identification_sequence, check_source_matches, copy_header,
                                       output_uids, software_versions)
@@ -90,6 +91,8 @@ def build_heatmap_segmentation(result: StudyResult, image: ImageResult, source: 
         series_description="mccad malignancy activation (SEG)")
     _fit_projection_image(seg, geometry)
     return seg
+
+
 #: Slice Thickness (mm) of a projection image's SEG when the source states no Body Part Thickness: a projection has
 #: no slice, and Pixel Measures (which viewers such as OHIF need to place the frame) cannot go without one.
 NOMINAL_PROJECTION_THICKNESS_MM = 1.0
@@ -101,12 +104,6 @@ NOMINAL_PIXEL_SPACING_MM = 1.0
 #: rows along the first axis and columns along the second of the source's frame, which is what viewers take such a
 #: source's orientation to be (Cornerstone3D's image plane defaults).
 NOMINAL_PROJECTION_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-
-def _pixel_spacing(source: Dataset) -> list[float] | None:
-    """The source's Pixel Spacing, else its Imager Pixel Spacing (row, column, mm); None when it states neither."""
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
-    return [float(v) for v in spacing] if spacing is not None and len(spacing) == 2 else None
 
 
 def _slice_thickness(source: Dataset) -> float:
@@ -128,11 +125,11 @@ def _source_geometry(source: Dataset) -> Dataset:
     copy = copy_header(source)
     if "FrameOfReferenceUID" not in source or "ImagePositionPatient" not in source:
         return copy
-    spacing = _pixel_spacing(source)
+    spacing = pixel_spacing_mm(source, [])
     if "ImageOrientationPatient" not in source or spacing is None:
         del copy.ImagePositionPatient
         return copy
-    copy.PixelSpacing = spacing
+    copy.PixelSpacing = list(spacing)
     copy.SliceThickness = _slice_thickness(source)
     return copy
 
@@ -140,9 +137,10 @@ def _source_geometry(source: Dataset) -> Dataset:
 def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
     """Adjust what highdicom derives for cross-sectional sources to a projection mammogram.
 
-    * Pixel Measures (PS3.3 C.7.6.16.2.1), without which OHIF's viewer fails on the SEG: Pixel Spacing from the
-      source's Pixel Spacing, else its Imager Pixel Spacing, else ``NOMINAL_PIXEL_SPACING_MM`` (what viewers take
-      for such a source; digitised film often states none); Slice Thickness from the source when it has one, else
+    * Pixel Measures (PS3.3 C.7.6.16.2.1), without which OHIF's viewer fails on the SEG: Pixel Spacing by the
+      reader's rule (``mg_metadata.pixel_spacing_mm``: Pixel Spacing, else Imager Pixel Spacing, when readable and
+      positive), else ``NOMINAL_PIXEL_SPACING_MM`` (what viewers take for such a source; digitised film often
+      states none); Slice Thickness from the source when it has one, else
       its Body Part Thickness (the compressed breast the projection integrates over), else
       ``NOMINAL_PROJECTION_THICKNESS_MM``.
     * Plane Position / Orientation (Patient) are highdicom's when the source's patient geometry is complete (see
@@ -154,7 +152,7 @@ def _fit_projection_image(seg: hd.seg.Segmentation, source: Dataset) -> None:
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
     measures = shared.PixelMeasuresSequence[0] if "PixelMeasuresSequence" in shared else Dataset()
-    measures.PixelSpacing = _pixel_spacing(source) or [NOMINAL_PIXEL_SPACING_MM, NOMINAL_PIXEL_SPACING_MM]
+    measures.PixelSpacing = list(pixel_spacing_mm(source, []) or (NOMINAL_PIXEL_SPACING_MM, NOMINAL_PIXEL_SPACING_MM))
     measures.SliceThickness = _slice_thickness(source)
     shared.PixelMeasuresSequence = [measures]
     if "PlaneOrientationSequence" not in shared:
