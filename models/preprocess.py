@@ -7,7 +7,8 @@ the images on the other side of the column to obtain an image without a black ba
 Our reading, made explicit:
 
 1. Orient: every image is turned so that the chest wall is on the left (:func:`chest_wall_on_left` decides from
-   the image content, DICOM laterality breaks ties). Only a horizontal flip is ever applied.
+   the image content, white film edges and labels left out; DICOM laterality breaks ties). Only a horizontal flip
+   is ever applied.
 2. Columns: walking from the chest-wall side, skip leading background columns (some detectors leave a dark strip at
    the chest wall), then keep columns until the first one that counts as background; everything from that column on
    is cut. "Sum reaches zero" becomes "mean intensity <= ``column_tolerance``" so that detector noise and film grain
@@ -33,6 +34,11 @@ import numpy as np
 CONTENT_MARGIN = 0.05
 #: share of a row's pixels that must be bright for the row to count as a film border (see :func:`border_rows`).
 BORDER_ROW_FRACTION = 0.95
+#: intensity (on the [0, 1] scale, bright = dense) from which a pixel counts as film edge, label or marker rather
+#: than tissue in the orientation decision (:func:`chest_wall_on_left`)
+NON_TISSUE_LEVEL = 0.9
+#: rows summed at a time by :func:`chest_wall_on_left`
+MASS_BLOCK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -243,19 +249,25 @@ def chest_wall_on_left(pixels: np.ndarray, laterality: str | None) -> bool:
     """Whether the chest wall is already on the left of ``pixels``.
 
     The breast is widest at the chest wall and thins to the nipple, so the half of the image holding more tissue
-    mass is the chest-wall half; a pectoral muscle on MLO only adds mass on that side. Columns that are bright
-    from top to bottom (film borders, see :func:`border_rows`) are left out of the masses. Archives get laterality and
-    orientation tags wrong, so the content decides. When the two halves differ by less than ``CONTENT_MARGIN`` of
-    the total (a centred or nearly empty image), laterality decides with the DICOM display convention (PS3.17 /
-    the mammography hanging convention: a left breast is displayed with its chest wall on the left of the image,
-    a right breast with its chest wall on the right); with no laterality either, the image is left as it is.
+    mass is the chest-wall half; a pectoral muscle on MLO only adds mass on that side. Pixels at or above
+    ``NON_TISSUE_LEVEL`` are left out of the masses: film edges, burned-in labels and lead markers are white and
+    may lie on either side, breast tissue seldom is. Whole columns are not left out: on a mediolateral-oblique view
+    the columns next to the chest wall are tissue from top to bottom, and dropping them as if they were a film
+    border takes the chest-wall side's mass away. Archives get laterality and orientation tags wrong, so the
+    content decides. When the two halves differ by less than ``CONTENT_MARGIN`` of the total (a centred or nearly
+    empty image), laterality decides with the DICOM display convention (PS3.17 / the mammography hanging
+    convention: a left breast is displayed with its chest wall on the left of the image, a right breast with its
+    chest wall on the right); with no laterality either, the image is left as it is.
+
+    The masses are summed by blocks of rows, so a large image costs one block of working memory, not a copy.
     """
-    image = np.asarray(pixels, dtype=np.float32)
+    image = np.asarray(pixels)
     width = image.shape[1]
     half = width // 2
-    column_mass = image.sum(axis=0, dtype=np.float64)
-    # film borders run along whole edges: a column bright from top to bottom says nothing about the chest wall
-    column_mass[border_rows(image.T, 0.0)] = 0.0
+    column_mass = np.zeros(width, dtype=np.float64)
+    for start in range(0, image.shape[0], MASS_BLOCK_ROWS):
+        block = np.asarray(image[start:start + MASS_BLOCK_ROWS], dtype=np.float32)
+        column_mass += np.where(block < NON_TISSUE_LEVEL, block, 0.0).sum(axis=0, dtype=np.float64)
     left = float(column_mass[:half].sum())
     right = float(column_mass[width - half:].sum())
     total = left + right

@@ -1,6 +1,8 @@
 """The paper's standardisation (section 2.4): orientation, background cut, and the exact coordinate map."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -115,6 +117,53 @@ def test_a_bright_film_border_on_the_nipple_side_does_not_flip_the_decision():
     image[:, -40:] = 1.0  # a wide white film edge on the far side outweighs the tissue if it were counted
     assert image[:, 120:].sum() > image[:, :120].sum()
     assert chest_wall_on_left(image, None) and chest_wall_on_left(image, "R")
+
+
+def mlo_on_padded_film(rows: int = 400, cols: int = 400) -> np.ndarray:
+    """A left MLO as digitised film archives store it (mini-MIAS): black padding beside the film, tissue from top to
+    bottom in the columns next to the chest wall (pectoral muscle above, breast below), the breast thinning to the
+    nipple, and a white burned-in label on the far side."""
+    image = np.zeros((rows, cols), dtype=np.float32)
+    x = np.arange(cols)[None, :]
+    y = np.arange(rows)[:, None] / rows
+    film_edge, reach = 70, 200 + 80 * np.sin(np.pi * y)  # the skin line bulges out in the middle rows
+    tissue = (x >= film_edge) & (x < film_edge + reach)
+    image[tissue] = np.broadcast_to(0.35 + 0.3 * (1 - (x - film_edge) / 280.0), image.shape)[tissue]
+    image[20:60, cols - 40:cols - 20] = 1.0  # the label
+    return image
+
+
+def test_full_height_tissue_at_the_chest_wall_of_an_mlo_is_not_taken_for_a_film_border():
+    """The chest-wall columns of an MLO are tissue from top to bottom; left out of the masses as if they were a film
+    border, they flipped the image and the column walk kept the label alone."""
+    image = mlo_on_padded_film()
+    assert chest_wall_on_left(image, None) and chest_wall_on_left(image, "R")
+    assert not chest_wall_on_left(np.ascontiguousarray(image[:, ::-1]), "L")
+    cmap = standardise(image, "L").cmap
+    assert not cmap.flipped and cmap.col_start == 70 and cmap.col_stop >= 340
+
+
+MIAS_NORMALS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mias-normals"
+
+
+@pytest.mark.skipif(not MIAS_NORMALS.is_dir(), reason="needs ../shared/data/mias-normals beside the repository")
+def test_content_alone_finds_the_chest_wall_on_every_real_mias_film():
+    """113 real digitised MLO films: the content alone (no laterality given) puts the chest wall on the side that the
+    laterality tag and the display convention say, and the column walk keeps at least a quarter of the film."""
+    from dicom_io.reader import read_mammogram
+
+    paths = sorted(MIAS_NORMALS.glob("*/*.dcm"))
+    assert len(paths) >= 100
+    wrong, cut = [], []
+    for path in paths:
+        mammogram = read_mammogram(path)
+        pixels = np.asarray(mammogram.pixels, dtype=np.float32)
+        if chest_wall_on_left(pixels, None) != (mammogram.meta.laterality == "L"):
+            wrong.append(path.name)
+        cmap = standardise(pixels, mammogram.meta.laterality).cmap
+        if cmap.col_stop - cmap.col_start < pixels.shape[1] // 4:
+            cut.append(path.name)
+    assert wrong == [] and cut == []
 
 
 def test_laterality_breaks_a_tie_when_content_is_symmetric():
