@@ -10,9 +10,10 @@ the breast on a coarse grid (about 1 mm cells):
    (``models.preprocess.border_rows``);
 2. threshold the coarse image, keep the largest connected component (labels and lead markers are separate
    components), fill its holes;
-3. on MLO-like views, cut the pectoral muscle: the bright component of the breast touching the upper chest-wall
-   corner, replaced by the triangle it spans on the top row and on the chest-wall column, enlarged by 15 %
-   (a triangle is how the muscle projects on an MLO view);
+3. on MLO-like views, cut the pectoral muscle: the bright component of the breast touching the breast's upper
+   chest-wall corner (its first column, which on digitised film may lie well inside the image), replaced by the
+   triangle it spans on the top row and on the chest-wall column, enlarged by 15 % (a triangle is how the muscle
+   projects on an MLO view);
 4. erode by ``margin_mm`` so that clusters keep away from the skin line and the thin periphery.
 
 Pure numpy and scipy: this module runs inside the model pipeline and imports nothing from ``training``.
@@ -34,13 +35,17 @@ def _coarse_factor(spacing_mm: float) -> int:
     return max(1, int(round(COARSE_CELL_MM / spacing_mm)))
 
 
-def _pectoral_triangle(coarse: np.ndarray, breast: np.ndarray) -> tuple[float, float] | None:
-    """Width along the top row and height along the chest-wall column (coarse cells) of the pectoral muscle of a
-    chest-wall-left MLO image, or None when no bright region touches the upper chest-wall corner."""
+def _pectoral_triangle(coarse: np.ndarray, breast: np.ndarray) -> tuple[float, float, float] | None:
+    """The pectoral muscle of a chest-wall-left MLO image as a triangle: the breast's chest-wall column, the width
+    along the top row and the height along that column (coarse cells), or None when no bright region touches the
+    breast's upper chest-wall corner. The chest wall is the breast's first column, not the image's: digitised film
+    often has a band of background (the film holder, scanner padding) between the image edge and the film."""
     rows = np.flatnonzero(breast.any(axis=1))
     if rows.size == 0:
         return None
     top = int(rows[0])
+    left = int(np.flatnonzero(breast.any(axis=0))[0])
+    breast_width = breast.shape[1] - left
     # the muscle is what the breast holds along its top rows: take its brightness from there, since in some women
     # it is no brighter than dense parenchyma (a fixed percentile of the breast would then miss it)
     band = breast[top:top + max(3, len(rows) // 20)]
@@ -51,20 +56,20 @@ def _pectoral_triangle(coarse: np.ndarray, breast: np.ndarray) -> tuple[float, f
     labels, n = ndimage.label(bright)
     if n == 0:
         return None
-    corner = labels[top:top + max(3, breast.shape[0] // 20), :max(3, breast.shape[1] // 10)]
+    corner = labels[top:top + max(3, breast.shape[0] // 20), left:left + max(3, breast_width // 10)]
     ids = np.unique(corner[corner > 0])
     if ids.size == 0:
         return None
     muscle = np.isin(labels, ids)
     ys, xs = np.nonzero(muscle)
     top_band = ys <= top + max(3, breast.shape[0] // 50)
-    width = float(xs[top_band].max() + 1) if top_band.any() else float(xs.max() + 1)
-    wall_band = xs <= max(2, breast.shape[1] // 50)
+    width = float(xs[top_band].max() + 1 - left) if top_band.any() else float(xs.max() + 1 - left)
+    wall_band = xs <= left + max(2, breast_width // 50)
     height = float(ys[wall_band].max() + 1 - top) if wall_band.any() else float(ys.max() + 1 - top)
     if width < 3 or height < 3:
         return None
     # a muscle component that leaked into dense parenchyma must not take the whole breast
-    return width, min(height + top, top + 0.75 * len(rows))
+    return float(left), width, min(height + top, top + 0.75 * len(rows))
 
 
 def breast_mask(image: np.ndarray, spacing_mm: float, *, view: str | None = None, laterality: str | None = None,
@@ -90,9 +95,9 @@ def breast_mask(image: np.ndarray, spacing_mm: float, *, view: str | None = None
     if view is not None and view.upper() in MLO_LIKE_VIEWS:
         triangle = _pectoral_triangle(coarse, breast)
         if triangle is not None:
-            width, height = (v * 1.15 for v in triangle)
+            left, width, height = triangle[0], triangle[1] * 1.15, triangle[2] * 1.15
             yy, xx = np.mgrid[:ch, :cw]
-            breast &= (xx + 0.5) / width + (yy + 0.5) / height > 1.0
+            breast &= (xx - left + 0.5) / width + (yy + 0.5) / height > 1.0
     margin_cells = margin_mm / (f * spacing_mm)
     if margin_cells > 0:
         # distance to the nearest non-breast cell; the image edge is the chest wall (left) or a cut, so pad with

@@ -39,3 +39,20 @@ def test_breast_mask_steps_on_a_phantom():
     assert eroded[200, 100] and not eroded[200, 190] and (eroded <= whole).all()
     mlo = breast_mask(image, 0.2, view="MLO", laterality="L", margin_mm=0.0)
     assert not mlo[10, 10] and mlo[200, 100]
+
+
+def test_the_pectoral_muscle_is_cut_where_the_breast_begins_on_padded_film():
+    """Digitised film often lies in the image with background between the image edge and the film (mini-MIAS: about
+    a fifth of the width): the muscle is found at the breast's own chest-wall column, not at the image's first."""
+    from models.breast_mask import breast_mask
+
+    pad = 60
+    yy, xx = np.mgrid[:400, :300 + pad]
+    image = np.zeros((400, 300 + pad), np.float32)
+    x = xx - pad
+    breast = (x >= 0) & ((x / 200.0) ** 2 + ((yy - 200) / 180.0) ** 2 < 1)
+    image[breast] = 0.4
+    image[breast & ((x + yy) < 120)] = 0.8  # the muscle in the breast's upper chest-wall corner
+    mlo = breast_mask(image, 0.2, view="MLO", laterality="L", margin_mm=0.0)
+    assert not mlo[pad + 10, pad + 10] and not mlo[30, pad + 20] and mlo[200, pad + 100]
+    assert not mlo[:, :pad].any()
