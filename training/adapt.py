@@ -382,12 +382,14 @@ def write_bundle(report: dict[str, Any], out: Path, base: Path, candidate_b: Pat
     threshold = report["candidates"][kept]["score_thresh"]
     base_manifest = load_manifest(base)
     new_version = version or derived_version(base_manifest.version, "site")
-    data = (f"site adaptation of {base_manifest.name} {base_manifest.version} to the normal films under "
-            f"{report['normals']} ({report['split']['adapt']['images']} images of {report['split']['adapt']['women']} "
-            "women with simulated clusters inserted)")
     target = out / "detector"
     out.mkdir(parents=True, exist_ok=True)
     source = candidate_b if kept == "B" and candidate_b is not None else base
+    # the base kept (A) was trained on nothing of this site: its card keeps the base's own training data
+    data = None if source == base else (
+        f"site adaptation of {base_manifest.name} {base_manifest.version} to the normal films under "
+        f"{report['normals']} ({report['split']['adapt']['images']} images of {report['split']['adapt']['women']} "
+        "women with simulated clusters inserted)")
     reissue_model(source, target, {"thresholds.score_thresh": threshold}, version=new_version,
                   name=site_model_name(base_manifest.name), training_data=data, synthetic_only=source != base)
     report["carried_parts"] = carry_bundle_parts(base, out)

@@ -173,6 +173,8 @@ def test_mccad_adapt_on_real_normal_films_writes_a_bundle_with_its_site_operatin
     assert a["test"]["clusters"] > 0 and 0 <= a["test"]["clusters_found"] <= a["test"]["clusters"]
     manifest = load_manifest(out / "detector")
     assert manifest.version == "0.0.1" and manifest.thresholds["score_thresh"] == pytest.approx(a["score_thresh"])
+    # the base kept as it was learned nothing of the site: its training data is the base's own
+    assert manifest.training_data == load_manifest(tiny_model_dir / "detector").training_data
     card = (out / "detector" / "MODEL_CARD.md").read_text()
     assert "## Site adaptation" in card and "| A (kept) |" in card
     # the calibration copies hold each calibration image exactly twice (every judging image gets its copies)
@@ -230,6 +232,7 @@ def test_fine_tuning_starts_from_the_base_and_moves_its_weights(tmp_path, one_to
     target = write_bundle(report, tmp_path / "bundle", base, candidate, "9.9.9")
     shipped_b = load_manifest(target)
     assert shipped_b.sha256 == load_manifest(candidate).sha256 and shipped_b.thresholds["score_thresh"] == 0.61
+    assert shipped_b.training_data.startswith("site adaptation of ") and "2 women" in shipped_b.training_data
 
 
 def test_normals_of_a_public_dataset_are_its_images_without_any_finding(tmp_path):
