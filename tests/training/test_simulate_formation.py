@@ -164,20 +164,31 @@ def test_each_image_records_its_source_and_mixed_draws_both(tmp_path):
 
 
 #: what the simulator made without the stage before the stage existed (seed 11, three phantom crops): per image its
-#: crop window, its clusters (pattern, calcifications, box) and its pixels' mean and spread in 16-bit levels. Kept as
-#: figures with a tolerance, not as a digest of the PNG bytes: the same code gave another byte digest on another
-#: machine (floating point may differ in its last bit between CPUs and library builds, and a pixel one level off
-#: changes every digest).
+#: draws (phantom, view, noise, crop window), its clusters and its pixels' mean and spread in 16-bit levels. Kept as
+#: figures with a tolerance, not as a digest of the PNG bytes and records: floating point may differ in its last bit
+#: between CPUs and library builds, and one pixel one level off, or one float's last digit, changes every digest.
 WITHOUT_STAGE = [
-    ([639, 500, 767, 628], [("milk_of_calcium", 8, [13.92, 23.19, 100.52, 112.24])], 25953.011, 3649.931),
-    ([474, 859, 602, 987], [("round", 9, [11.77, 21.0, 92.75, 116.92])], 20486.411, 2890.954),
-    ([361, 710, 489, 838], [("coarse", 4, [18.5, 41.27, 96.02, 120.12])], 20412.157, 3097.115),
+    {"phantom_patient": 128570, "laterality": "L", "view": "MLO", "noise_sigma": 0.010752,
+     "texture_spread": 0.01013624, "crop_window": [639, 500, 767, 628], "mean": 25953.011, "spread": 3649.931,
+     "lesions": [{"label": "benign", "pattern": "milk_of_calcium", "distribution": "grouped", "n_calcifications": 8,
+                  "visible_calcifications": 6, "draws": 1, "peak_contrast": 0.177727,
+                  "box": [13.92, 23.19, 100.52, 112.24]}]},
+    {"phantom_patient": 202390, "laterality": "R", "view": "CC", "noise_sigma": 0.01024,
+     "texture_spread": 0.00964579, "crop_window": [474, 859, 602, 987], "mean": 20486.411, "spread": 2890.954,
+     "lesions": [{"label": "benign", "pattern": "round", "distribution": "grouped", "n_calcifications": 9,
+                  "visible_calcifications": 9, "draws": 1, "peak_contrast": 0.386869,
+                  "box": [11.77, 21.0, 92.75, 116.92]}]},
+    {"phantom_patient": 897328, "laterality": "R", "view": "MLO", "noise_sigma": 0.010496,
+     "texture_spread": 0.00989674, "crop_window": [361, 710, 489, 838], "mean": 20412.157, "spread": 3097.115,
+     "lesions": [{"label": "benign", "pattern": "coarse", "distribution": "scattered", "n_calcifications": 4,
+                  "visible_calcifications": 6, "draws": 1, "peak_contrast": 0.354644,
+                  "box": [18.5, 41.27, 96.02, 120.12]}]},
 ]
 
 
 def test_a_set_made_without_the_stage_is_unchanged(tmp_path):
-    """Without the option the simulator makes what it made before the stage existed (the same draws: windows,
-    clusters and pixels, to within rounding) and records no acquisition."""
+    """Without the option the simulator makes what it made before the stage existed (the same draws: phantoms,
+    windows, clusters and pixels, to within rounding) and records no acquisition."""
     from PIL import Image
 
     make_simulated_dataset(tmp_path, 3, seed=11, sources=("phantom",), spacing_mm=(0.1, 0.2), clusters_per_image=(1, 2),
@@ -185,15 +196,22 @@ def test_a_set_made_without_the_stage_is_unchanged(tmp_path):
     meta = json.loads((tmp_path / "simulated.json").read_text())
     assert "acquisition" not in meta and all("acquisition" not in r for r in meta["images"])
     assert len(meta["images"]) == len(WITHOUT_STAGE)
-    for record, (window, clusters, mean, spread) in zip(meta["images"], WITHOUT_STAGE, strict=True):
-        assert record["crop_window"] == window
-        assert [(c["pattern"], c["n_calcifications"]) for c in record["lesions"]] == [c[:2] for c in clusters]
-        for lesion, (_, _, box) in zip(record["lesions"], clusters, strict=True):
-            assert lesion["box"] == pytest.approx(box, abs=0.01)
+    for record, expected in zip(meta["images"], WITHOUT_STAGE, strict=True):
+        assert record["source"] == "phantom"
+        for key in ("phantom_patient", "laterality", "view", "crop_window"):
+            assert record[key] == expected[key], key
+        for key in ("noise_sigma", "texture_spread"):
+            assert record[key] == pytest.approx(expected[key], rel=1e-4), key
+        assert len(record["lesions"]) == len(expected["lesions"])
+        for lesion, want in zip(record["lesions"], expected["lesions"], strict=True):
+            for key in ("label", "pattern", "distribution", "n_calcifications", "visible_calcifications", "draws"):
+                assert lesion[key] == want[key], key
+            assert lesion["peak_contrast"] == pytest.approx(want["peak_contrast"], rel=1e-4)
+            assert lesion["box"] == pytest.approx(want["box"], abs=0.01)
         pixels = np.asarray(Image.open(tmp_path / record["image"]), dtype=np.float64)
         assert pixels.shape == (128, 128)
-        assert float(pixels.mean()) == pytest.approx(mean, abs=0.01)
-        assert float(pixels.std()) == pytest.approx(spread, abs=0.01)
+        assert float(pixels.mean()) == pytest.approx(expected["mean"], abs=0.01)
+        assert float(pixels.std()) == pytest.approx(expected["spread"], abs=0.01)
 
 
 def test_mccad_simulate_takes_the_acquisition_and_refuses_an_unknown_one(tmp_path, capsys):
