@@ -95,9 +95,9 @@ def breast_mask(image: np.ndarray, spacing_mm: float, *, view: str | None = None
     if view is not None and view.upper() in MLO_LIKE_VIEWS:
         triangle = _pectoral_triangle(coarse, breast)
         if triangle is not None:
-            left, width, height = triangle[0], triangle[1] * 1.15, triangle[2] * 1.15
+            left, width, height = triangle
             yy, xx = np.mgrid[:ch, :cw]
-            breast &= (xx - left + 0.5) / width + (yy + 0.5) / height > 1.0
+            breast &= (xx - left + 0.5) / (1.15 * width) + (yy + 0.5) / (1.15 * height) > 1.0
     margin_cells = margin_mm / (f * spacing_mm)
     if margin_cells > 0:
         # distance to the nearest non-breast cell; the image edge is the chest wall (left) or a cut, so pad with
